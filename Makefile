@@ -1,0 +1,41 @@
+# padam-lightning developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/wrn.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast lint format bench fit demo tensorboard clean
+
+help: ## List the targets.
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package (editable) with dev extras.
+
+test: $(STAMP) ## Run the whole test suite (installs first when needed).
+	$(BIN)/pytest -q
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy.
+	$(BIN)/ruff check padam_lightning tests benchmarks
+	$(BIN)/ruff format --check padam_lightning tests benchmarks
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff's fixes and formatting.
+	$(BIN)/ruff check --fix padam_lightning tests benchmarks
+	$(BIN)/ruff format padam_lightning tests benchmarks
+
+bench: $(STAMP) ## Run the benchmarks (ratios measured in one run; not tests).
+	$(BIN)/python benchmarks/optimizer_step.py
+
+fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --config $(CONFIG).
+	$(BIN)/padam-fit fit --config $(CONFIG)
+
+clean: ## Remove caches (keeps .venv, data and lightning_logs).
+	rm -rf .pytest_cache .mypy_cache .ruff_cache
