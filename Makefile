@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/wrn.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format bench fit demo tensorboard clean
+.PHONY: help install test lint format bench fit demo tensorboard clean
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -31,11 +31,17 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix padam_lightning tests benchmarks
 	$(BIN)/ruff format padam_lightning tests benchmarks
 
-bench: $(STAMP) ## Run the benchmarks (ratios measured in one run; not tests).
-	$(BIN)/python benchmarks/optimizer_step.py
+bench: $(STAMP) ## Run every benchmark in benchmarks/ (ratios measured in one run; not tests).
+	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --config $(CONFIG).
 	$(BIN)/padam-fit fit --config $(CONFIG)
+
+demo: $(STAMP) ## Offline demo: a short run on synthetic data with real TensorBoard logs.
+	$(BIN)/padam-fit fit --config configs/wrn.yaml --config configs/demo.yaml
+
+tensorboard: $(STAMP) ## Serve the curves in lightning_logs/ (http://localhost:6006).
+	$(BIN)/tensorboard --logdir lightning_logs
 
 clean: ## Remove caches (keeps .venv, data and lightning_logs).
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,15 @@ exception.
 class UserError(Exception):
     """A problem with the user's input, explained in the message: what is wrong and how to fix it."""
 
+    #: Process exit status the command-line tools use for this error.
+    exit_code = 2
+
 
 class DataError(UserError):
     """Training or evaluation data that is missing, corrupt or malformed."""
+
+
+class TrainingDivergedError(UserError):
+    """The loss or the weights became NaN or infinite; the message names the step and the cause."""
+
+    exit_code = 1

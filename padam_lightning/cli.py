@@ -1,0 +1,214 @@
+"""``padam-fit``: train and evaluate image classifiers from config files (a LightningCLI).
+
+Examples::
+
+    padam-fit fit --config configs/wrn.yaml
+    padam-fit fit --config configs/resnet18.yaml --config configs/optim/sgdm.yaml
+    padam-fit fit --config configs/wrn.yaml --ckpt_path last          # resume the latest run
+    padam-fit fit --config configs/wrn.yaml --print_config            # show what would run
+    padam-fit test --config configs/wrn.yaml --ckpt_path PATH.ckpt
+
+Runs log to TensorBoard under ``lightning_logs/<dataset>-<arch>-<optimizer>/version_N`` (or the
+folder given by ``--trainer.logger.init_args.{save_dir,name,version}``); each run folder holds the
+resolved ``config.yaml``, ``checkpoints/last.ckpt``, the best checkpoint by ``val/err`` and, once
+the run has finished, ``finished.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer import Trainer
+from lightning.pytorch.utilities import rank_zero_only
+
+from padam_lightning.data import CIFARDataModule
+from padam_lightning.errors import UserError
+from padam_lightning.training.checkpointing import AtomicCheckpointIO, RunSummary
+from padam_lightning.training.classifier import ImageClassifier
+
+DEFAULT_LOG_DIR = "lightning_logs"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def optimizer_label(optimizer: Any) -> str:
+    """Short name of a configured optimizer (``padam``, ``sgdm``, ``adam``, ``amsgrad``...).
+
+    Args:
+        optimizer: The ``model.optimizer`` config value: a ``class_path`` / ``init_args``
+            namespace or dict, or ``None`` for the default (Padam).
+    """
+    if optimizer is None:
+        return "padam"
+    as_dict = optimizer.as_dict() if isinstance(optimizer, Namespace) else dict(optimizer)
+    class_name = str(as_dict.get("class_path", "")).rsplit(".", 1)[-1].lower()
+    init_args = as_dict.get("init_args") or {}
+    if class_name == "sgd":
+        return "sgdm" if init_args.get("momentum", 0) else "sgd"
+    if class_name in ("adam", "adamw") and init_args.get("amsgrad"):
+        return "amsgrad" if class_name == "adam" else "adamw-amsgrad"
+    return class_name or "optimizer"
+
+
+def _is_checkpoint_file(path: Path) -> bool:
+    """Whether ``path`` is a complete ``torch.save`` archive (a truncated one is not)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("data.pkl") for name in archive.namelist())
+
+
+class PadamCLI(LightningCLI):
+    """LightningCLI with the project's defaults: checkpoints, TensorBoard, resume, mixed precision."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the checkpoint options and link the class count from the data to the model."""
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/err",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}-err{val/err:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Fill in run-dependent defaults and resolve ``--ckpt_path`` before anything is built."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.get("precision") is None and torch.cuda.is_available():
+            # Mixed precision where the hardware has it; CPU runs stay in fp32.
+            trainer.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        logger_args = self._tensorboard_args(config)
+        if logger_args is not None and not logger_args.get("name"):
+            logger_args["name"] = "-".join(
+                (
+                    str(config.data.get("dataset", "data")),
+                    str(config.model.get("arch", "model")),
+                    optimizer_label(config.model.get("optimizer")),
+                )
+            )
+        if self.subcommand is not None and config.get("ckpt_path"):
+            config.ckpt_path = self._resolve_checkpoint(config, str(config.ckpt_path), logger_args)
+
+    @staticmethod
+    def _tensorboard_args(config: Namespace) -> Namespace | None:
+        logger = config.trainer.get("logger")
+        if isinstance(logger, Namespace) and "TensorBoardLogger" in str(logger.get("class_path")):
+            init_args = logger.get("init_args")
+            if init_args is None:
+                logger.init_args = init_args = Namespace()
+            return init_args
+        return None
+
+    def _resolve_checkpoint(
+        self, config: Namespace, ckpt_path: str, logger_args: Namespace | None
+    ) -> str:
+        """Turn ``last`` into a file, check the file, and continue logging in its run folder."""
+        run_root = None
+        if logger_args is not None:
+            run_root = Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(
+                logger_args.get("name") or ""
+            )
+        if ckpt_path == "last":
+            checkpoint_dir = config.get("checkpoint", Namespace()).get("dirpath")
+            if checkpoint_dir:
+                candidates = [Path(checkpoint_dir) / LAST_CHECKPOINT]
+            elif run_root is None:
+                raise UserError(
+                    "--ckpt_path last needs a TensorBoard logger or --checkpoint.dirpath to find "
+                    "the run; pass the checkpoint file instead: --ckpt_path PATH/last.ckpt"
+                )
+            elif logger_args is not None and logger_args.get("version") is not None:
+                version = logger_args.version
+                folder = f"version_{version}" if isinstance(version, int) else str(version)
+                candidates = [run_root / folder / "checkpoints" / LAST_CHECKPOINT]
+            else:
+                candidates = sorted(
+                    run_root.glob(f"*/checkpoints/{LAST_CHECKPOINT}"),
+                    key=lambda p: p.stat().st_mtime,
+                    reverse=True,
+                )
+            existing = [path for path in candidates if path.is_file()]
+            if not existing:
+                where = candidates[0] if candidates else run_root / "*/checkpoints" / LAST_CHECKPOINT
+                raise UserError(
+                    f"--ckpt_path last: no checkpoint found at {where}. Start the run without "
+                    "--ckpt_path, or pass the logger folder of the run to resume "
+                    "(--trainer.logger.init_args.name/version) or the file itself."
+                )
+            path = existing[0]
+        else:
+            path = Path(ckpt_path)
+            if not path.is_file():
+                raise UserError(f"--ckpt_path {ckpt_path}: no such file.")
+        if not _is_checkpoint_file(path):
+            raise UserError(
+                f"--ckpt_path {path}: not a checkpoint (not a complete torch.save archive; the "
+                "file may be truncated or of another kind). Pass a .ckpt file written by padam-fit."
+            )
+        # Resuming a run keeps writing to its folder, so its curves continue in one place.
+        if (
+            logger_args is not None
+            and run_root is not None
+            and logger_args.get("version") is None
+            and path.parent.name == "checkpoints"
+            and path.parent.parent.parent.resolve() == run_root.resolve()
+        ):
+            logger_args["version"] = path.parent.parent.name
+        return str(path)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Build the trainer and make its checkpoint writes atomic."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+
+def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
+    """Construct (and by default run) the ``padam-fit`` command line."""
+    return PadamCLI(
+        ImageClassifier,
+        CIFARDataModule,
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {
+                    "save_dir": DEFAULT_LOG_DIR,
+                    "name": None,
+                    "default_hp_metric": False,
+                },
+            },
+            "callbacks": [RunSummary()],
+        },
+        parser_kwargs={"description": __doc__.split("\n\n")[0] if __doc__ else None},
+    )
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of ``padam-fit``: user mistakes print one line and exit non-zero."""
+    try:
+        build_cli(args)
+    except UserError as err:
+        rank_zero_only(print)(f"padam-fit: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

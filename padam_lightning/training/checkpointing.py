@@ -1,0 +1,74 @@
+"""Checkpoint files that survive crashes, and a marker for runs that finished."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+FINISHED_FILE = "finished.json"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints so that a crash during a save never leaves a truncated file.
+
+    The checkpoint goes to a temporary file in the destination folder, is flushed to disk, and
+    then replaces the old file with one atomic rename. A process killed at any moment leaves
+    either the previous checkpoint or the new one, never a partial file. (Lightning's own writer
+    stages through the system temp folder and falls back to a non-atomic copy across devices.)
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
+    ) -> None:
+        """Save ``checkpoint`` to ``path`` atomically (local paths only)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        # Make the rename itself durable.
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class RunSummary(L.Callback):
+    """Write ``finished.json`` into the run folder when a fit ends normally.
+
+    Sweeps use the file to tell finished runs (skipped) from interrupted ones (resumed).
+    """
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record the final epoch, step and metrics."""
+        if trainer.interrupted or trainer.sanity_checking or trainer.log_dir is None:
+            return
+        metrics = {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if isinstance(value, torch.Tensor) and value.numel() == 1
+        }
+        summary = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "max_epochs": trainer.max_epochs,
+            "metrics": metrics,
+        }
+        path = Path(trainer.log_dir) / FINISHED_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

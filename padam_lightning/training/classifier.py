@@ -1,0 +1,159 @@
+"""The LightningModule that trains an image classifier with an injected optimizer and schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MeanMetric
+
+from padam_lightning.errors import TrainingDivergedError, UserError
+from padam_lightning.models import build_model
+from padam_lightning.optim import Padam
+
+STAGES = ("train", "val", "test")
+
+
+def _default_optimizer(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    """Padam with the paper's settings (lr 0.1, p 1/8), used when no optimizer is configured."""
+    return Padam(params, lr=0.1, partial=0.125, weight_decay=5e-4)
+
+
+class ImageClassifier(L.LightningModule):
+    """A CIFAR classifier trained with cross-entropy: the training logic of the paper's experiments.
+
+    The network comes from :func:`padam_lightning.models.build_model`; the optimizer and the
+    learning-rate schedule are injected as callables (what ``LightningCLI`` builds from the
+    ``model.optimizer`` / ``model.scheduler`` config sections), so ``configure_optimizers`` is the
+    one place they are created, with or without the CLI.
+
+    Logged once per epoch: ``train/loss``, ``train/err`` (top-1 error, a fraction), ``val/loss``,
+    ``val/err`` (``test/*`` under ``padam-fit test``), ``optim/lr`` and, for optimizers with a
+    partial exponent, ``optim/partial``.
+
+    Args:
+        arch: Network name for :func:`~padam_lightning.models.build_model`, e.g. ``vgg16``,
+            ``resnet18``, ``wrn16_4``.
+        num_classes: Number of classes (linked from the data module by the CLI).
+        optimizer: Callable that takes the parameters and returns the optimizer, e.g.
+            ``functools.partial(Padam, lr=0.1)``. Default: Padam, lr 0.1, p 1/8, weight decay 5e-4.
+        scheduler: Callable that takes the optimizer and returns an epoch-wise learning-rate
+            scheduler (e.g. ``MultiStepLR``). ``None`` keeps the learning rate constant.
+        channels_last: Store the network's weights and the input batches in channels-last memory
+            format (faster convolutions with mixed precision on recent GPUs).
+        compile: Compile the network with ``torch.compile`` (one-time cost at the first step).
+    """
+
+    def __init__(
+        self,
+        arch: str = "wrn16_4",
+        num_classes: int = 10,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net = build_model(arch, num_classes=num_classes)
+        self.optimizer_factory: OptimizerCallable = optimizer or _default_optimizer
+        self.scheduler_factory = scheduler
+        self.channels_last = channels_last
+        self.compile = compile
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # Mean loss and top-1 error per stage: torchmetrics reduces them across DDP processes.
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({"loss": MeanMetric(), "err": MeanMetric()})
+                for stage in STAGES
+            }
+        )
+        self._check_optimizer()
+
+    def _check_optimizer(self) -> None:
+        """Build the optimizer once on the real parameters so bad hyperparameters fail now."""
+        try:
+            optimizer = self.optimizer_factory(self.net.parameters())
+            if self.scheduler_factory is not None:
+                self.scheduler_factory(optimizer)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"invalid optimizer or scheduler setting: {err}") from err
+
+    def configure_model(self) -> None:
+        """Compile the network when asked (after it is on its device, once per process)."""
+        if self.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+            self.net = torch.compile(self.net)  # type: ignore[assignment]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the logits for a batch of normalised images."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        metrics = self.metrics[stage]
+        batch_size = labels.numel()
+        metrics["loss"].update(loss.detach(), weight=batch_size)
+        metrics["err"].update((logits.detach().argmax(dim=1) != labels).float())
+        self.log(f"{stage}/loss", metrics["loss"], on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/err", metrics["err"], on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
+        """One optimisation step's loss; stops training at the first non-finite loss."""
+        loss = self._shared_step(batch, "train")
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the training loss became {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}). The usual cause is a learning "
+                "rate too large for this optimizer (Adam-like methods want ~1e-3, Padam and SGD "
+                "~0.1) or fp16 overflow; lower model.optimizer.init_args.lr or use bf16-mixed / "
+                "32-true precision. The last good checkpoint was kept; resume from it with "
+                "--ckpt_path last after changing the setting."
+            )
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Loss and error on one evaluation batch."""
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Loss and error on one test batch."""
+        self._shared_step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        """Log the learning rate and partial exponent used during this epoch."""
+        group = self.trainer.optimizers[0].param_groups[0]
+        self.log("optim/lr", float(group["lr"]), on_step=False, on_epoch=True)
+        if "partial" in group:
+            self.log("optim/partial", float(group["partial"]), on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write a checkpoint of diverged weights over the last good one."""
+        bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDivergedError(
+                f"parameters became non-finite by step {self.global_step} (first: {bad[0]}); "
+                "not saving this checkpoint so the last good one stays intact. Lower the "
+                "learning rate and resume with --ckpt_path last."
+            )
+
+    def configure_optimizers(self) -> Any:
+        """The injected optimizer and, when configured, its epoch-wise schedule."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "frequency": 1},
+        }
