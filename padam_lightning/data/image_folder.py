@@ -1,0 +1,199 @@
+"""A folder of 32x32 images, one subfolder per class, decoded once and cached as tensors.
+
+Layout: ``DATA_DIR/train/<class>/*.jpg|png`` and ``DATA_DIR/test/<class>/*.jpg|png`` (the CIFAR-10
+JPEGs, for instance). Class indices follow the sorted names of the class folders under ``train/``.
+The first run decodes every image with ``torchvision.io`` (JPEGs in batches) and saves the uint8
+tensors to ``DATA_DIR/.padam_cache_<split>.pt``; later runs load that file, unless the listing
+(names, sizes, modification times) changed, in which case they decode again.
+"""
+
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+import torch
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from padam_lightning.data.splits import ImageSplit
+from padam_lightning.errors import DataError
+
+IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+_JPEG_SUFFIXES: Final = frozenset({".jpg", ".jpeg"})
+_CACHE_FORMAT: Final = 1
+_DECODE_CHUNK: Final = 4096
+# Grayscale or RGBA files are converted: the networks take 3 channels.
+RGB: Final = ImageReadMode.RGB
+_LAYOUT_HINT: Final = (
+    "--data.dataset imagefolder expects --data.data_dir to hold train/<class>/ and test/<class>/ "
+    "folders of 32x32 RGB images (.jpg, .jpeg, .png, .webp), such as the extracted CIFAR-10 JPEGs."
+)
+
+
+@contextmanager
+def _quiet_torchvision_io() -> Iterator[None]:
+    # torchvision 0.29 deprecates its image codecs in favour of TorchCodec (not a dependency
+    # here) and warns on every call; the codecs still work, so one warning per image is noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*image decoding and encoding capabilities")
+        yield
+
+
+def class_names(data_dir: str | Path) -> list[str]:
+    """Return the sorted class folder names under ``data_dir/train`` (a cheap listing).
+
+    Raises:
+        DataError: If ``data_dir/train`` does not exist or holds no class folders.
+    """
+    train_dir = Path(data_dir) / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"Image folder {train_dir}/ not found. {_LAYOUT_HINT}")
+    names = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and e.name[0] != ".")
+    if not names:
+        raise DataError(f"Image folder {train_dir}/ has no class folders. {_LAYOUT_HINT}")
+    return names
+
+
+def _list_images(split_dir: Path, classes: list[str]) -> list[tuple[str, int, os.stat_result]]:
+    """Return (path relative to split_dir, label, stat) of every image, in a fixed order."""
+    if not split_dir.is_dir():
+        raise DataError(f"Image folder {split_dir}/ not found. {_LAYOUT_HINT}")
+    index = {name: i for i, name in enumerate(classes)}
+    found = []
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name[0] == ".":
+            continue
+        if entry.name not in index:
+            raise DataError(
+                f"Class folder {split_dir / entry.name}/ has no counterpart in "
+                f"{split_dir.parent / 'train'}/ (classes there: {', '.join(classes)})."
+            )
+        for file in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            if file.is_file() and Path(file.name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append((f"{entry.name}/{file.name}", index[entry.name], file.stat()))
+    if not found:
+        raise DataError(f"Image folder {split_dir}/ holds no images. {_LAYOUT_HINT}")
+    return found
+
+
+def _fingerprint(classes: list[str], listing: list[tuple[str, int, os.stat_result]]) -> str:
+    digest = hashlib.sha256("\n".join(classes).encode())
+    for relative, _, stat in listing:
+        digest.update(f"\n{relative}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _decode_all(split_dir: Path, relatives: list[str]) -> torch.Tensor:
+    """Decode every file into one ``N x 3 x 32 x 32`` uint8 tensor, refusing other sizes."""
+    raw = []
+    for relative in relatives:
+        with open(split_dir / relative, "rb") as file:
+            raw.append(torch.frombuffer(bytearray(file.read()), dtype=torch.uint8))
+    is_jpeg = [Path(relative).suffix.lower() in _JPEG_SUFFIXES for relative in relatives]
+    jpegs = [i for i, jpeg in enumerate(is_jpeg) if jpeg]
+    decoded: dict[int, torch.Tensor] = {}
+    with _quiet_torchvision_io():
+        for start in range(0, len(jpegs), _DECODE_CHUNK):
+            chunk = jpegs[start : start + _DECODE_CHUNK]
+            try:
+                # One call per chunk: the batched decoder avoids per-image Python overhead.
+                batch = decode_jpeg([raw[i] for i in chunk], mode=RGB)
+                decoded.update(zip(chunk, batch, strict=True))
+            except RuntimeError:
+                # A bad file fails the whole chunk; decode one by one to name the culprit.
+                decoded.update((i, _decode_one(split_dir, relatives[i], raw[i])) for i in chunk)
+        for i in (i for i, jpeg in enumerate(is_jpeg) if not jpeg):
+            decoded[i] = _decode_one(split_dir, relatives[i], raw[i])
+    images = [decoded[i] for i in range(len(relatives))]
+    for relative, image in zip(relatives, images, strict=True):
+        if tuple(image.shape) != (3, 32, 32):
+            raise DataError(
+                f"Image {split_dir / relative} is {image.shape[2]}x{image.shape[1]} pixels; every "
+                f"image must be 32x32 RGB. {_LAYOUT_HINT}"
+            )
+    return torch.stack(images)
+
+
+def _decode_one(split_dir: Path, relative: str, data: torch.Tensor) -> torch.Tensor:
+    try:
+        return decode_image(data, mode=RGB)
+    except RuntimeError as error:
+        raise DataError(
+            f"Image {split_dir / relative} could not be decoded ({error}). {_LAYOUT_HINT}"
+        ) from error
+
+
+def _read_cache(path: Path, fingerprint: str) -> ImageSplit | None:
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:
+        # An unreadable cache (interrupted write, other torch version) is rebuilt, not fatal.
+        return None
+    if (
+        not isinstance(cached, dict)
+        or cached.get("format") != _CACHE_FORMAT
+        or cached.get("fingerprint") != fingerprint
+    ):
+        return None
+    return ImageSplit(cached["images"], cached["labels"])
+
+
+def _write_cache(path: Path, fingerprint: str, split: ImageSplit) -> None:
+    payload = {
+        "format": _CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "images": split.images,
+        "labels": split.labels,
+    }
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, partial)
+        os.replace(partial, path)  # atomic: a concurrent reader sees the old file or the new one
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        warnings.warn(
+            f"Could not write the decoded-image cache {path} ({error}); the images will be "
+            "decoded again next time.",
+            stacklevel=3,
+        )
+
+
+def cache_path(data_dir: str | Path, split: str) -> Path:
+    """Where the decoded tensors of ``split`` (``"train"`` or ``"test"``) are cached."""
+    return Path(data_dir) / f".padam_cache_{split}.pt"
+
+
+def load_image_folder_split(data_dir: str | Path, split: str) -> ImageSplit:
+    """Load ``data_dir/<split>/<class>/*`` as tensors, from the cache when it is current.
+
+    Args:
+        data_dir: The folder holding ``train/`` and ``test/``.
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        uint8 images ``N x 3 x 32 x 32`` (class folders in sorted order, files sorted by name
+        within each) and int64 labels indexing the sorted class folder names of ``train/``.
+
+    Raises:
+        DataError: If a folder is missing or empty, a class folder under ``test/`` is not under
+            ``train/``, or an image cannot be decoded or is not 32x32.
+    """
+    root = Path(data_dir)
+    classes = class_names(root)
+    split_dir = root / split
+    listing = _list_images(split_dir, classes)
+    fingerprint = _fingerprint(classes, listing)
+    path = cache_path(root, split)
+    cached = _read_cache(path, fingerprint)
+    if cached is not None:
+        return cached
+    images = _decode_all(split_dir, [relative for relative, _, _ in listing])
+    labels = torch.tensor([label for _, label, _ in listing], dtype=torch.int64)
+    result = ImageSplit(images, labels)
+    _write_cache(path, fingerprint, result)
+    return result

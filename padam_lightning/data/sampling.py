@@ -1,0 +1,105 @@
+"""Index batches and per-epoch randomness that depends only on (seed, epoch).
+
+The data loaders of :class:`~padam_lightning.data.CIFARDataModule` yield batches of sample indices,
+not images: the images stay in one tensor (on the training device) and are gathered later. Every
+random choice of an epoch (the shuffle order, each sample's crop and flip) is a pure function of
+the seed and the epoch number, so a run resumed at an epoch boundary, or sharded over processes,
+sees exactly the data an uninterrupted single-process run would.
+"""
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def derive_seed(seed: int, epoch: int, stream: str) -> int:
+    """Mix a seed, an epoch and a stream name into a 63-bit generator seed.
+
+    A hash rather than ``seed + epoch`` so that (seed 0, epoch 1) and (seed 1, epoch 0) differ, and
+    so that the shuffle and the augmentation of an epoch draw from unrelated streams. It is stable
+    across processes and Python versions (unlike the salted built-in ``hash``).
+
+    Args:
+        seed: The run's seed.
+        epoch: The epoch number, from 0.
+        stream: What the randomness is for, e.g. ``"shuffle"`` or ``"augment"``.
+
+    Returns:
+        An integer in ``[0, 2**63)`` for ``torch.Generator.manual_seed``.
+    """
+    digest = hashlib.blake2b(f"{stream}:{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def resolve_seed(seed: int | None) -> int:
+    """Return ``seed`` if given, else the seed ``lightning.seed_everything`` exported, else 0."""
+    if seed is not None:
+        return seed
+    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+
+
+def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
+    """Return a fresh CPU generator seeded by :func:`derive_seed`."""
+    return torch.Generator().manual_seed(derive_seed(seed, epoch, stream))
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Yield a permutation of ``range(num_samples)`` that is a pure function of (seed, epoch).
+
+    Lightning calls :meth:`set_epoch` at the start of every training epoch (and forwards the call
+    through the ``DistributedSamplerWrapper`` it puts around this sampler under DDP, which then
+    gives each process every ``world_size``-th element of the permutation).
+
+    Args:
+        num_samples: Size of the split.
+        seed: The run's seed.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation the next iteration yields."""
+        self.epoch = epoch
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """Return the int64 permutation of ``epoch``."""
+        generator = epoch_generator(self.seed, epoch, "shuffle")
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.permutation(self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class IndexDataset(Dataset[int]):
+    """A map-style dataset whose item ``i`` is ``i``: the loader batches indices, nothing else.
+
+    Args:
+        num_samples: Size of the split.
+    """
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def __getitems__(self, indices: list[int]) -> list[int]:
+        # The DataLoader fetches a whole batch through this in one call instead of item by item.
+        return indices
+
+
+def collate_indices(indices: list[int]) -> torch.Tensor:
+    """Turn a list of sample indices into an int64 tensor (the loader's ``collate_fn``)."""
+    return torch.tensor(indices, dtype=torch.long)

@@ -1,0 +1,160 @@
+"""Image folders: decoded pixels and labels, the tensor cache, and malformed folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cifar_test_files import encode, random_images, write_image_folder
+from PIL import Image
+
+from padam_lightning.data import CIFARDataModule
+from padam_lightning.data import image_folder as image_folder_module
+from padam_lightning.data.image_folder import cache_path, load_image_folder_split
+from padam_lightning.errors import DataError
+
+COUNTS = {
+    "train": {"dog": 3, "cat": 4, "eel": 2},
+    "test": {"cat": 2, "dog": 1, "eel": 1},
+}
+
+
+def test_png_pixels_labels_and_order(tmp_path: Path) -> None:
+    written = write_image_folder(tmp_path, COUNTS, fmt="png")
+    data = CIFARDataModule("imagefolder", data_dir=str(tmp_path))
+    assert data.num_classes == 3
+    data.prepare_data()
+    data.setup("fit")
+    for split in ("train", "test"):
+        loaded = data.split(split)
+        # Classes in sorted folder order (cat=0, dog=1, eel=2), files sorted by name in each.
+        classes = sorted(COUNTS[split])
+        expected_images = torch.stack([img for c in classes for img in written[split][c]])
+        expected_labels = [
+            sorted(COUNTS["train"]).index(c) for c in classes for _ in written[split][c]
+        ]
+        assert torch.equal(loaded.images, expected_images)  # PNG is lossless
+        assert loaded.labels.tolist() == expected_labels
+        assert loaded.images.dtype == torch.uint8 and loaded.labels.dtype == torch.int64
+
+
+def test_jpeg_batch_decoding_matches_pil(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"train": {"a": 5, "b": 5}, "test": {"a": 1}}, fmt="jpg")
+    loaded = load_image_folder_split(tmp_path, "train")
+    files = sorted((tmp_path / "train").glob("*/*.jpg"))
+    for image, file in zip(loaded.images, files, strict=True):
+        with Image.open(file) as pil:
+            reference = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
+        # Two JPEG decoders may round the inverse DCT differently, by a level or two at most.
+        assert (image.int() - reference.int()).abs().max() <= 3
+
+
+def test_grayscale_and_mixed_formats_become_rgb(tmp_path: Path) -> None:
+    folder = tmp_path / "train" / "x"
+    folder.mkdir(parents=True)
+    gray = random_images(1, seed=3)[0, :1]
+    (folder / "gray.png").write_bytes(encode(gray, "png"))
+    colour = random_images(1, seed=4)[0]
+    (folder / "colour.PNG").write_bytes(encode(colour, "png"))
+    (folder / "notes.txt").write_text("not an image, ignored")
+    loaded = load_image_folder_split(tmp_path, "train")
+    assert loaded.images.shape == (2, 3, 32, 32)
+    assert torch.equal(loaded.images[0], colour)  # colour.PNG sorts before gray.png
+    assert torch.equal(loaded.images[1], gray.expand(3, -1, -1))
+
+
+def test_second_load_uses_the_cache_until_the_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = write_image_folder(tmp_path, COUNTS, fmt="png")
+    first = load_image_folder_split(tmp_path, "train")
+    assert cache_path(tmp_path, "train").is_file()
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded again although the cache is current")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(image_folder_module, "_decode_all", no_decoding)
+        cached = load_image_folder_split(tmp_path, "train")
+    assert torch.equal(cached.images, first.images) and torch.equal(cached.labels, first.labels)
+    # A new file invalidates the cache.
+    extra = random_images(1, seed=9)[0]
+    (tmp_path / "train" / "eel" / "9999.png").write_bytes(encode(extra, "png"))
+    updated = load_image_folder_split(tmp_path, "train")
+    assert len(updated) == len(first) + 1
+    assert torch.equal(updated.images[-1], extra)
+    assert len(written["train"]["eel"]) == 2
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, COUNTS, fmt="png")
+    expected = load_image_folder_split(tmp_path, "test")
+    cache_path(tmp_path, "test").write_bytes(b"garbage")
+    rebuilt = load_image_folder_split(tmp_path, "test")
+    assert torch.equal(rebuilt.images, expected.images)
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    data = CIFARDataModule("imagefolder", data_dir=str(tmp_path / "absent"))
+    with pytest.raises(DataError) as raised:
+        data.setup("fit")
+    message = str(raised.value)
+    assert f"Image folder {tmp_path / 'absent' / 'train'}/ not found" in message
+    assert "train/<class>/" in message and "test/<class>/" in message
+
+
+def test_missing_test_folder(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"train": {"a": 1}}, fmt="png")
+    with pytest.raises(DataError, match=f"{tmp_path / 'test'}/ not found"):
+        CIFARDataModule("imagefolder", data_dir=str(tmp_path)).setup("test")
+
+
+def test_empty_folders(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match="has no class folders"):
+        load_image_folder_split(tmp_path, "train")
+    (tmp_path / "train" / "a").mkdir()
+    with pytest.raises(DataError, match=f"{tmp_path / 'train'}/ holds no images"):
+        load_image_folder_split(tmp_path, "train")
+
+
+@pytest.mark.parametrize("size", [(16, 16), (32, 40)])
+def test_wrong_image_size_names_the_file(tmp_path: Path, size: tuple[int, int]) -> None:
+    write_image_folder(tmp_path, {"train": {"a": 2}}, fmt="png")
+    odd = torch.zeros(3, *size, dtype=torch.uint8)
+    (tmp_path / "train" / "a" / "odd.png").write_bytes(encode(odd, "png"))
+    with pytest.raises(DataError) as raised:
+        load_image_folder_split(tmp_path, "train")
+    message = str(raised.value)
+    assert str(tmp_path / "train" / "a" / "odd.png") in message
+    assert f"is {size[1]}x{size[0]} pixels" in message and "32x32" in message
+
+
+def test_undecodable_image_names_the_file(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"train": {"a": 2}}, fmt="jpg")
+    bad = tmp_path / "train" / "a" / "0001.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not really a jpeg")
+    with pytest.raises(DataError, match=f"{bad} could not be decoded"):
+        load_image_folder_split(tmp_path, "train")
+    assert bad.read_bytes().startswith(b"\xff\xd8")  # left in place
+
+
+def test_test_class_must_exist_in_train(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"train": {"a": 1}, "test": {"a": 1, "zebra": 1}}, fmt="png")
+    with pytest.raises(DataError, match="zebra"):
+        load_image_folder_split(tmp_path, "test")
+
+
+def test_unwritable_cache_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_image_folder(tmp_path, {"train": {"a": 2}}, fmt="png")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(image_folder_module.torch, "save", refuse)
+    with pytest.warns(UserWarning, match="Could not write the decoded-image cache"):
+        loaded = load_image_folder_split(tmp_path, "train")
+    assert len(loaded) == 2
+    assert not list(tmp_path.glob(".padam_cache*"))
