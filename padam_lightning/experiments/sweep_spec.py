@@ -1,0 +1,383 @@
+"""Sweep files: a grid of config files and overrides, expanded into named ``padam-fit`` runs.
+
+A sweep file is YAML::
+
+    name: optimizers                  # folder under the log dir: lightning_logs/optimizers/<run>
+    description: The paper's main comparison.   # optional, free text
+    base: [configs/data/cifar100.yaml]          # optional: configs given to every run, first
+    grid:                             # axes, in run-name order; each maps label -> choice
+      arch:
+        vgg16: configs/vgg16.yaml                       # a config file
+        resnet18: [configs/resnet18.yaml]               # or a list of config files
+      optimizer:
+        sgdm: configs/optim/sgdm.yaml
+        padam-p0.125:                                   # or config(s) and overrides together
+          config: configs/optim/padam.yaml
+          overrides: {model.optimizer.init_args.partial: 0.125}
+        adam-lr3e-4: {model.optimizer.init_args.lr: 3.0e-4}  # or overrides alone
+    seeds: [0, 1, 2]                  # optional (default [0]): every grid point once per seed
+    overrides:                        # optional: dotted keys for every run
+      trainer.max_epochs: 200
+    exclude:                          # optional: grid points to leave out (axis: label or labels)
+      - {arch: vgg16, optimizer: adam-lr3e-4}
+
+Each run is ``padam-fit fit --config <base> --config <choices, in axis order> --seed_everything S
+--<sweep overrides> --<choice overrides> <extra args> --trainer.logger.init_args.{save_dir,name,
+version}``: later values win, so a choice's override beats a sweep-wide one, and the logger flags
+that place the run come last. A run is named by its labels and seed, ``resnet18-padam-seed0``, and
+logs to ``<save_dir>/<sweep name>/<run name>``. Relative config paths are read from the directory
+padam-sweep runs in (the project root for the shipped sweeps).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from padam_lightning.errors import UserError
+
+#: Keys a sweep file may have at the top level.
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "seeds", "overrides", "exclude")
+#: Keys of a choice given as a mapping with config files and overrides.
+CHOICE_KEYS = ("config", "overrides")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+_DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Keys the sweep sets itself: the seed (``seeds``), where a run logs, and resuming.
+_RESERVED_KEYS = ("seed_everything", "trainer.logger", "ckpt_path", "config")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One value of a grid axis: config files and overrides, named by a short label."""
+
+    label: str
+    configs: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A grid axis: its name and its choices in file order."""
+
+    name: str
+    choices: tuple[Choice, ...]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed, validated sweep file."""
+
+    name: str
+    description: str
+    base: tuple[str, ...]
+    axes: tuple[Axis, ...]
+    seeds: tuple[int, ...]
+    overrides: tuple[tuple[str, Any], ...]
+    exclude: tuple[Mapping[str, frozenset[str]], ...]
+    source: Path
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its name, the labels that make it, and what ``padam-fit`` gets."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    seed: int
+    configs: tuple[str, ...]
+    overrides: tuple[tuple[str, Any], ...]
+
+    def fit_arguments(
+        self, *, sweep_name: str, save_dir: str, extra_args: Sequence[str] = ()
+    ) -> list[str]:
+        """Arguments after ``padam-fit`` for this run (without ``--ckpt_path``)."""
+        args = ["fit"]
+        for config in self.configs:
+            args += ["--config", config]
+        args += ["--seed_everything", str(self.seed)]
+        for key, value in self.overrides:
+            args += [f"--{key}", format_override_value(value)]
+        args += list(extra_args)
+        args += [
+            "--trainer.logger.init_args.save_dir",
+            save_dir,
+            "--trainer.logger.init_args.name",
+            sweep_name,
+            "--trainer.logger.init_args.version",
+            self.name,
+        ]
+        return args
+
+
+def format_override_value(value: Any) -> str:
+    """A YAML value as the command line gives it to jsonargparse.
+
+    Floats keep a decimal point before an exponent (``1.0e-05``): YAML 1.1 reads ``1e-05`` as a
+    string. Lists and mappings become JSON, which jsonargparse parses as YAML.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return {math.inf: ".inf", -math.inf: "-.inf"}.get(value, ".nan")
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent}"
+        return text
+    if isinstance(value, int | str):
+        return str(value)
+    return json.dumps(value)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file.
+
+    Args:
+        path: The sweep YAML file.
+
+    Returns:
+        The parsed sweep.
+
+    Raises:
+        UserError: If the file is missing, not YAML, or breaks the schema (the message names the
+            key and what is expected).
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise UserError(
+            f"sweep file {source} not found; pass a YAML file such as "
+            "configs/sweeps/optimizers.yaml."
+        )
+    try:
+        data = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"sweep file {source} is not valid YAML: {err}".replace("\n", " ")) from err
+    return parse_sweep(data, source=source)
+
+
+def parse_sweep(data: Any, *, source: Path) -> SweepSpec:
+    """Validate the contents of a sweep file (see the module docstring for the schema)."""
+    where = str(source)
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{where}: a sweep file is a mapping with name, grid, ... at the top level."
+        )
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
+            f"allowed: {', '.join(TOP_LEVEL_KEYS)}."
+        )
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UserError(
+            f"{where}: name must be a folder-safe string (letters, digits, . _ + = -), "
+            f"got {name!r}."
+        )
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise UserError(f"{where}: description must be a string.")
+    base = _config_list(data.get("base"), f"{where}: base")
+    axes = _parse_grid(data.get("grid"), where)
+    seeds = _parse_seeds(data.get("seeds", [0]), where)
+    overrides = _parse_overrides(data.get("overrides"), f"{where}: overrides")
+    exclude = _parse_exclude(data.get("exclude"), axes, where)
+    return SweepSpec(
+        name=name,
+        description=description.strip(),
+        base=base,
+        axes=axes,
+        seeds=seeds,
+        overrides=overrides,
+        exclude=exclude,
+        source=source,
+    )
+
+
+def _config_list(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UserError(f"{where}: expected a config file path or a list of them, got {value!r}.")
+    return tuple(value)
+
+
+def _parse_overrides(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a mapping of dotted keys to values, got {value!r}.")
+    for key in value:
+        if not isinstance(key, str) or not _DOTTED_KEY.match(key):
+            raise UserError(
+                f"{where}: {key!r} is not a dotted config key such as model.optimizer.init_args.lr."
+            )
+        if any(key == reserved or key.startswith(reserved + ".") for reserved in _RESERVED_KEYS):
+            raise UserError(
+                f"{where}: {key} is set by padam-sweep (seeds go in `seeds:`, the log folder "
+                "follows the sweep and run names); remove it."
+            )
+    return tuple(value.items())
+
+
+def _parse_choice(label: Any, value: Any, where: str) -> Choice:
+    if not isinstance(label, str) or not _NAME.match(label):
+        raise UserError(
+            f"{where}: label {label!r} must be a short folder-safe name "
+            "(letters, digits, . _ + = -), e.g. resnet18 or p0.125."
+        )
+    here = f"{where}.{label}"
+    if isinstance(value, str | list):
+        return Choice(label, configs=_config_list(value, here))
+    if isinstance(value, dict):
+        if any(key in CHOICE_KEYS for key in value):
+            unknown = sorted(set(value) - set(CHOICE_KEYS))
+            if unknown:
+                raise UserError(
+                    f"{here}: a choice with config/overrides takes only those two keys; "
+                    f"move {', '.join(map(str, unknown))} under overrides."
+                )
+            configs = _config_list(value.get("config"), f"{here}.config")
+            overrides = _parse_overrides(value.get("overrides"), f"{here}.overrides")
+        else:
+            configs, overrides = (), _parse_overrides(value, here)
+        if not configs and not overrides:
+            raise UserError(f"{here}: the choice is empty; give a config file or overrides.")
+        return Choice(label, configs=configs, overrides=overrides)
+    raise UserError(
+        f"{here}: a choice is a config file, a list of config files, a mapping of overrides, "
+        f"or {{config: ..., overrides: ...}}; got {value!r}."
+    )
+
+
+def _parse_grid(value: Any, where: str) -> tuple[Axis, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: grid must map axis names to {{label: choice}} mappings.")
+    axes = []
+    for axis_name, choices in value.items():
+        if not isinstance(axis_name, str) or not _NAME.match(axis_name):
+            raise UserError(f"{where}: grid axis name {axis_name!r} must be a short name.")
+        if not isinstance(choices, dict) or not choices:
+            raise UserError(
+                f"{where}: grid.{axis_name} must map labels to choices, e.g. "
+                "{resnet18: configs/resnet18.yaml}."
+            )
+        axes.append(
+            Axis(
+                axis_name,
+                tuple(
+                    _parse_choice(label, choice, f"{where}: grid.{axis_name}")
+                    for label, choice in choices.items()
+                ),
+            )
+        )
+    return tuple(axes)
+
+
+def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+        or len(set(value)) != len(value)
+    ):
+        raise UserError(
+            f"{where}: seeds must be a non-empty list of distinct non-negative integers, "
+            f"got {value!r}."
+        )
+    return tuple(value)
+
+
+def _parse_exclude(
+    value: Any, axes: tuple[Axis, ...], where: str
+) -> tuple[Mapping[str, frozenset[str]], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise UserError(f"{where}: exclude must be a list of {{axis: label(s)}} mappings.")
+    labels = {axis.name: {choice.label for choice in axis.choices} for axis in axes}
+    rules = []
+    for rule in value:
+        if not isinstance(rule, dict) or not rule:
+            raise UserError(f"{where}: exclude entries are {{axis: label or [labels]}} mappings.")
+        parsed = {}
+        for axis_name, wanted in rule.items():
+            if axis_name not in labels:
+                raise UserError(
+                    f"{where}: exclude names axis {axis_name!r}; the grid's axes are "
+                    f"{', '.join(labels) or '(none)'}."
+                )
+            wanted_set = frozenset([wanted] if isinstance(wanted, str) else wanted or [])
+            missing = sorted(wanted_set - labels[axis_name])
+            if missing or not wanted_set:
+                raise UserError(
+                    f"{where}: exclude: axis {axis_name} has no label {', '.join(missing) or '?'}"
+                    f"; its labels are {', '.join(sorted(labels[axis_name]))}."
+                )
+            parsed[axis_name] = wanted_set
+        rules.append(parsed)
+    return tuple(rules)
+
+
+def expand(spec: SweepSpec) -> list[PlannedRun]:
+    """All runs of a sweep, in grid order (first axis slowest), each seed after its grid point.
+
+    Raises:
+        UserError: If two runs would get the same name.
+    """
+    runs = []
+    names: set[str] = set()
+    axis_choices = [axis.choices for axis in spec.axes]
+    for combination in itertools.product(*axis_choices):
+        labels = tuple(
+            (axis.name, choice.label) for axis, choice in zip(spec.axes, combination, strict=True)
+        )
+        if any(
+            all(dict(labels)[axis_name] in wanted for axis_name, wanted in rule.items())
+            for rule in spec.exclude
+        ):
+            continue
+        configs = spec.base + tuple(c for choice in combination for c in choice.configs)
+        overrides = spec.overrides + tuple(o for choice in combination for o in choice.overrides)
+        for seed in spec.seeds:
+            name = "-".join([*(label for _, label in labels), f"seed{seed}"])
+            if name in names:
+                raise UserError(
+                    f"{spec.source}: two runs would both be named {name}; make the labels of "
+                    "different axes distinct (e.g. p0.125 and lr0.1 rather than 0.125 and 0.1)."
+                )
+            names.add(name)
+            runs.append(
+                PlannedRun(
+                    name=name, labels=labels, seed=seed, configs=configs, overrides=overrides
+                )
+            )
+    return runs
+
+
+def missing_config_files(runs: Sequence[PlannedRun], root: Path) -> list[str]:
+    """Config files the runs name that do not exist (relative paths resolved from ``root``)."""
+    missing = []
+    for config in dict.fromkeys(c for run in runs for c in run.configs):
+        path = Path(config)
+        if not (path if path.is_absolute() else root / path).is_file():
+            missing.append(config)
+    return missing

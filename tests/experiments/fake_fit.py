@@ -1,0 +1,55 @@
+"""A stand-in for ``padam-fit fit`` in sweep tests: records its call and writes a run's files.
+
+It reads the logger flags the sweep passes to find the run folder, appends its argv, working
+directory and ``CUDA_VISIBLE_DEVICES`` to ``calls.jsonl`` there, and then, depending on the
+overrides it was given:
+
+- default: writes ``checkpoints/last.ckpt`` and ``finished.json`` (a finished run), exit 0;
+- ``--fake.crash_once true``: without ``--ckpt_path`` writes only ``last.ckpt`` and exits 1 (an
+  interrupted run); with ``--ckpt_path last`` finishes;
+- ``--fake.fail true``: prints an error and exits 3 without writing anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    assert argv[0] == "fit", argv
+    options: dict[str, str] = {}
+    rest = argv[1:]
+    for flag, value in zip(rest[::2], rest[1::2], strict=True):
+        if flag != "--config":
+            options[flag.removeprefix("--")] = value
+    run_dir = (
+        Path(options["trainer.logger.init_args.save_dir"])
+        / options["trainer.logger.init_args.name"]
+        / options["trainer.logger.init_args.version"]
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "calls.jsonl", "a") as calls:
+        record = {
+            "argv": argv,
+            "cwd": os.getcwd(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+        calls.write(json.dumps(record) + "\n")
+    print(f"fake fit of {run_dir.name}")
+    if options.get("fake.fail") == "true":
+        print("RuntimeError: the fake run failed on purpose", file=sys.stderr)
+        return 3
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"fake")
+    if options.get("fake.crash_once") == "true" and options.get("ckpt_path") != "last":
+        print("crashed after writing last.ckpt", file=sys.stderr)
+        return 1
+    (run_dir / "finished.json").write_text(json.dumps({"epoch": 1, "metrics": {}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
