@@ -1,0 +1,164 @@
+"""``padam-report``: figures and tables from the TensorBoard logs of ``padam-fit`` runs.
+
+Examples::
+
+    padam-report lightning_logs/optimizers --out reports/optimizers
+    padam-report lightning_logs/p_lr_grid --out reports/p_lr_grid --target-err 0.1 0.08
+    padam-report lightning_logs/p_grid --out reports/p_grid --panels arch --lines p
+
+Every folder under LOGDIR with event files and a ``config.yaml`` is a run. Runs that differ only
+in their seed form a group; which fields vary decides the figures, panels and lines
+(:mod:`padam_lightning.experiments.report_groups`). Written to ``--out``:
+
+- ``curves.png`` / ``curves.svg`` (``curves_<dataset>.*`` per dataset): training loss and test
+  error against epoch, one panel per network (or per value of a second swept hyperparameter),
+  one line per optimizer / p / setting; ``schedule.*`` when some run schedules p.
+- ``results.md``: final and best test error per group (mean ± std over seeds), final training
+  loss and the epoch each group first reached the target errors.
+- ``results.json`` (groups, and every run with its per-epoch curves) and ``results.csv`` (one row
+  per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from padam_lightning.errors import UserError
+from padam_lightning.experiments.report_figures import build_figures, save_figures
+from padam_lightning.experiments.report_groups import (
+    Layout,
+    RunGroup,
+    choose_layout,
+    group_runs,
+    summarize_run,
+)
+from padam_lightning.experiments.report_tables import (
+    markdown_table,
+    results_json,
+    write_csv,
+    write_json,
+)
+from padam_lightning.experiments.run_logs import find_run_dirs, read_run
+
+PROG = "padam-report"
+DEFAULT_TARGETS = (0.10,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``padam-report``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Read the TensorBoard logs of padam-fit runs under LOGDIR and write figures (PNG, "
+            "SVG) and tables (results.md, results.json, results.csv) comparing them."
+        ),
+    )
+    parser.add_argument("logdir", type=Path, help="folder of runs, e.g. lightning_logs/optimizers")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for the figures and tables (created)"
+    )
+    parser.add_argument(
+        "--target-err",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_TARGETS),
+        metavar="ERR",
+        help="test error fractions for the epochs-to-target columns (default 0.10); the best "
+        "error of the worst group per panel is always added",
+    )
+    parser.add_argument(
+        "--panels",
+        metavar="FIELDS",
+        help="comma-separated fields to make panels of (default: inferred, e.g. arch)",
+    )
+    parser.add_argument(
+        "--lines",
+        metavar="FIELDS",
+        help="comma-separated fields to label lines with (default: inferred, e.g. optimizer,p)",
+    )
+    parser.add_argument("--title", help="heading of results.md (default: the log folder)")
+    return parser
+
+
+def _field_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_report(
+    logdir: Path,
+    *,
+    panels: Sequence[str] | None = None,
+    lines: Sequence[str] | None = None,
+) -> tuple[list[RunGroup], Layout, list[str]]:
+    """Read the runs under ``logdir`` and group them.
+
+    Returns:
+        The groups, the layout, and notes about folders that were left out.
+
+    Raises:
+        UserError: If ``logdir`` holds no run with a logged test error.
+    """
+    if not logdir.is_dir():
+        raise UserError(f"{logdir} is not a folder; pass the log folder of a sweep or run.")
+    notes = []
+    summaries = []
+    for run_dir in find_run_dirs(logdir):
+        record = read_run(run_dir, logdir)
+        if record is None:
+            notes.append(f"{run_dir}: no config.yaml, not a padam-fit run; left out")
+            continue
+        if "val/err" not in record.curves:
+            notes.append(f"{run_dir}: no test error logged yet; left out")
+            continue
+        summaries.append(summarize_run(record))
+    if not summaries:
+        raise UserError(
+            f"no runs with a logged test error (val/err) under {logdir}; point at the folder "
+            "that holds the runs, e.g. lightning_logs/optimizers."
+        )
+    layout = choose_layout([s.fields for s in summaries], panels=panels, lines=lines)
+    return group_runs(summaries, layout), layout, notes
+
+
+def run_report(argv: Sequence[str]) -> int:
+    """Parse ``argv``, write the report, print what was written; return the exit status."""
+    args = build_parser().parse_args(list(argv))
+    targets = args.target_err
+    if any(not 0 < t < 1 for t in targets):
+        raise UserError("--target-err values are error fractions between 0 and 1, e.g. 0.1.")
+    groups, layout, notes = build_report(
+        args.logdir, panels=_field_list(args.panels), lines=_field_list(args.lines)
+    )
+    for note in notes:
+        print(f"{PROG}: {note}", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = args.title or f"Results: {args.logdir}"
+    written = save_figures(build_figures(groups), args.out)
+    markdown = args.out / "results.md"
+    markdown.write_text(markdown_table(groups, layout, targets, title))
+    json_path = args.out / "results.json"
+    write_json(json_path, results_json(groups, layout, targets, args.logdir))
+    csv_path = args.out / "results.csv"
+    write_csv(csv_path, groups, layout)
+    written += [markdown, json_path, csv_path]
+    runs = sum(len(g.runs) for g in groups)
+    print(f"{PROG}: {runs} runs in {len(groups)} groups; wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``padam-report``; user mistakes print one line and exit with status 2."""
+    try:
+        return run_report(sys.argv[1:] if argv is None else argv)
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

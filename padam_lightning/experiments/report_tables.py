@@ -1,0 +1,229 @@
+"""The report's tables: ``results.md`` for people, ``results.json`` and ``results.csv`` for tools.
+
+Errors are fractions in JSON and CSV and percentages in the markdown table. Per group: the
+number of seeds, epochs completed (of the configured epochs), the final and the best test error
+(mean ± sample std over seeds), the final training loss, and the first epoch at which the
+seed-mean test error reached each target: the ``--target-err`` values and, per panel, the best
+error of the worst group (a level every group reaches, so it compares speed fairly).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from padam_lightning.experiments.report_groups import (
+    Layout,
+    RunGroup,
+    Stat,
+    common_targets,
+)
+from padam_lightning.experiments.run_fields import format_value
+
+
+def _pct(stat: Stat | None) -> str:
+    if stat is None:
+        return "-"
+    if stat.n > 1:
+        return f"{100 * stat.mean:.2f} ± {100 * stat.std:.2f}"
+    return f"{100 * stat.mean:.2f}"
+
+
+def _num(stat: Stat | None) -> str:
+    if stat is None:
+        return "-"
+    if stat.n > 1:
+        return f"{stat.mean:.4f} ± {stat.std:.4f}"
+    return f"{stat.mean:.4f}"
+
+
+def _stat_json(stat: Stat | None) -> dict[str, float] | None:
+    return None if stat is None else {"mean": stat.mean, "std": stat.std, "n": stat.n}
+
+
+def _plain(key: str, value: Any) -> Any:
+    """A field value for JSON: config values decoded from their JSON text."""
+    if key.startswith("config:") and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _target_name(target: float) -> str:
+    return f"{target:g}"
+
+
+def markdown_table(
+    groups: Sequence[RunGroup], layout: Layout, targets: Sequence[float], title: str
+) -> str:
+    """``results.md``: one table per figure and panel."""
+    common = common_targets(groups)
+    lines = [
+        f"# {title}",
+        "",
+        f"{sum(len(g.runs) for g in groups)} runs in {len(groups)} groups. Test error is "
+        "`val/err` (the CIFAR test split) in %; mean ± std over seeds where a group has "
+        "several. *Epochs to x%*: the first epoch at which the seed-mean test error was at most "
+        "x% (`-`: not reached); *common* is the best error of the group that did worst, a "
+        "level every group reached.",
+    ]
+    sections: dict[tuple[Any, ...], list[RunGroup]] = {}
+    for group in groups:
+        sections.setdefault((group.figure_key, group.panel_key), []).append(group)
+    for key, members in sections.items():
+        heading = " · ".join(t for t in (members[0].figure_title, members[0].panel_title) if t)
+        lines += ["", f"## {heading or 'All runs'}", ""]
+        line_names = [layout.names.get(k, k) for k in layout.lines] or ["group"]
+        common_target = common.get(key)
+        target_headers = [f"epochs to {100 * t:.2f}%" for t in targets]
+        if common_target is not None:
+            target_headers.append(f"epochs to {100 * common_target:.2f}% (common)")
+        header = [
+            *line_names,
+            "seeds",
+            "epochs",
+            "final test err %",
+            "best test err %",
+            "final train loss",
+            *target_headers,
+        ]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for group in members:
+            if layout.lines:
+                cells = [format_value(k, group.fields.get(k)) for k in layout.lines]
+            else:
+                cells = [group.label]
+            epochs = f"{group.epochs}" + (f"/{group.max_epochs}" if group.max_epochs else "")
+            reached = [group.epoch_to_reach(t) for t in targets]
+            if common_target is not None:
+                reached.append(group.epoch_to_reach(common_target))
+            cells += [
+                str(len(group.runs)),
+                epochs,
+                _pct(group.final_err),
+                _pct(group.best_err),
+                _num(group.final_train_loss),
+                *("-" if r is None else str(r) for r in reached),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_json(
+    groups: Sequence[RunGroup], layout: Layout, targets: Sequence[float], logdir: Path
+) -> dict[str, Any]:
+    """``results.json``: layout, groups with statistics, and every run with its curves."""
+    common = common_targets(groups)
+    group_entries = []
+    run_entries = []
+    for group in groups:
+        common_target = common.get((group.figure_key, group.panel_key))
+        reach = {_target_name(t): group.epoch_to_reach(t) for t in targets}
+        group_entries.append(
+            {
+                "label": group.label,
+                "figure": group.figure_title,
+                "panel": group.panel_title,
+                "fields": {layout.names[k]: _plain(k, group.fields.get(k)) for k in layout.varying},
+                "runs": [r.record.name for r in group.runs],
+                "seeds": [r.record.seed for r in group.runs],
+                "epochs": group.epochs,
+                "max_epochs": group.max_epochs,
+                "final_val_err": _stat_json(group.final_err),
+                "best_val_err": _stat_json(group.best_err),
+                "final_train_loss": _stat_json(group.final_train_loss),
+                "epoch_to_target": reach,
+                "common_target": common_target,
+                "epoch_to_common_target": (
+                    None if common_target is None else group.epoch_to_reach(common_target)
+                ),
+            }
+        )
+        for run in group.runs:
+            run_entries.append(
+                {
+                    "name": run.record.name,
+                    "path": str(run.record.path),
+                    "group": group.label,
+                    "seed": run.record.seed,
+                    "finished": run.record.finished is not None,
+                    "fields": {
+                        layout.names[k]: _plain(k, run.fields.get(k)) for k in layout.varying
+                    },
+                    "epochs": run.epochs,
+                    "max_epochs": run.max_epochs,
+                    "final_val_err": run.final_err,
+                    "best_val_err": run.best_err,
+                    "best_epoch": run.best_epoch,
+                    "final_train_loss": run.final_train_loss,
+                    "curves": {
+                        tag: curve.as_pairs() for tag, curve in sorted(run.record.curves.items())
+                    },
+                }
+            )
+    return {
+        "logdir": str(logdir),
+        "layout": {
+            "varying": [layout.names[k] for k in layout.varying],
+            "figures": [layout.names[k] for k in layout.figures],
+            "panels": [layout.names[k] for k in layout.panels],
+            "lines": [layout.names[k] for k in layout.lines],
+        },
+        "targets": list(targets),
+        "groups": group_entries,
+        "runs": run_entries,
+    }
+
+
+CSV_COLUMNS = (
+    "run",
+    "group",
+    "figure",
+    "panel",
+    "seed",
+    "finished",
+    "epochs",
+    "max_epochs",
+    "final_val_err",
+    "best_val_err",
+    "best_epoch",
+    "final_train_loss",
+)
+
+
+def write_csv(path: Path, groups: Sequence[RunGroup], layout: Layout) -> None:
+    """``results.csv``: one row per run with its varying fields and numbers."""
+    field_names = [layout.names[k] for k in layout.varying]
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([*CSV_COLUMNS, *field_names])
+        for group in groups:
+            for run in group.runs:
+                writer.writerow(
+                    [
+                        run.record.name,
+                        group.label,
+                        group.figure_title,
+                        group.panel_title,
+                        run.record.seed,
+                        run.record.finished is not None,
+                        run.epochs,
+                        run.max_epochs,
+                        run.final_err,
+                        run.best_err,
+                        run.best_epoch,
+                        run.final_train_loss,
+                        *(format_value(k, run.fields.get(k)) for k in layout.varying),
+                    ]
+                )
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON."""
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

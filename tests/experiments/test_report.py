@@ -1,0 +1,228 @@
+"""padam-report on synthetic logs: layout inference, statistics, figures, tables, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from fake_runs import STEPS_PER_EPOCH, config, read_scalars_independently, write_run
+from matplotlib.figure import Figure
+
+from padam_lightning.experiments.report import build_report, main
+from padam_lightning.experiments.report_figures import build_figures
+from padam_lightning.experiments.run_logs import read_run
+
+
+def _legend(fig: Figure, row: int, column: int) -> list[str]:
+    ax = fig.axes[row * _columns(fig) + column]
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def _columns(fig: Figure) -> int:
+    return fig.axes[0].get_gridspec().ncols
+
+
+def _line(fig: Figure, row: int, column: int, label: str) -> tuple[list[float], list[float]]:
+    ax = fig.axes[row * _columns(fig) + column]
+    (line,) = [line for line in ax.get_lines() if line.get_label() == label]
+    return list(line.get_xdata()), list(line.get_ydata())
+
+
+def _err(start: float, step: float, n: int = 5) -> list[float]:
+    return [round(start - step * i, 6) for i in range(n)]
+
+
+@pytest.fixture
+def optimizer_logs(tmp_path: Path) -> Path:
+    """2 networks x (SGDM, Adam, Padam), 5 epochs each: the optimizer comparison's shape."""
+    logdir = tmp_path / "optimizers"
+    settings = {"sgdm": 0.1, "adam": 0.001, "padam": 0.1}
+    for a, arch in enumerate(("vgg16", "resnet18")):
+        for o, (optimizer, lr) in enumerate(settings.items()):
+            write_run(
+                logdir / f"{arch}-{optimizer}-seed0",
+                config(arch=arch, optimizer=optimizer, lr=lr),
+                {
+                    "val/err": _err(0.5 - 0.01 * o - 0.02 * a, 0.05),
+                    "train/loss": _err(2.0 - 0.1 * o, 0.3),
+                },
+            )
+    return logdir
+
+
+def test_optimizer_comparison_gives_a_panel_per_network_and_a_line_per_optimizer(
+    optimizer_logs: Path,
+) -> None:
+    groups, layout, notes = build_report(optimizer_logs)
+    assert notes == []
+    assert layout.panels == ("arch",) and layout.lines == ("optimizer",)
+    # lr, p and the optimizers' own arguments follow from the optimizer: not in the labels.
+    assert [g.label for g in groups] == ["SGDM", "Adam", "Padam"] * 2
+    assert [g.panel_title for g in groups[::3]] == ["VGG-16", "ResNet-18"]
+    fig = build_figures(groups)["curves"]
+    assert _columns(fig) == 2 and len(fig.axes) == 4
+    assert _legend(fig, 0, 0) == ["SGDM", "Adam", "Padam"]
+    assert fig.axes[0].get_title() == "VGG-16" and fig.axes[1].get_title() == "ResNet-18"
+    epochs, errors = _line(fig, 1, 1, "Adam")  # test error, ResNet-18
+    assert epochs == [1, 2, 3, 4, 5]
+    assert errors == pytest.approx(_err(0.5 - 0.01 - 0.02, 0.05))
+    _, losses = _line(fig, 0, 0, "Padam")
+    assert losses == pytest.approx(_err(2.0 - 0.2, 0.3))
+
+
+def test_report_files_hold_the_logged_values(
+    optimizer_logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    assert main([str(optimizer_logs), "--out", str(out), "--target-err", "0.35"]) == 0
+    assert "6 runs in 6 groups" in capsys.readouterr().out
+    for name in ("curves.png", "curves.svg", "results.md", "results.json", "results.csv"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert results["layout"]["panels"] == ["arch"]
+    assert results["layout"]["lines"] == ["optimizer"]
+    for run in results["runs"]:
+        scalars = read_scalars_independently(optimizer_logs / run["name"])
+        errors = [scalars["val/err"][e * STEPS_PER_EPOCH - 1] for e in range(1, 6)]
+        assert run["final_val_err"] == errors[-1]
+        assert run["best_val_err"] == min(errors)
+        assert run["final_train_loss"] == scalars["train/loss"][5 * STEPS_PER_EPOCH - 1]
+        assert [e for e, _ in run["curves"]["val/err"]] == [1, 2, 3, 4, 5]
+        assert "train/loss_step" not in run["curves"]  # per-step scalars are not epoch curves
+    adam = next(g for g in results["groups"] if g["label"] == "Adam" and g["panel"] == "VGG-16")
+    # Adam on VGG: 0.49, 0.44, 0.39, 0.34 -> first at most 0.35 after epoch 4.
+    assert adam["epoch_to_target"] == {"0.35": 4}
+    # The worst group in the VGG panel (SGDM) ends at 0.30: every group's epoch to reach it.
+    assert adam["common_target"] == pytest.approx(0.30)
+    assert adam["epoch_to_common_target"] == 5
+    markdown = (out / "results.md").read_text()
+    assert "## VGG-16" in markdown and "## ResNet-18" in markdown
+    assert "| optimizer | seeds | epochs | final test err % | best test err %" in markdown
+    assert "| Adam | 1 | 5/5 | 29.00 | 29.00 | 0.7000 | 4 | 5 |" in markdown
+    with open(out / "results.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 6 and {"arch", "optimizer"} <= set(rows[0])
+
+
+def test_seeds_pool_into_mean_and_std(tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    finals = {0: [0.40, 0.30, 0.20], 1: [0.42, 0.28, 0.26], 2: [0.38, 0.33, 0.23]}
+    for seed, errors in finals.items():
+        write_run(
+            logdir / f"padam-seed{seed}",
+            config(seed=seed, max_epochs=3),
+            {"val/err": errors, "train/loss": [1.0, 0.8, 0.5 + seed / 10]},
+        )
+    write_run(logdir / "sgdm-seed0", config(optimizer="sgdm", max_epochs=3), {"val/err": [0.5] * 3})
+    groups, layout, _ = build_report(logdir)
+    assert layout.lines == ("optimizer",)
+    padam = next(g for g in groups if g.label == "Padam")
+    assert [r.record.seed for r in padam.runs] == [0, 1, 2]
+    last = [errors[-1] for errors in finals.values()]
+    best = [min(errors) for errors in finals.values()]
+    assert padam.final_err.mean == pytest.approx(statistics.fmean(last))
+    assert padam.final_err.std == pytest.approx(statistics.stdev(last))
+    assert padam.best_err.mean == pytest.approx(statistics.fmean(best))
+    mean_curve = padam.mean_curves["val/err"].values
+    assert mean_curve == pytest.approx([0.40, 0.30333333, 0.23], rel=1e-6)
+    assert padam.epoch_to_reach(0.30) == 3  # the seed mean is 0.3033 after epoch 2
+    fig = build_figures(groups)["curves"]
+    assert len(fig.axes[1].collections) == 1  # one ±std band: Padam's three seeds
+
+
+def test_p_by_lr_grid_becomes_a_grid_of_panels(tmp_path: Path) -> None:
+    logdir = tmp_path / "p_lr_grid"
+    for p in (0.25, 0.125):
+        for lr in (0.1, 0.01):
+            write_run(
+                logdir / f"p{p}-lr{lr}-seed0",
+                config(p=p, lr=lr, max_epochs=2),
+                {"val/err": [0.5, 0.4 - p / 10 - lr], "train/loss": [1.0, 0.5]},
+            )
+    groups, layout, _ = build_report(logdir)
+    assert layout.panels == ("lr",) and layout.lines == ("p",)
+    fig = build_figures(groups)["curves"]
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["lr=0.1", "lr=0.01"]
+    assert _legend(fig, 1, 0) == ["p=1/4", "p=1/8"]
+    _, errors = _line(fig, 1, 1, "p=1/8")
+    assert errors == pytest.approx([0.5, 0.4 - 0.0125 - 0.01])
+    # Asked for explicitly: p as panels, lr as lines.
+    _, layout, _ = build_report(logdir, panels=["p"], lines=["lr"])
+    assert layout.panels == ("p",) and layout.lines == ("lr",)
+
+
+def test_p_schedule_runs_are_labelled_by_their_schedule(tmp_path: Path) -> None:
+    logdir = tmp_path / "p_schedule"
+    schedule = {
+        "p_start": 0.25,
+        "p_end": 0.0625,
+        "shape": "linear",
+        "interval": "epoch",
+        "total": 3,
+        "lr_start_scale": 0.1,
+        "lr_end_scale": 1.0,
+    }
+    write_run(
+        logdir / "sched-seed0",
+        config(schedule=schedule, max_epochs=3),
+        {"val/err": [0.5, 0.4, 0.3], "optim/partial": [0.25, 0.15625, 0.0625]},
+    )
+    write_run(
+        logdir / "p0.0625-seed0",
+        config(p=0.0625, max_epochs=3),
+        {"val/err": [0.6, 0.5, 0.35], "optim/partial": [0.0625] * 3},
+    )
+    groups, layout, _ = build_report(logdir)
+    assert layout.lines == ("p",)
+    assert [g.label for g in groups] == ["p=1/16", "p 1/4→1/16 linear, lr×0.1→1"]
+    figures = build_figures(groups)
+    assert set(figures) == {"curves", "schedule"}
+    _, partials = _line(figures["schedule"], 0, 0, "p 1/4→1/16 linear, lr×0.1→1")
+    assert partials == pytest.approx([0.25, 0.15625, 0.0625])
+
+
+def test_a_resumed_run_keeps_the_latest_write_of_each_step(tmp_path: Path) -> None:
+    run_dir = tmp_path / "logs" / "run"
+    run_config = config(max_epochs=4)
+    # First attempt: epochs 1-3, then a crash; the resume rewrites epoch 3 and goes on.
+    write_run(run_dir, run_config, {"val/err": [0.5, 0.4, 0.9]}, wall_time=0.0, suffix=".a")
+    write_run(
+        run_dir, run_config, {"val/err": [0.3, 0.2]}, first_epoch=3, wall_time=500.0, suffix=".b"
+    )
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
+    record = read_run(run_dir, tmp_path / "logs")
+    assert record is not None
+    curve = record.curves["val/err"]
+    assert curve.epochs == (1, 2, 3, 4)
+    assert curve.values == pytest.approx([0.5, 0.4, 0.3, 0.2])
+
+
+def test_runs_without_config_or_test_error_are_left_out_with_a_note(tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    write_run(logdir / "good", config(), {"val/err": [0.5]})
+    write_run(logdir / "no-err", config(), {"train/loss": [1.0]})
+    write_run(logdir / "no-config", config(), {"val/err": [0.5]})
+    (logdir / "no-config" / "config.yaml").unlink()
+    groups, _, notes = build_report(logdir)
+    assert [r.record.name for g in groups for r in g.runs] == ["good"]
+    assert any("no-config: no config.yaml" in note for note in notes)
+    assert any("no-err: no test error logged yet" in note for note in notes)
+
+
+def test_user_errors_print_one_line_and_exit_2(
+    tmp_path: Path, optimizer_logs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "out")
+    assert main([str(tmp_path / "missing"), "--out", out]) == 2
+    assert capsys.readouterr().err.startswith("padam-report: error: ")
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--out", out]) == 2
+    assert "no runs with a logged test error" in capsys.readouterr().err
+    assert main([str(optimizer_logs), "--out", out, "--panels", "depth"]) == 2
+    err = capsys.readouterr().err
+    assert "--panels depth: not a field that varies" in err and "arch, optimizer" in err
+    assert main([str(optimizer_logs), "--out", out, "--target-err", "10"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
