@@ -34,6 +34,26 @@ def draw_augmentation(
     return offsets, flips
 
 
+def _crop_gather(
+    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor | None, padding: int
+) -> torch.Tensor:
+    """Pad, then crop (and optionally mirror) every image with one gather over flat pixels."""
+    n, c, h, w = images.shape
+    padded_width = w + 2 * padding
+    padded = F.pad(images, (padding, padding, padding, padding)).reshape(n, c, -1)
+    device = images.device
+    offsets = offsets.to(device=device, dtype=torch.long)
+    rows = torch.arange(h, device=device)[:, None] * padded_width  # H x 1
+    cols = torch.arange(w, device=device).expand(n, w)  # N x W
+    if flips is not None:
+        # Mirroring the crop is reading its columns right to left.
+        flips = flips.to(device=device, dtype=torch.bool)
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    corner = offsets[:, 0] * padded_width + offsets[:, 1]  # N: top-left of each crop
+    index = (corner[:, None, None] + rows + cols[:, None, :]).reshape(n, 1, h * w)
+    return torch.gather(padded, 2, index.expand(n, c, h * w)).reshape(n, c, h, w)
+
+
 def pad_crop(
     images: torch.Tensor, offsets: torch.Tensor, padding: int = CROP_PADDING
 ) -> torch.Tensor:
@@ -48,16 +68,7 @@ def pad_crop(
     Returns:
         ``N x C x H x W`` crops, same dtype and device as ``images``.
     """
-    n, c, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
-    offsets = offsets.to(device=images.device, dtype=torch.long)
-    # Gather rows, then columns, with per-sample index grids: two gathers instead of a Python loop.
-    rows = offsets[:, 0, None] + torch.arange(h, device=images.device)  # N x H
-    cols = offsets[:, 1, None] + torch.arange(w, device=images.device)  # N x W
-    row_index = rows[:, None, :, None].expand(n, c, h, w + 2 * padding)
-    picked_rows = torch.gather(padded, 2, row_index)
-    col_index = cols[:, None, None, :].expand(n, c, h, w)
-    return torch.gather(picked_rows, 3, col_index)
+    return _crop_gather(images, offsets, None, padding)
 
 
 def horizontal_flip(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -95,7 +106,7 @@ def normalize(
     """
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).reshape(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).reshape(-1, 1, 1)
-    return (images.to(torch.float32).div(255) - mean_t) / std_t
+    return images.to(torch.float32).div_(255).sub_(mean_t).div_(std_t)
 
 
 def augment(
@@ -104,5 +115,8 @@ def augment(
     flips: torch.Tensor,
     padding: int = CROP_PADDING,
 ) -> torch.Tensor:
-    """Apply the paper's training augmentation: random crop of the zero-padded image, then flip."""
-    return horizontal_flip(pad_crop(images, offsets, padding), flips)
+    """Apply the paper's training augmentation: random crop of the zero-padded image, then flip.
+
+    Equal to ``horizontal_flip(pad_crop(images, offsets, padding), flips)``, done as one gather.
+    """
+    return _crop_gather(images, offsets, flips, padding)

@@ -134,3 +134,11 @@ def test_augmented_batch_distribution_matches_torchvision(seed: int) -> None:
     assert ours_zero == pytest.approx(
         1 - (1 - np.mean(np.abs(np.arange(9) - 4)) / 32) ** 2, abs=0.01
     )
+
+
+def test_fused_augment_equals_crop_then_flip() -> None:
+    images = images_batch(500, seed=4)
+    offsets, flips = draw_augmentation(500, torch.Generator().manual_seed(4))
+    assert torch.equal(
+        augment(images, offsets, flips), horizontal_flip(pad_crop(images, offsets), flips)
+    )
