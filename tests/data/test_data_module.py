@@ -14,6 +14,7 @@ from padam_lightning.data import (
     DATASET_NAMES,
     CIFARDataModule,
     EpochShuffleSampler,
+    ImageSplit,
     normalize,
 )
 from padam_lightning.data.augment import draw_augmentation
@@ -182,6 +183,30 @@ def test_augment_false_gives_plain_training_images() -> None:
     indices = torch.tensor([1, 2])
     images, _ = data.make_batch(indices, train=True, epoch=4)
     assert torch.equal(images, normalize(data.split("train").images[indices], *CIFAR10_MEAN_STD))
+
+
+def test_batches_are_built_on_the_indices_device_from_one_resident_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The meta device stands in for a GPU: any CPU tensor mixed into the batch would raise.
+    data = synthetic()
+    moves: list[torch.device] = []
+    original_to = ImageSplit.to
+
+    def counting_to(split: ImageSplit, device: torch.device) -> ImageSplit:
+        moves.append(device)
+        return original_to(split, device)
+
+    monkeypatch.setattr(ImageSplit, "to", counting_to)
+    for epoch in (0, 0, 1):
+        images, labels = data.make_batch(torch.arange(8, device="meta"), train=True, epoch=epoch)
+        assert images.device.type == "meta" and labels.device.type == "meta"
+        assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    data.make_batch(torch.arange(8, device="meta"), train=False)
+    assert [device.type for device in moves] == ["meta", "meta"]  # train once, test once
+    data.teardown("fit")
+    data.make_batch(torch.arange(8), train=False)  # back on the CPU after teardown
+    assert moves[-1].type == "cpu"
 
 
 def test_seed_defaults_to_seed_everything_and_survives_a_checkpoint(
