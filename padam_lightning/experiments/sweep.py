@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from padam_lightning.errors import UserError
 from padam_lightning.experiments.sweep_jobs import (
     FitJob,
@@ -34,7 +36,6 @@ from padam_lightning.experiments.sweep_jobs import (
     SlurmOptions,
     run_in_turn,
     run_slurm,
-    run_state,
     run_submitit_local,
     slurm_executor,
 )
@@ -175,6 +176,38 @@ def default_fit_command() -> list[str]:
     return [str(installed)]
 
 
+def configured_max_epochs(run: PlannedRun, cwd: Path, extra_args: Sequence[str] = ()) -> int | None:
+    """``trainer.max_epochs`` as the run's configs, overrides and extra arguments set it.
+
+    A plain reading of the YAML files and flags in the order padam-fit applies them (``None``
+    when unset or not a number): enough to tell a run finished by a short trial from a run
+    finished for real.
+    """
+    value: object = None
+    for config in run.configs:
+        path = Path(config) if Path(config).is_absolute() else cwd / config
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        trainer = data.get("trainer") if isinstance(data, dict) else None
+        if isinstance(trainer, dict) and "max_epochs" in trainer:
+            value = trainer["max_epochs"]
+    for key, override in run.overrides:
+        if key == "trainer.max_epochs":
+            value = override
+    flag = "--trainer.max_epochs"
+    for index, arg in enumerate(extra_args):
+        if arg == flag and index + 1 < len(extra_args):
+            value = extra_args[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    try:
+        return int(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 def plan_runs(
     spec: SweepSpec,
     *,
@@ -211,8 +244,15 @@ def plan_runs(
             *fit_command,
             *run.fit_arguments(sweep_name=spec.name, save_dir=save_dir, extra_args=extra_args),
         ]
-        job = FitJob(name=run.name, command=command, run_dir=str(run_dir), cwd=str(cwd), echo=echo)
-        planned.append(SweepRun(run, run_dir, run_state(run_dir), job))
+        job = FitJob(
+            name=run.name,
+            command=command,
+            run_dir=str(run_dir),
+            cwd=str(cwd),
+            echo=echo,
+            max_epochs=configured_max_epochs(run, cwd, extra_args),
+        )
+        planned.append(SweepRun(run, run_dir, job.state(), job))
     return planned
 
 
@@ -378,6 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:
+        # Output piped into e.g. `head`: stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Executors:
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shlex
 import subprocess
@@ -45,13 +46,30 @@ class RunState(Enum):
     DONE = "done"
 
 
-def run_state(run_dir: Path) -> RunState:
-    """``DONE`` (has ``finished.json``), ``RESUME`` (has ``checkpoints/last.ckpt``) or ``NEW``."""
-    if (run_dir / FINISHED_FILE).is_file():
-        return RunState.DONE
-    if (run_dir / LAST_CHECKPOINT).is_file():
+def run_state(run_dir: Path, max_epochs: int | None = None) -> RunState:
+    """Where the run in ``run_dir`` stands.
+
+    ``DONE`` with ``finished.json``, ``RESUME`` with ``checkpoints/last.ckpt`` only, else ``NEW``.
+    A run that finished with fewer epochs than ``max_epochs`` (a quick check with
+    ``-- --trainer.max_epochs 3`` before the real sweep) is not done: it resumes and trains on.
+    """
+    finished = run_dir / FINISHED_FILE
+    checkpoint = run_dir / LAST_CHECKPOINT
+    if finished.is_file():
+        finished_epochs = _finished_max_epochs(finished)
+        if max_epochs is None or finished_epochs is None or finished_epochs >= max_epochs:
+            return RunState.DONE
+    if checkpoint.is_file():
         return RunState.RESUME
     return RunState.NEW
+
+
+def _finished_max_epochs(path: Path) -> int | None:
+    try:
+        value = json.loads(path.read_text()).get("max_epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 class RunFailedError(RuntimeError):
@@ -73,6 +91,7 @@ class FitJob(submitit.helpers.Checkpointable):
         cwd: Directory to run in (relative config paths are resolved from it).
         echo: Also copy the output to this process's stdout (runs in turn).
         env: Extra environment variables for ``padam-fit``.
+        max_epochs: The epochs the run is configured for, when known (see :func:`run_state`).
     """
 
     name: str
@@ -81,6 +100,7 @@ class FitJob(submitit.helpers.Checkpointable):
     cwd: str
     echo: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    max_epochs: int | None = None
     _process: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -90,16 +110,20 @@ class FitJob(submitit.helpers.Checkpointable):
         """The file that collects the output of every attempt of this run."""
         return Path(self.run_dir) / LOG_FILE
 
+    def state(self) -> RunState:
+        """The run's state now, read from its folder."""
+        return run_state(Path(self.run_dir), self.max_epochs)
+
     def argv(self) -> list[str]:
         """The command to run now: resumes from ``last.ckpt`` when the run was interrupted."""
-        if run_state(Path(self.run_dir)) is RunState.RESUME:
+        if self.state() is RunState.RESUME:
             return [*self.command, "--ckpt_path", "last"]
         return list(self.command)
 
     def __call__(self) -> str:
         """Run the fit; return the run name, or raise :class:`RunFailedError`."""
         run_dir = Path(self.run_dir)
-        if run_state(run_dir) is RunState.DONE:
+        if self.state() is RunState.DONE:
             return self.name
         argv = self.argv()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +134,7 @@ class FitJob(submitit.helpers.Checkpointable):
             returncode = self._run_logged(argv, log)
         if returncode != 0:
             raise RunFailedError(f"padam-fit exited with status {returncode} (see {self.log_path})")
-        if run_state(run_dir) is not RunState.DONE:
+        if self.state() is not RunState.DONE:
             raise RunFailedError(
                 f"padam-fit stopped before the last epoch (no {FINISHED_FILE}; see "
                 f"{self.log_path}); rerun the sweep to resume it"

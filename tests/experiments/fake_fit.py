@@ -4,7 +4,8 @@ It reads the logger flags the sweep passes to find the run folder, appends its a
 directory and ``CUDA_VISIBLE_DEVICES`` to ``calls.jsonl`` there, and then, depending on the
 overrides it was given:
 
-- default: writes ``checkpoints/last.ckpt`` and ``finished.json`` (a finished run), exit 0;
+- default: writes ``checkpoints/last.ckpt`` and ``finished.json`` (a finished run, with the
+  ``max_epochs`` of its configs and flags), exit 0;
 - ``--fake.crash_once true``: without ``--ckpt_path`` writes only ``last.ckpt`` and exits 1 (an
   interrupted run); with ``--ckpt_path last`` finishes;
 - ``--fake.fail true``: prints an error and exits 3 without writing anything else.
@@ -17,14 +18,21 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 
 def main(argv: list[str]) -> int:
     assert argv[0] == "fit", argv
     options: dict[str, str] = {}
+    max_epochs = None
     rest = argv[1:]
     for flag, value in zip(rest[::2], rest[1::2], strict=True):
-        if flag != "--config":
+        if flag == "--config":
+            trainer = (yaml.safe_load(Path(value).read_text()) or {}).get("trainer") or {}
+            max_epochs = trainer.get("max_epochs", max_epochs)
+        else:
             options[flag.removeprefix("--")] = value
+    max_epochs = int(options.get("trainer.max_epochs", max_epochs or 1))
     run_dir = (
         Path(options["trainer.logger.init_args.save_dir"])
         / options["trainer.logger.init_args.name"]
@@ -47,7 +55,8 @@ def main(argv: list[str]) -> int:
     if options.get("fake.crash_once") == "true" and options.get("ckpt_path") != "last":
         print("crashed after writing last.ckpt", file=sys.stderr)
         return 1
-    (run_dir / "finished.json").write_text(json.dumps({"epoch": 1, "metrics": {}}))
+    finished = {"epoch": max_epochs - 1, "max_epochs": max_epochs, "metrics": {}}
+    (run_dir / "finished.json").write_text(json.dumps(finished))
     return 0
 
 

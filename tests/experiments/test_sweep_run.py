@@ -114,6 +114,27 @@ def test_local_sweep_skips_finished_runs_and_resumes_interrupted_ones(
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_a_run_finished_by_a_short_trial_resumes_for_the_configured_epochs(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _write_sweep(project, {"cfg": {"b": "b.yaml"}})  # b.yaml: max_epochs 2
+    args = [str(sweep), "--executor", "local", "--fit-command", FIT_COMMAND]
+    run_dir = project / "lightning_logs" / "demo" / "b-seed0"
+    assert main([*args, "--", "--trainer.max_epochs", "1"]) == 0
+    assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 1
+    # The trial is finished for a 1-epoch sweep, so the same command skips it...
+    assert main([*args, "--", "--trainer.max_epochs=1"]) == 0
+    assert len(_calls(run_dir)) == 1
+    capsys.readouterr()
+    # ...but the real sweep (2 epochs) continues it from its checkpoint.
+    assert main([*args, "--dry-run"]) == 0
+    assert "# b-seed0: resume" in capsys.readouterr().out
+    assert main(args) == 0
+    calls = _calls(run_dir)
+    assert len(calls) == 2 and calls[1]["argv"][-2:] == ["--ckpt_path", "last"]
+    assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 2
+
+
 def test_submitit_local_queues_runs_one_per_gpu_and_reports_failures(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
