@@ -373,6 +373,15 @@ def run_sweep(argv: Sequence[str]) -> int:
         echo=executor == "local",
     )
     print(f"{PROG}: {describe(spec, runs, args.save_dir)}", flush=True)
+    for changed in (
+        r for r in runs if r.state is RunState.RESUME and r.job.changed_since_last_attempt()
+    ):
+        print(
+            f"{PROG}: warning: {changed.run.name} resumes with other settings than it started "
+            f"with (compare the last lines starting with ### in {changed.job.log_path}); delete "
+            "its folder to start it over with the new ones.",
+            file=sys.stderr,
+        )
     if args.dry_run:
         print(dry_run_text(runs))
         return 0

@@ -36,6 +36,24 @@ from padam_lightning.errors import UserError
 FINISHED_FILE = "finished.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 LOG_FILE = "fit.log"
+#: Start of the line ``fit.log`` gets before each attempt: ``### padam-sweep <time>: <command>``.
+LOG_HEADER = "### padam-sweep"
+#: Flags a resumed attempt may change: resuming itself, and training on for more epochs.
+_RESUME_FLAGS = ("--ckpt_path", "--trainer.max_epochs")
+
+
+def _comparable(arguments: list[str]) -> list[str]:
+    """``arguments`` without the flags (and values) that :data:`_RESUME_FLAGS` name."""
+    kept: list[str] = []
+    skip = False
+    for arg in arguments:
+        if skip:
+            skip = False
+        elif arg in _RESUME_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in _RESUME_FLAGS)):
+            kept.append(arg)
+    return kept
 
 
 class RunState(Enum):
@@ -114,6 +132,31 @@ class FitJob(submitit.helpers.Checkpointable):
         """The run's state now, read from its folder."""
         return run_state(Path(self.run_dir), self.max_epochs)
 
+    def previous_arguments(self) -> list[str] | None:
+        """The ``fit`` arguments of this run's last attempt, from ``fit.log`` (``None``: none)."""
+        if not self.log_path.is_file():
+            return None
+        headers = [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if line.startswith(LOG_HEADER)
+        ]
+        if not headers:
+            return None
+        try:
+            argv = shlex.split(headers[-1].split(": ", 1)[1])
+        except (IndexError, ValueError):
+            return None
+        return argv[argv.index("fit") :] if "fit" in argv else None
+
+    def changed_since_last_attempt(self) -> bool:
+        """Whether this run resumes with other arguments than it ran with (epochs aside)."""
+        previous = self.previous_arguments()
+        if previous is None or "fit" not in self.command:
+            return False
+        current = self.command[self.command.index("fit") :]
+        return _comparable(previous) != _comparable(current)
+
     def argv(self) -> list[str]:
         """The command to run now: resumes from ``last.ckpt`` when the run was interrupted."""
         if self.state() is RunState.RESUME:
@@ -129,7 +172,7 @@ class FitJob(submitit.helpers.Checkpointable):
         run_dir.mkdir(parents=True, exist_ok=True)
         started = datetime.datetime.now().isoformat(timespec="seconds")
         with open(self.log_path, "ab") as log:
-            log.write(f"### padam-sweep {started}: {shlex.join(argv)}\n".encode())
+            log.write(f"{LOG_HEADER} {started}: {shlex.join(argv)}\n".encode())
             log.flush()
             returncode = self._run_logged(argv, log)
         if returncode != 0:

@@ -135,6 +135,29 @@ def test_a_run_finished_by_a_short_trial_resumes_for_the_configured_epochs(
     assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 2
 
 
+def test_resuming_with_other_settings_warns(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    run_dir = project / "lightning_logs" / "demo" / "a-seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    started = (
+        "padam-fit fit --config a.yaml --seed_everything 0 --trainer.logger.init_args.save_dir "
+        "lightning_logs --trainer.logger.init_args.name demo "
+        "--trainer.logger.init_args.version a-seed0"
+    )
+    (run_dir / "fit.log").write_text(f"### padam-sweep 2026-01-01T00:00:00: {started}\nlog\n")
+    dry_run = [str(sweep), "--dry-run", "--fit-command", "/elsewhere/padam-fit"]
+    assert main(dry_run) == 0
+    assert "warning" not in capsys.readouterr().err  # same settings; the command's path aside
+    assert main([*dry_run, "--", "--trainer.max_epochs", "9"]) == 0
+    assert "warning" not in capsys.readouterr().err  # training on for more epochs is resuming
+    assert main([*dry_run, "--", "--model.optimizer.init_args.lr", "0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: a-seed0 resumes with other settings than it started with" in err
+
+
 def test_submitit_local_queues_runs_one_per_gpu_and_reports_failures(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
