@@ -1,0 +1,105 @@
+"""The experiment tools on real tiny padam-fit runs: a sweep, a resumed run, and its report.
+
+One module-level sweep of a tiny CPU run (Padam with the p schedule of
+configs/experiments/p_schedule.yaml, 2 epochs) feeds every test here; it is then extended to 3
+epochs through the sweep's resume path (``--ckpt_path last``). About ten seconds per padam-fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_runs import read_scalars_independently
+
+from padam_lightning.experiments import report, sweep
+from padam_lightning.experiments.report_figures import build_figures
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = REPO_ROOT / "configs"
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Logs of the sweep after its first pass and after extending ``sched`` by one epoch."""
+    root = tmp_path_factory.mktemp("real_sweep")
+    sweep_file = root / "tiny.yaml"
+    sweep_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "base": [str(CONFIGS / "wrn.yaml"), str(CONFIGS / "tiny.yaml")],
+                "grid": {"p": {"sched": str(CONFIGS / "experiments" / "p_schedule.yaml")}},
+            }
+        )
+    )
+    logs = root / "logs"
+    common = [str(sweep_file), "--executor", "local", "--save-dir", str(logs)]
+    assert sweep.main(common) == 0
+    run_dir = logs / "tiny" / "sched-seed0"
+    assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 2
+    # A longer sweep continues the finished 2-epoch run from its last checkpoint.
+    extended = [*common, "--", "--trainer.max_epochs", "3"]
+    assert sweep.main(extended) == 0
+    return logs / "tiny"
+
+
+def test_sweep_run_finishes_and_a_resumed_run_continues_in_its_folder(real_sweep: Path) -> None:
+    sched_run = real_sweep / "sched-seed0"
+    assert json.loads((sched_run / "finished.json").read_text())["max_epochs"] == 3
+    attempts = [
+        line
+        for line in (sched_run / "fit.log").read_text().splitlines()
+        if line.startswith("### padam-sweep")
+    ]
+    assert len(attempts) == 2
+    assert "--ckpt_path" not in attempts[0] and attempts[1].endswith("--ckpt_path last")
+    config = yaml.safe_load((sched_run / "config.yaml").read_text())
+    assert config["seed_everything"] == 0
+    assert config["trainer"]["max_epochs"] == 3
+    # Epochs 1-2 from the first attempt and epoch 3 from the resumed one, in one folder.
+    scalars = read_scalars_independently(sched_run)
+    epochs = sorted({round(v) + 1 for v in scalars["epoch"].values()})
+    assert epochs == [1, 2, 3]
+    # The schedule moved p by its pure function of the epoch, across the resume too.
+    partial = sorted(scalars["optim/partial"].items())
+    assert [value for _, value in partial] == pytest.approx(
+        [0.25 - 0.1875 * e / 99 for e in range(3)], abs=1e-7
+    )
+    # lr = 0.1 x MultiStepLR's decay (x0.1 from epoch 1 in tiny.yaml) x the schedule's scale.
+    lr = [value for _, value in sorted(scalars["optim/lr"].items())]
+    scale = [0.1 + 0.9 * e / 99 for e in range(3)]
+    assert lr == pytest.approx([0.1 * scale[0], 0.01 * scale[1], 0.01 * scale[2]], rel=1e-6)
+
+
+def test_report_on_real_runs_matches_the_logged_scalars(real_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert report.main([str(real_sweep), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (run,) = results["runs"]
+    assert run["name"] == "sched-seed0"
+    run_dir = real_sweep / run["name"]
+    scalars = read_scalars_independently(run_dir)
+    errors = [value for _, value in sorted(scalars["val/err"].items())]
+    assert [value for _, value in run["curves"]["val/err"]] == pytest.approx(errors, abs=1e-7)
+    assert run["final_val_err"] == pytest.approx(errors[-1], abs=1e-7)
+    assert run["best_val_err"] == pytest.approx(min(errors), abs=1e-7)
+    finished = json.loads((run_dir / "finished.json").read_text())
+    assert run["final_val_err"] == pytest.approx(finished["metrics"]["val/err"], abs=1e-6)
+    assert run["epochs"] == finished["max_epochs"] == 3
+    figures = build_figures(report.build_report(real_sweep)[0])
+    assert set(figures) == {"curves", "schedule"}
+    test_error_axes = figures["curves"].axes[1]
+    assert [text.get_text() for text in test_error_axes.get_legend().get_texts()] == ["Padam"]
+    (line,) = test_error_axes.get_lines()
+    assert list(line.get_ydata()) == pytest.approx(errors, abs=1e-7)
+    (p_line,) = figures["schedule"].axes[0].get_lines()
+    assert list(p_line.get_ydata()) == pytest.approx(
+        [value for _, value in sorted(scalars["optim/partial"].items())], abs=1e-7
+    )
+    markdown = (out / "results.md").read_text()
+    assert f"| Padam | 1 | 3/3 | {100 * errors[-1]:.2f} | {100 * min(errors):.2f} |" in markdown
+    for name in ("curves.png", "curves.svg", "schedule.png", "results.csv"):
+        assert (out / name).is_file()
