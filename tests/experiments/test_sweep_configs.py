@@ -1,0 +1,59 @@
+"""The shipped sweeps' runs parse with padam-fit: every config stack and override is accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from jsonargparse import ArgumentParser
+
+from padam_lightning.cli import build_cli
+from padam_lightning.experiments.sweep_spec import PlannedRun, expand, load_sweep
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SWEEPS = sorted(p.name for p in (REPO_ROOT / "configs" / "sweeps").glob("*.yaml"))
+SCHEDULE = "padam_lightning.training.partial_schedule.PartialSchedule"
+
+
+@pytest.fixture(scope="module")
+def fit_parser(tmp_path_factory: pytest.TempPathFactory) -> ArgumentParser:
+    """padam-fit's parser for ``fit`` (built once; parsing checks files, keys and types)."""
+    save_dir = str(tmp_path_factory.mktemp("logs"))
+    args = ["--config", str(REPO_ROOT / "configs" / "wrn.yaml")]
+    return build_cli([*args, "--trainer.logger.init_args.save_dir", save_dir], run=False).parser
+
+
+def _covering_runs(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Few runs (first seed) that together use every choice of every axis."""
+    chosen, covered = [], set()
+    for run in runs:
+        if run.seed == runs[0].seed and not set(run.labels) <= covered:
+            chosen.append(run)
+            covered |= set(run.labels)
+    return chosen
+
+
+@pytest.mark.parametrize("sweep_name", SWEEPS)
+def test_every_choice_of_a_shipped_sweep_parses(
+    sweep_name: str, fit_parser: ArgumentParser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)  # the sweeps name configs relative to the project root
+    spec = load_sweep(REPO_ROOT / "configs" / "sweeps" / sweep_name)
+    for run in _covering_runs(expand(spec)):
+        args = run.fit_arguments(sweep_name=spec.name, save_dir="logs")
+        config = fit_parser.parse_args(args[1:])  # without the "fit" subcommand
+        assert config["trainer.logger.init_args.name"] == spec.name
+        assert config["trainer.logger.init_args.version"] == run.name
+        assert config.seed_everything == run.seed
+        for key, value in run.overrides:
+            assert config[key] == value, (run.name, key)
+        # A data choice comes after the network's config, so it replaces its CIFAR-10.
+        assert config.data.dataset == dict(run.labels).get("data", "cifar10")
+        schedules = [c for c in config.trainer.callbacks or [] if c.class_path == SCHEDULE]
+        if dict(run.labels).get("p") == "sched":
+            (schedule,) = schedules
+            init = schedule.init_args
+            assert (init.p_start, init.p_end, init.total) == (0.25, 0.0625, 100)
+            assert (init.lr_start_scale, init.lr_end_scale) == (0.1, 1.0)
+        else:
+            assert schedules == []
