@@ -196,7 +196,7 @@ def _single_tensor_padam(
             vhat = max_exp_avg_sqs[i]
         else:
             vhat = exp_avg_sq
-        denom = vhat.sqrt().add_(eps).pow_(2.0 * partial)
+        denom = _at_least_float32(vhat).sqrt().add_(eps).pow_(2.0 * partial)
         param.addcdiv_(exp_avg, denom, value=-step_sizes[i])
 
 
@@ -246,7 +246,7 @@ def _multi_tensor_padam(
             updates = torch._foreach_mul(device_exp_avgs, negative_sizes)
             torch._foreach_add_(device_params, updates)
             continue
-        denom = torch._foreach_sqrt(vhat)
+        denom = torch._foreach_sqrt([_at_least_float32(t) for t in vhat])
         torch._foreach_add_(denom, eps)
         if plan == PLAN_POW:
             torch._foreach_pow_(denom, 2.0 * partial)
@@ -425,6 +425,14 @@ def _run_fused(
             maximize=maximize,
             decoupled_weight_decay=decoupled_weight_decay,
         )
+
+
+def _at_least_float32(tensor: Tensor) -> Tensor:
+    # In float16, eps = 1e-8 rounds to 0 and a small v to 0: the denominator is computed in
+    # float32 so that it stays positive (the fused paths compute everything in float32).
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float()
+    return tensor
 
 
 def _group_by_device_and_dtype(

@@ -83,7 +83,9 @@ class Padam(Optimizer):
     elsewhere; where the fused one is unavailable, the multi-tensor one runs after one warning.
     All agree to round-off.
 
-    Mixed precision: fp16/bf16 parameters are supported (the fused CPU kernel computes in fp32).
+    Mixed precision: fp16/bf16 parameters are supported; the state has the parameters' dtype, and
+    the denominator is computed in fp32 (the fused paths compute everything in fp32), because in
+    fp16 ``eps = 1e-8`` would round to zero.
     With ``torch.amp.GradScaler`` (Lightning's ``precision="16-mixed"``), ``scaler.step(opt)``
     unscales the gradients first and skips the step, leaving the state untouched, when a gradient
     is not finite.
