@@ -31,11 +31,15 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import UserError
-from padam_lightning.training.checkpointing import AtomicCheckpointIO, RunSummary
+from padam_lightning.training.checkpointing import (
+    LAST_CHECKPOINT,
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    RunSummary,
+)
 from padam_lightning.training.classifier import ImageClassifier
 
 DEFAULT_LOG_DIR = "lightning_logs"
-LAST_CHECKPOINT = "last.ckpt"
 
 
 def optimizer_label(optimizer: Any) -> str:
@@ -66,7 +70,7 @@ def _is_checkpoint_file(path: Path) -> bool:
 
 
 class PadamCLI(LightningCLI):
-    """LightningCLI with the project's defaults: checkpoints, TensorBoard, resume, mixed precision."""
+    """LightningCLI with this project's defaults: checkpoints, TensorBoard, resume, precision."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the checkpoint options and link the class count from the data to the model."""
@@ -75,16 +79,25 @@ class PadamCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/err",
                 "checkpoint.mode": "min",
-                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                # last.ckpt is written by LastCheckpoint every epoch; this one keeps the best.
+                "checkpoint.save_last": False,
+                "checkpoint.save_on_train_epoch_end": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}-err{val/err:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
-    def before_instantiate_classes(self) -> None:
-        """Fill in run-dependent defaults and resolve ``--ckpt_path`` before anything is built."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, then fill in run-dependent defaults and check ``--ckpt_path``.
+
+        This runs before LightningCLI reads the checkpoint's hyperparameters, so a missing or
+        broken checkpoint gets a clear message instead of a loader traceback.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
         trainer = config.trainer
         if trainer.get("precision") is None and torch.cuda.is_available():
             # Mixed precision where the hardware has it; CPU runs stay in fp32.
@@ -98,7 +111,7 @@ class PadamCLI(LightningCLI):
                     optimizer_label(config.model.get("optimizer")),
                 )
             )
-        if self.subcommand is not None and config.get("ckpt_path"):
+        if subcommand and config.get("ckpt_path"):
             config.ckpt_path = self._resolve_checkpoint(config, str(config.ckpt_path), logger_args)
 
     @staticmethod
@@ -121,13 +134,10 @@ class PadamCLI(LightningCLI):
                 logger_args.get("name") or ""
             )
         if ckpt_path == "last":
-            checkpoint_dir = config.get("checkpoint", Namespace()).get("dirpath")
-            if checkpoint_dir:
-                candidates = [Path(checkpoint_dir) / LAST_CHECKPOINT]
-            elif run_root is None:
+            if run_root is None:
                 raise UserError(
-                    "--ckpt_path last needs a TensorBoard logger or --checkpoint.dirpath to find "
-                    "the run; pass the checkpoint file instead: --ckpt_path PATH/last.ckpt"
+                    "--ckpt_path last needs the TensorBoard logger to find the run folder; pass "
+                    "the checkpoint file instead: --ckpt_path PATH/last.ckpt"
                 )
             elif logger_args is not None and logger_args.get("version") is not None:
                 version = logger_args.version
@@ -141,7 +151,9 @@ class PadamCLI(LightningCLI):
                 )
             existing = [path for path in candidates if path.is_file()]
             if not existing:
-                where = candidates[0] if candidates else run_root / "*/checkpoints" / LAST_CHECKPOINT
+                where = (
+                    candidates[0] if candidates else run_root / "*/checkpoints" / LAST_CHECKPOINT
+                )
                 raise UserError(
                     f"--ckpt_path last: no checkpoint found at {where}. Start the run without "
                     "--ckpt_path, or pass the logger folder of the run to resume "
@@ -195,7 +207,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
                     "default_hp_metric": False,
                 },
             },
-            "callbacks": [RunSummary()],
+            "callbacks": [LastCheckpoint(), RunSummary()],
         },
         parser_kwargs={"description": __doc__.split("\n\n")[0] if __doc__ else None},
     )

@@ -8,7 +8,7 @@ exception.
 
 
 class UserError(Exception):
-    """A problem with the user's input, explained in the message: what is wrong and how to fix it."""
+    """A problem with the user's input; the message says what is wrong and how to fix it."""
 
     #: Process exit status the command-line tools use for this error.
     exit_code = 2

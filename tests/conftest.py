@@ -25,3 +25,9 @@ def tiny_fit_args(tmp_path: Path) -> list[str]:
         "--trainer.logger.init_args.name",
         "run",
     ]
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide pytest's own arguments from LightningCLI, which warns when it sees two sets."""
+    monkeypatch.setattr("sys.argv", ["padam-fit"])

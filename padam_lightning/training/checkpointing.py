@@ -9,10 +9,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 FINISHED_FILE = "finished.json"
+LAST_CHECKPOINT = "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -45,6 +47,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Save ``checkpoints/last.ckpt`` in the run folder at the end of every training epoch.
+
+    A separate callback from the best-by-``val/err`` one because Lightning's ``save_last`` only
+    refreshes ``last.ckpt`` in epochs where a top-k checkpoint was written. Saving at the end of the
+    training epoch (after validation) means a resumed run starts cleanly at the next epoch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+            monitor=None,
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
 
 
 class RunSummary(L.Callback):

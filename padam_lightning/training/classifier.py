@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -19,7 +19,7 @@ from padam_lightning.optim import Padam
 STAGES = ("train", "val", "test")
 
 
-def _default_optimizer(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+def _default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
     """Padam with the paper's settings (lr 0.1, p 1/8), used when no optimizer is configured."""
     return Padam(params, lr=0.1, partial=0.125, weight_decay=5e-4)
 
@@ -64,13 +64,14 @@ class ImageClassifier(L.LightningModule):
         self.optimizer_factory: OptimizerCallable = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
         self.channels_last = channels_last
-        self.compile = compile
+        self.compile_network = compile  # (``self.compile`` is nn.Module's method)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # Mean loss and top-1 error per stage: torchmetrics reduces them across DDP processes.
+        # (Keys get a suffix because nn.Module already has an attribute called ``train``.)
         self.metrics = nn.ModuleDict(
             {
-                stage: nn.ModuleDict({"loss": MeanMetric(), "err": MeanMetric()})
+                f"{stage}_metrics": nn.ModuleDict({"loss": MeanMetric(), "err": MeanMetric()})
                 for stage in STAGES
             }
         )
@@ -87,7 +88,8 @@ class ImageClassifier(L.LightningModule):
 
     def configure_model(self) -> None:
         """Compile the network when asked (after it is on its device, once per process)."""
-        if self.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+        already_compiled = isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule)
+        if self.compile_network and not already_compiled:
             self.net = torch.compile(self.net)  # type: ignore[assignment]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -100,7 +102,7 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        metrics = self.metrics[stage]
+        metrics: Any = self.metrics[f"{stage}_metrics"]
         batch_size = labels.numel()
         metrics["loss"].update(loss.detach(), weight=batch_size)
         metrics["err"].update((logits.detach().argmax(dim=1) != labels).float())

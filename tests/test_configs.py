@@ -1,0 +1,109 @@
+"""Every shipped config parses and instantiates: catches drift between configs and code."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from padam_lightning.cli import build_cli
+from padam_lightning.optim import Padam
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ARCH_CONFIGS = {"wrn.yaml": "wrn16_4", "resnet18.yaml": "resnet18", "vgg16.yaml": "vgg16"}
+OPTIM_CONFIGS = sorted(p.name for p in (CONFIGS / "optim").glob("*.yaml"))
+
+
+def _instantiate(configs: list[Path], tmp_path: Path, *extra: str):
+    args = [arg for config in configs for arg in ("--config", str(config))]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path), *extra]
+    return build_cli(args, run=False)
+
+
+@pytest.mark.parametrize("arch_config", sorted(ARCH_CONFIGS))
+def test_architecture_config_is_the_released_setup(arch_config: str, tmp_path: Path) -> None:
+    cli = _instantiate([CONFIGS / arch_config], tmp_path)
+    assert cli.model.hparams.arch == ARCH_CONFIGS[arch_config]
+    assert cli.model.hparams.num_classes == 10
+    assert cli.trainer.max_epochs == 200
+    assert (
+        cli.datamodule.hparams.get("batch_size", getattr(cli.datamodule, "batch_size", None)) == 128
+    )
+    config = cli.config
+    assert config.data.eval_batch_size == 100
+    assert config.data.dataset == "cifar10"
+    optimizer_config = cli.model.configure_optimizers()
+    optimizer = optimizer_config["optimizer"]
+    assert isinstance(optimizer, Padam)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["partial"], group["weight_decay"]) == (0.1, 0.125, 5e-4)
+    assert tuple(group["betas"]) == (0.9, 0.999)
+    scheduler = optimizer_config["lr_scheduler"]["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR)
+    assert dict(scheduler.milestones) == {100: 1, 150: 1}
+    assert scheduler.gamma == 0.1
+
+
+EXPECTED_OPTIMIZERS = {
+    "padam.yaml": (Padam, {"lr": 0.1, "partial": 0.125, "weight_decay": 5e-4}),
+    "sgdm.yaml": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}),
+    "adam.yaml": (torch.optim.Adam, {"lr": 1e-3, "amsgrad": False, "weight_decay": 5e-4}),
+    "amsgrad.yaml": (torch.optim.Adam, {"lr": 1e-3, "amsgrad": True, "weight_decay": 5e-4}),
+}
+
+
+def test_every_optimizer_config_is_covered() -> None:
+    assert sorted(EXPECTED_OPTIMIZERS) == OPTIM_CONFIGS
+
+
+@pytest.mark.parametrize(
+    ("arch_config", "optim_config"), list(itertools.product(["wrn.yaml"], OPTIM_CONFIGS))
+)
+def test_optimizer_configs_stack_after_an_architecture(
+    arch_config: str, optim_config: str, tmp_path: Path
+) -> None:
+    cli = _instantiate([CONFIGS / arch_config, CONFIGS / "optim" / optim_config], tmp_path)
+    optimizer = cli.model.configure_optimizers()["optimizer"]
+    expected_class, expected = EXPECTED_OPTIMIZERS[optim_config]
+    assert type(optimizer) is expected_class
+    group = optimizer.param_groups[0]
+    for key, value in expected.items():
+        assert group[key] == value, key
+    if "betas" in group:
+        assert tuple(group["betas"]) == (0.9, 0.999)
+
+
+def test_cifar100_config_links_the_class_count(tmp_path: Path) -> None:
+    cli = _instantiate([CONFIGS / "resnet18.yaml", CONFIGS / "data" / "cifar100.yaml"], tmp_path)
+    assert cli.config.data.dataset == "cifar100"
+    assert cli.model.hparams.num_classes == 100
+    assert cli.model.net(torch.zeros(1, 3, 32, 32)).shape == (1, 100)
+
+
+def test_reproduction_config_drops_decay_and_raises_weight_decay(tmp_path: Path) -> None:
+    cli = _instantiate(
+        [
+            CONFIGS / "resnet18.yaml",
+            CONFIGS / "optim" / "sgdm.yaml",
+            CONFIGS / "experiments" / "reproduction.yaml",
+        ],
+        tmp_path,
+    )
+    assert cli.trainer.max_epochs == 100
+    optimizers = cli.model.configure_optimizers()
+    assert isinstance(optimizers, torch.optim.SGD)  # no scheduler: a bare optimizer
+    group = optimizers.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 5e-3)
+
+
+@pytest.mark.parametrize(
+    "extra_configs",
+    [["demo.yaml"], ["tiny.yaml"], ["data/synthetic.yaml"]],
+)
+def test_auxiliary_configs_instantiate(extra_configs: list[str], tmp_path: Path) -> None:
+    configs = [CONFIGS / "wrn.yaml", *(CONFIGS / name for name in extra_configs)]
+    cli = _instantiate(configs, tmp_path)
+    assert cli.config.data.dataset == "synthetic"
+    assert cli.model.net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

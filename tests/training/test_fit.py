@@ -1,0 +1,145 @@
+"""End-to-end ``padam-fit`` runs on CPU: logs, saved config, checkpoints, resume and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from padam_lightning.cli import main
+
+EPOCH_TAGS = ("train/loss", "train/err", "val/loss", "val/err", "optim/lr", "optim/partial")
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a run folder as (step, value) pairs, read with TensorBoard's own reader."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def run_fit(args: list[str]) -> None:
+    """Run ``padam-fit`` in this process; a clean run returns without SystemExit."""
+    main(args)
+
+
+def test_fit_writes_curves_config_and_checkpoints(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_fit(tiny_fit_args)
+    run_dir = tmp_path / "logs" / "run" / "version_0"
+    scalars = read_scalars(run_dir)
+    for tag in EPOCH_TAGS:
+        assert len(scalars[tag]) == 2, (
+            f"{tag}: one value per epoch expected, got {scalars.get(tag)}"
+        )
+    # The errors are fractions; the lr follows MultiStepLR([1], 0.1); p is Padam's 1/8.
+    assert all(0.0 <= value <= 1.0 for _, value in scalars["train/err"] + scalars["val/err"])
+    assert [value for _, value in scalars["optim/lr"]] == pytest.approx([0.1, 0.01])
+    assert [value for _, value in scalars["optim/partial"]] == pytest.approx([0.125, 0.125])
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["arch"] == "wrn10_1"
+    assert config["model"]["optimizer"]["class_path"] in (
+        "padam_lightning.Padam",
+        "padam_lightning.optim.Padam",
+    )
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["global_step"] == 6
+    assert checkpoint["hyper_parameters"]["num_classes"] == 10
+    state = checkpoint["optimizer_states"][0]["state"]
+    assert {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"} <= set(state[0])
+    best = [p.name for p in (run_dir / "checkpoints").glob("best-*.ckpt")]
+    assert len(best) == 1, best
+
+    finished = json.loads((run_dir / "finished.json").read_text())
+    assert finished["epoch"] == 2
+    assert finished["metrics"]["val/err"] == pytest.approx(scalars["val/err"][-1][1])
+
+
+def test_resume_continues_the_same_run(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_fit(tiny_fit_args)
+    run_fit([*tiny_fit_args, "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    runs = sorted(p.name for p in (tmp_path / "logs" / "run").iterdir())
+    assert runs == ["version_0"], "resuming must log into the run folder it resumes"
+    scalars = read_scalars(tmp_path / "logs" / "run" / "version_0")
+    assert len(scalars["val/err"]) == 3
+    checkpoint = torch.load(
+        tmp_path / "logs" / "run" / "version_0" / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=False,
+    )
+    assert checkpoint["epoch"] == 2 and checkpoint["global_step"] == 9
+
+
+def _user_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_fit(args)
+    assert exit_info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--model.optimizer.init_args.partial", "0.9"], "partial"),
+        (["--model.arch", "resnet7"], "resnet18"),
+        (["--data.dataset", "mnist"], "cifar10"),
+        (["--model.archh", "vgg16"], "archh"),
+        (["--config", "configs/nope.yaml"], "nope.yaml"),
+        (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
+        (["--ckpt_path", "last"], "no checkpoint found"),
+    ],
+)
+def test_bad_input_is_refused_with_one_message(
+    tiny_fit_args: list[str], extra: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _user_error([*tiny_fit_args, *extra], capsys)
+    assert expected in err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(
+    tiny_fit_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_fit(tiny_fit_args)
+    last = tmp_path / "logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    err = _user_error([*tiny_fit_args, "--ckpt_path", str(truncated)], capsys)
+    assert "not a checkpoint" in err
+
+
+def test_command_line_error_has_no_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "padam_lightning.cli",
+            "fit",
+            "--config",
+            "configs/wrn.yaml",
+            "--model.optimizer.init_args.partial",
+            "0.9",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "padam-fit: error:" in result.stderr and "partial" in result.stderr
