@@ -147,7 +147,7 @@ def run_report(argv: Sequence[str]) -> int:
     write_csv(csv_path, groups, layout)
     written += [markdown, json_path, csv_path]
     runs = sum(len(g.runs) for g in groups)
-    print(f"{PROG}: {runs} runs in {len(groups)} groups; wrote {', '.join(map(str, written))}")
+    print(f"{PROG}: {runs} run(s) in {len(groups)} group(s); wrote {', '.join(map(str, written))}")
     return 0
 
 

@@ -17,7 +17,6 @@ sweep:
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -319,17 +318,14 @@ def group_runs(summaries: Sequence[RunSummary], layout: Layout) -> list[RunGroup
 
 
 def common_targets(groups: Sequence[RunGroup]) -> dict[tuple[Any, ...], float]:
-    """Per figure and panel: the best seed-mean test error of the worst group.
+    """Per figure and panel with several groups: the best seed-mean test error of the worst.
 
     Every group of the panel reaches it (its own curve's minimum is at most that), so the epoch
     at which each does is a fair speed comparison.
     """
-    targets: dict[tuple[Any, ...], float] = {}
+    bests: dict[tuple[Any, ...], list[float]] = {}
     for group in groups:
         curve = group.mean_curves.get(VAL_ERR)
-        if curve is None or not curve.values:
-            continue
-        key = (group.figure_key, group.panel_key)
-        best = min(curve.values)
-        targets[key] = max(targets.get(key, -math.inf), best)
-    return targets
+        if curve is not None and curve.values:
+            bests.setdefault((group.figure_key, group.panel_key), []).append(min(curve.values))
+    return {key: max(values) for key, values in bests.items() if len(values) > 1}

@@ -54,6 +54,10 @@ def _plain(key: str, value: Any) -> Any:
     return value
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _target_name(target: float) -> str:
     return f"{target:g}"
 
@@ -66,7 +70,8 @@ def markdown_table(
     lines = [
         f"# {title}",
         "",
-        f"{sum(len(g.runs) for g in groups)} runs in {len(groups)} groups. Test error is "
+        f"{_count(sum(len(g.runs) for g in groups), 'run')} in "
+        f"{_count(len(groups), 'group')}. Test error is "
         "`val/err` (the CIFAR test split) in %; mean ± std over seeds where a group has "
         "several. *Epochs to x%*: the first epoch at which the seed-mean test error was at most "
         "x% (`-`: not reached); *common* is the best error of the group that did worst, a "

@@ -78,7 +78,7 @@ def test_report_files_hold_the_logged_values(
 ) -> None:
     out = tmp_path / "report"
     assert main([str(optimizer_logs), "--out", str(out), "--target-err", "0.35"]) == 0
-    assert "6 runs in 6 groups" in capsys.readouterr().out
+    assert "6 run(s) in 6 group(s)" in capsys.readouterr().out
     for name in ("curves.png", "curves.svg", "results.md", "results.json", "results.csv"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
