@@ -83,9 +83,12 @@ def _update(
 
 
 def _compiled_update() -> Callable[..., None] | None:
+    """The compiled update, or None once compiling has failed in this process."""
     global _compiled
     with _lock:
-        if _compiled is None and _failure is None:
+        if _failure is not None:
+            return None
+        if _compiled is None:
             _compiled = torch.compile(_update, dynamic=True, fullgraph=True)
     return _compiled
 
@@ -140,7 +143,8 @@ def compiled_step(
         update(*arguments)
     except Exception as error:  # torch.compile raises many types; any means "not here"
         with _lock:
-            _failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            _failure = f"{type(error).__name__}: {first_line}"
         warnings.warn(
             f"Padam's compiled (fused) step is unavailable ({_failure}); using the multi-tensor "
             "(foreach) implementation instead.",

@@ -1,7 +1,7 @@
 """Build, cache and call the native CPU kernel that fuses a whole Padam step into one pass.
 
 The kernel (:mod:`padam_lightning.optim._native_source`) is plain C++ without torch headers, so a
-build takes about two seconds. It is built on first use with the system's C++ compiler, cached on
+build takes a few seconds. It is built on first use with the system's C++ compiler, cached on
 disk under a name that hashes the source, the compiler and the CPU (it is built with
 ``-march=native``), and loaded with :mod:`ctypes`, which releases the GIL while it runs. One build
 serves every shape, dtype and hyperparameter value, so changing ``partial`` or the learning rate

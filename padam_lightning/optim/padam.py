@@ -63,7 +63,7 @@ class Padam(Optimizer):
     :math:`\sqrt{\hat v_t}` *before* raising to the power :math:`2p`. The two agree when the bias
     correction is dropped and :math:`\epsilon = 0`.
 
-    Special cases: :math:`p = 1/2` is AMSGrad (Adam with ``amsgrad=False``), written with
+    Special cases: :math:`p = 1/2` is AMSGrad (Adam when ``amsgrad=False``), written with
     :math:`\epsilon` outside the bias correction as above (torch's Adam adds :math:`\epsilon` to
     :math:`\sqrt{\hat v_t / (1 - \beta_2^t)}`, so the two agree exactly for :math:`\epsilon = 0`).
     :math:`p = 0` is SGD with exponential-moving-average momentum and the bias-corrected step
@@ -78,7 +78,7 @@ class Padam(Optimizer):
     Implementations: ``foreach=False`` runs a readable for-loop (the released code);
     ``foreach=True`` uses ``torch._foreach_*`` operations; ``fused=True`` makes one pass over
     memory per step: a native C++ kernel on the CPU (built on first use with the system's C++
-    compiler in about two seconds, then cached on disk) and a ``torch.compile``'d graph on other
+    compiler in a few seconds, then cached on disk) and a ``torch.compile``'d graph on other
     devices. By default the fused implementation is used on the CPU and the multi-tensor one
     elsewhere; where the fused one is unavailable, the multi-tensor one runs after one warning.
     All agree to round-off.

@@ -275,7 +275,7 @@ def test_half_precision_parameters_follow_float32(path: str, dtype: torch.dtype)
         torch.testing.assert_close(p.float(), w.detach(), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")
 def test_lightning_fp16_mixed_precision_steps_through_the_grad_scaler() -> None:
     import lightning as L
     from lightning.pytorch.plugins import MixedPrecision

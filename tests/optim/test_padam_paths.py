@@ -126,6 +126,26 @@ def test_unavailable_native_kernel_warns_once_and_falls_back(
     assert_same(actual, expected, rtol=1e-13, atol=1e-15)
 
 
+def test_failed_compilation_warns_once_and_reports_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("no backend (test)")
+
+    monkeypatch.setattr(_compiled, "_compiled", broken)
+    monkeypatch.setattr(_compiled, "_failure", None)
+    params = [torch.ones(3)]
+    arguments = dict.fromkeys(["beta1", "beta2", "eps", "weight_decay", "decay", "grad_sign"], 0.5)
+    with pytest.warns(RuntimeWarning, match="compiled .fused. step is unavailable") as caught:
+        for _ in range(2):
+            ran = _compiled.compiled_step(
+                params, params, params, params, None, [0.1], two_p=0.25, plan=1, **arguments
+            )
+            assert ran is False
+    assert len(caught) == 1
+    assert torch.equal(params[0], torch.ones(3))
+
+
 def test_power_plans() -> None:
     assert power_plan(0.0) == PLAN_ONE
     assert [power_plan(2.0**-k) for k in range(1, 9)] == list(range(8))
