@@ -12,6 +12,11 @@ to ``<save dir>/<sweep name>/<run name>``. Restarting the same command continues
 with ``finished.json`` is skipped, a run with ``checkpoints/last.ckpt`` but no ``finished.json``
 resumes with ``--ckpt_path last``, the others start. A failed run does not stop the others; the
 failures are listed at the end and the exit status is 1.
+
+A finished run whose ``finished.json`` records fewer epochs than the sweep now configures (a
+trial with ``-- --trainer.max_epochs 2``) is continued from its checkpoint rather than skipped.
+A run that resumes with other arguments than its last attempt (see ``fit.log``) gets a warning;
+run trials with other settings under their own ``--save-dir``.
 """
 
 from __future__ import annotations
