@@ -8,11 +8,12 @@ sees exactly the data an uninterrupted single-process run would.
 """
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 
 def derive_seed(seed: int, epoch: int, stream: str) -> int:
@@ -46,34 +47,53 @@ def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, epoch, stream))
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(DistributedSampler[int]):
     """Yield a permutation of ``range(num_samples)`` that is a pure function of (seed, epoch).
 
-    Lightning calls :meth:`set_epoch` at the start of every training epoch (and forwards the call
-    through the ``DistributedSamplerWrapper`` it puts around this sampler under DDP, which then
-    gives each process every ``world_size``-th element of the permutation).
+    Under DDP each process takes every ``num_replicas``-th element of that permutation, starting
+    at its rank, so the processes' batches ``k`` together hold exactly the samples of batch ``k`` of
+    a single-process run with the same global batch size. It subclasses ``DistributedSampler`` so
+    that Lightning uses it as it is (Lightning otherwise wraps custom samplers in a sampler that
+    reshuffles with its own seed) and calls :meth:`set_epoch` on it every epoch. As in
+    ``DistributedSampler`` without ``drop_last``, the permutation is padded with its own first
+    elements to a multiple of ``num_replicas``.
 
     Args:
         num_samples: Size of the split.
         seed: The run's seed.
+        num_replicas: Number of processes (1 without DDP).
+        rank: This process's rank among them.
     """
 
-    def __init__(self, num_samples: int, seed: int) -> None:
-        self.num_samples = num_samples
+    def __init__(self, num_samples: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        # Not calling DistributedSampler.__init__: it needs an initialised process group or a
+        # dataset; these are the attributes its methods and Lightning read.
+        self.num_samples_total = num_samples
         self.seed = seed
         self.epoch = 0
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = True
+        self.drop_last = False
+        self.num_samples = math.ceil(num_samples / num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation the next iteration yields."""
         self.epoch = epoch
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        """Return the int64 permutation of ``epoch``."""
+        """Return the int64 permutation of ``epoch`` (all processes' samples)."""
         generator = epoch_generator(self.seed, epoch, "shuffle")
-        return torch.randperm(self.num_samples, generator=generator)
+        return torch.randperm(self.num_samples_total, generator=generator)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.permutation(self.epoch).tolist())
+        order = self.permutation(self.epoch)
+        if self.total_size > len(order):
+            order = torch.cat([order, order[: self.total_size - len(order)]])
+        return iter(order[self.rank : self.total_size : self.num_replicas].tolist())
 
     def __len__(self) -> int:
         return self.num_samples

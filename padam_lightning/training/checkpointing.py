@@ -11,7 +11,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 
 FINISHED_FILE = "finished.json"
 LAST_CHECKPOINT = "last.ckpt"
@@ -73,10 +72,11 @@ class RunSummary(L.Callback):
     Sweeps use the file to tell finished runs (skipped) from interrupted ones (resumed).
     """
 
-    @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Record the final epoch, step and metrics."""
-        if trainer.interrupted or trainer.sanity_checking or trainer.log_dir is None:
+        """Record the final epoch, step and metrics (process 0 writes)."""
+        # Every process must ask for log_dir: under DDP it is a collective broadcast.
+        log_dir = trainer.log_dir
+        if trainer.interrupted or not trainer.is_global_zero or log_dir is None:
             return
         metrics = {
             name: float(value)
@@ -89,6 +89,6 @@ class RunSummary(L.Callback):
             "max_epochs": trainer.max_epochs,
             "metrics": metrics,
         }
-        path = Path(trainer.log_dir) / FINISHED_FILE
+        path = Path(log_dir) / FINISHED_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from padam_lightning.data import CIFARDataModule, EpochShuffleSampler, derive_seed
 from padam_lightning.data.sampling import IndexDataset, collate_indices, resolve_seed
@@ -44,35 +43,41 @@ def test_sampler_depends_only_on_seed_and_epoch() -> None:
     assert len(first) == 100
 
 
-@pytest.mark.parametrize("shuffle", [False, True])  # Lightning passes False for custom samplers
-def test_lightning_ddp_wrapper_shards_partition_each_epoch(shuffle: bool) -> None:
-    sampler = EpochShuffleSampler(40, seed=3)
-    shards = [
-        DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=shuffle)
-        for rank in range(2)
-    ]
+def test_ddp_shards_partition_each_epoch_like_the_single_process_order() -> None:
+    single = EpochShuffleSampler(40, seed=3)
+    shards = [EpochShuffleSampler(40, seed=3, num_replicas=2, rank=rank) for rank in range(2)]
     seen_by_epoch = []
     for epoch in range(3):
-        for shard in shards:
-            shard.set_epoch(epoch)  # what Lightning calls; the wrapper forwards it to our sampler
+        for sampler in (single, *shards):
+            sampler.set_epoch(epoch)  # what Lightning calls every epoch
         rank0, rank1 = list(shards[0]), list(shards[1])
-        assert len(rank0) == len(rank1) == 20
-        assert set(rank0).isdisjoint(rank1)
+        assert len(rank0) == len(rank1) == len(shards[0]) == 20
         assert sorted(rank0 + rank1) == list(range(40))
-        if not shuffle:
-            # Each rank takes every other element of the single-process permutation.
-            assert rank0 == sampler.permutation(epoch)[0::2].tolist()
-            assert rank1 == sampler.permutation(epoch)[1::2].tolist()
+        # Batch k of the two processes together is batch k of the single-process run.
+        order = list(single)
+        for k in range(0, 20, 4):
+            assert sorted(rank0[k : k + 4] + rank1[k : k + 4]) == sorted(order[2 * k : 2 * k + 8])
         seen_by_epoch.append(rank0)
     assert seen_by_epoch[0] != seen_by_epoch[1] != seen_by_epoch[2]
 
 
+def test_ddp_shards_pad_an_uneven_split_like_distributed_sampler() -> None:
+    shards = [list(EpochShuffleSampler(5, seed=0, num_replicas=2, rank=r)) for r in range(2)]
+    order = EpochShuffleSampler(5, seed=0).permutation(0).tolist()
+    assert shards[0] == [order[0], order[2], order[4]]
+    assert shards[1] == [order[1], order[3], order[0]]
+
+
+def test_lightning_keeps_the_sampler_under_ddp() -> None:
+    # Lightning wraps samplers that are not DistributedSamplers (reshuffling them) under DDP.
+    assert isinstance(EpochShuffleSampler(4, seed=0), DistributedSampler)
+
+
 def test_ddp_ranks_see_the_same_augmentation_for_the_same_sample() -> None:
     data = CIFARDataModule("synthetic", synthetic_train_size=64, synthetic_test_size=8, seed=5)
-    sampler = EpochShuffleSampler(64, seed=5)
-    wrapper = DistributedSamplerWrapper(sampler, num_replicas=2, rank=1, shuffle=False)
-    wrapper.set_epoch(4)
-    shard = torch.tensor(list(wrapper))
+    sampler = EpochShuffleSampler(64, seed=5, num_replicas=2, rank=1)
+    sampler.set_epoch(4)
+    shard = torch.tensor(list(sampler))
     full = sampler.permutation(4)
     sharded_images, sharded_labels = data.make_batch(shard, train=True, epoch=4)
     full_images, full_labels = data.make_batch(full, train=True, epoch=4)

@@ -1,0 +1,335 @@
+"""Runs that survive crashes and faults: exact resume, hard kill, divergence, AMP overflow, DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from test_fit import read_scalars
+
+from padam_lightning.cli import build_cli, main
+from padam_lightning.data import CIFARDataModule
+from padam_lightning.errors import TrainingDivergedError
+from padam_lightning.optim import Padam
+from padam_lightning.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from padam_lightning.training.classifier import ImageClassifier
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PADAM_FIT = [sys.executable, "-m", "padam_lightning.cli"]
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
+    """Recursively compare two checkpoint trees; tensors must be bitwise equal."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def last_values(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars per tag, keeping the latest write of each step (what a resumed run shows)."""
+    return {
+        tag: sorted(dict(points).items())
+        for tag, points in read_scalars(run_dir).items()
+        if tag != "epoch"
+    }
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    def args(name: str, *extra: str) -> list[str]:
+        return [*tiny_fit_args, "--trainer.logger.init_args.name", name, *extra]
+
+    main(args("straight", "--trainer.max_epochs", "3"))
+    main(args("resumed", "--trainer.max_epochs", "2"))
+    main(args("resumed", "--trainer.max_epochs", "3", "--ckpt_path", "last"))
+
+    straight_dir = tmp_path / "logs" / "straight" / "version_0"
+    resumed_dir = tmp_path / "logs" / "resumed" / "version_0"
+    straight = load(straight_dir / "checkpoints" / "last.ckpt")
+    resumed = load(resumed_dir / "checkpoints" / "last.ckpt")
+    assert straight["epoch"] == resumed["epoch"] == 2
+    assert straight["global_step"] == resumed["global_step"] == 9
+    # Weights, Padam's m / v / vhat / step, and the MultiStepLR state: bit for bit.
+    assert_same_tensors(straight["state_dict"], resumed["state_dict"], "state_dict")
+    assert_same_tensors(
+        straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states"
+    )
+    assert_same_tensors(straight["lr_schedulers"], resumed["lr_schedulers"], "lr_schedulers")
+    padam_state = resumed["optimizer_states"][0]["state"][0]
+    assert {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"} <= set(padam_state)
+    # The logged curves: same steps, same values.
+    assert last_values(straight_dir) == last_values(resumed_dir)
+
+
+def test_atomic_checkpoint_write_never_leaves_a_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"weights": torch.arange(4)}, target)
+    before = target.read_bytes()
+
+    def crash_mid_write(obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process dies in the middle of the save
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"weights": torch.zeros(4)}, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
+    monkeypatch.undo()
+    assert torch.equal(load(target)["weights"], torch.arange(4))
+
+
+def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
+    common = [
+        "fit",
+        "--config",
+        "configs/wrn.yaml",
+        "--config",
+        "configs/tiny.yaml",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.name",
+        "killed",
+        "--trainer.limit_train_batches",
+        "4",
+    ]
+    process = subprocess.Popen(
+        [*PADAM_FIT, *common, "--trainer.max_epochs", "1000"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = tmp_path / "killed" / "version_0" / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert last.exists(), "the run never wrote last.ckpt"
+        time.sleep(1.0)  # a few more epochs, so the kill lands anywhere, saves included
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_epoch = load(last)["epoch"]  # loadable: not truncated
+
+    resumed = subprocess.run(
+        [*PADAM_FIT, *common, "--trainer.max_epochs", str(killed_epoch + 3), "--ckpt_path", "last"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = load(last)
+    assert final["epoch"] == killed_epoch + 2
+    assert (last.parent.parent / "finished.json").exists()
+    leftovers = [p.name for p in last.parent.iterdir() if ".tmp" in p.name]
+    assert not leftovers
+
+
+class _RaiseLearningRate(L.Callback):
+    """Make the weights overflow in a given epoch, and remember last.ckpt before it."""
+
+    def __init__(self, from_epoch: int, last: Path) -> None:
+        self.from_epoch = from_epoch
+        self.last = last
+        self.bytes_before: bytes | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.from_epoch:
+            self.bytes_before = self.last.read_bytes()
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] = float("inf")
+
+
+def _tiny_trainer(tmp_path: Path, *callbacks: L.Callback, **kwargs: Any) -> L.Trainer:
+    settings: dict[str, Any] = {
+        "default_root_dir": tmp_path,
+        "accelerator": "cpu",
+        "max_epochs": 4,
+        "limit_train_batches": 3,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "callbacks": [LastCheckpoint(), *callbacks],
+    }
+    trainer = L.Trainer(**{**settings, **kwargs})
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer
+
+
+def _tiny_data() -> CIFARDataModule:
+    return CIFARDataModule(
+        dataset="synthetic", batch_size=16, synthetic_train_size=64, synthetic_test_size=16
+    )
+
+
+def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    raise_lr = _RaiseLearningRate(from_epoch=1, last=last)
+    trainer = _tiny_trainer(tmp_path, raise_lr)
+    model = ImageClassifier(arch="wrn10_1", optimizer=lambda p: Padam(p, lr=0.1))
+    with pytest.raises(TrainingDivergedError, match=r"at step \d+|by step \d+") as error:
+        trainer.fit(model, datamodule=_tiny_data())
+    assert "learning rate" in str(error.value)
+    assert trainer.current_epoch == 1, "training must stop in the epoch that diverged"
+    assert last.read_bytes() == raise_lr.bytes_before, "last.ckpt was overwritten"
+    weights = load(last)["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_divergence_from_the_command_line_names_the_step(
+    tiny_fit_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*tiny_fit_args, "--model.optimizer.init_args.lr", "1e6"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "padam-fit: error:" in err and "step" in err and "learning rate" in err
+    assert "Traceback" not in err
+
+
+class _OverflowAtStep(L.Callback):
+    """Make one gradient infinite at a given step and record Padam's state around it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.state_before: dict[str, torch.Tensor] | None = None
+        self.state_after: dict[str, torch.Tensor] | None = None
+        self.scale_before = self.scale_after = 0.0
+
+    @staticmethod
+    def _snapshot(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        return {
+            f"{i}.{key}": value.clone()
+            for i, state in enumerate(optimizer.state.values())
+            for key, value in state.items()
+        }
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == self.step:
+            self.state_before = self._snapshot(trainer.optimizers[0])
+            self.scale_before = trainer.precision_plugin.scaler.get_scale()  # type: ignore[attr-defined]
+            next(pl_module.parameters()).grad[0].fill_(float("inf"))
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.state_before is not None and self.state_after is None:
+            self.state_after = self._snapshot(trainer.optimizers[0])
+            self.scale_after = trainer.precision_plugin.scaler.get_scale()  # type: ignore[attr-defined]
+
+
+def test_fp16_grad_scaler_skips_overflow_steps_without_touching_padam_state(
+    tmp_path: Path,
+) -> None:
+    # Lightning refuses precision="16-mixed" on CPU by flag, so pass the plugin it would build.
+    overflow = _OverflowAtStep(step=2)
+    trainer = _tiny_trainer(
+        tmp_path, overflow, max_epochs=2, plugins=[MixedPrecision("16-mixed", device="cpu")]
+    )
+    model = ImageClassifier(arch="wrn10_1", optimizer=lambda p: Padam(p, lr=0.1))
+    trainer.fit(model, datamodule=_tiny_data())
+    assert overflow.state_before is not None and overflow.state_after is not None
+    assert overflow.state_before.keys() == overflow.state_after.keys()
+    for key, before in overflow.state_before.items():
+        assert torch.equal(before, overflow.state_after[key]), f"{key} changed on a skipped step"
+    assert overflow.scale_after == overflow.scale_before / 2
+    # Training went on after the skipped step and the state stayed finite.
+    state = trainer.optimizers[0].state
+    assert all(torch.isfinite(v).all() for s in state.values() for v in s.values())
+    assert trainer.global_step == 6
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with the gloo backend",
+)
+def test_ddp_on_two_cpu_processes_matches_a_single_process_reference(tmp_path: Path) -> None:
+    """DDP: each process trains on its shard, gradients are averaged, metrics are reduced.
+
+    The reference is computed here in one process: the same initial weights, the epoch's order
+    split into the two shards, the gradients of each shard averaged, one Padam step. (SyncBatchNorm
+    needs GPUs, so each shard keeps its own batch-norm statistics, exactly as DDP on CPUs does;
+    the running statistics in the checkpoint are those of process 0.)
+    """
+    args = [
+        "--config",
+        "configs/wrn.yaml",
+        "--config",
+        "configs/tiny.yaml",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.name",
+        "ddp",
+        "--trainer.max_epochs",
+        "1",
+        "--data.synthetic_train_size",
+        "16",  # one batch of 8 per process
+        "--data.batch_size",
+        "8",
+        "--data.eval_batch_size",
+        "8",
+    ]
+    result = subprocess.run(
+        [*PADAM_FIT, "fit", *args, "--trainer.strategy", "ddp", "--trainer.devices", "2"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "ddp" / "version_0"
+    trained = load(run_dir / "checkpoints" / "last.ckpt")
+    assert trained["global_step"] == 1
+
+    cli = build_cli(args, run=False)
+    model, data = cli.model, cli.datamodule
+    data.setup("fit")
+    order = torch.tensor(list(data.train_dataloader().sampler))
+    shards = [order[rank::2][:8] for rank in range(2)]
+    optimizer = model.configure_optimizers()["optimizer"]
+    model.train()
+    losses = []
+    for rank, shard in enumerate(shards):
+        images, labels = data.make_batch(shard, train=True, epoch=0)
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        (loss / 2).backward()  # DDP averages the gradients of the processes
+        losses.append(loss.item())
+        if rank == 0:
+            rank0_buffers = {k: v.clone() for k, v in model.named_buffers()}
+    optimizer.step()
+    expected = {**dict(model.named_parameters()), **rank0_buffers}
+    for name, value in expected.items():
+        torch.testing.assert_close(
+            trained["state_dict"][name], value.detach(), rtol=1e-5, atol=1e-6, msg=name
+        )
+    # The logged training loss is the mean over both processes' samples.
+    logged = last_values(run_dir)
+    assert logged["train/loss"][0][1] == pytest.approx(sum(losses) / 2, rel=1e-5)
