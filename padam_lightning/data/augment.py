@@ -4,6 +4,9 @@ These are the paper's training transforms (torchvision's ``RandomCrop(32, paddin
 ``RandomHorizontalFlip()``, then ``ToTensor()`` and ``Normalize(mean, std)``), rewritten to act on a
 whole uint8 batch on whatever device it lives on, with the random choices passed in as tensors so
 that the caller decides where they come from. Nothing here loops over images in Python.
+
+:func:`augment` works on any batch. :class:`CropSource` is the fast path for a split that stays in
+memory: it prepares the split once so that each batch's crops and flips are a single row lookup.
 """
 
 from collections.abc import Sequence
@@ -120,3 +123,76 @@ def augment(
     Equal to ``horizontal_flip(pad_crop(images, offsets, padding), flips)``, done as one gather.
     """
     return _crop_gather(images, offsets, flips, padding)
+
+
+class CropSource:
+    """A whole split prepared once so that any batch's random crops and flips are one row lookup.
+
+    It holds the split zero-padded by ``padding`` followed by the same padded images mirrored
+    left-right (``2N x C x (H + 2p) x (W + 2p)``, the images' dtype and device; 3.1 times the
+    memory of the split). A crop is ``C x H`` runs of ``W`` consecutive pixels of a padded image,
+    and a mirrored crop is the same runs read from the mirrored copy, so :attr:`windows` (a view in
+    which row ``s`` is the ``W`` pixels from flat position ``s`` on) turns a batch into one
+    ``index_select`` of ``N * C * H`` rows. On the CPU that is several times faster than padding
+    each batch and gathering every pixel through an index tensor, and on a GPU it is one kernel.
+    The results equal :func:`augment`'s exactly.
+
+    Args:
+        images: ``N x C x H x W`` images (uint8 for CIFAR), on the device the crops are wanted on.
+        padding: Zero padding on each side before cropping.
+    """
+
+    def __init__(self, images: torch.Tensor, padding: int = CROP_PADDING) -> None:
+        n, c, h, w = images.shape
+        padded = F.pad(images, (padding, padding, padding, padding))
+        self.padded = torch.cat([padded, padded.flip(3)])
+        self.num_images, self.channels, self.height, self.width = n, c, h, w
+        self.padding = padding
+        self.padded_height, self.padded_width = h + 2 * padding, w + 2 * padding
+        flat = self.padded.reshape(-1)
+        #: Overlapping rows of ``W`` pixels, one starting at every flat position (a view).
+        self.windows = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
+        # Flat offset of each of a crop's C x H runs from its first pixel.
+        plane = self.padded_height * self.padded_width
+        channel_starts = torch.arange(c, device=images.device)[:, None] * plane
+        row_starts = torch.arange(h, device=images.device)[None, :] * self.padded_width
+        self._run_offsets = (channel_starts + row_starts).reshape(-1)
+
+    @property
+    def device(self) -> torch.device:
+        """The device the prepared split lives on."""
+        return self.padded.device
+
+    def crop_starts(self, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Flat position of every sample's crop corner, given all samples' random draws.
+
+        Args:
+            offsets: ``N x 2`` integer crop corners (row, column) in the padded image, one per
+                sample of the split, each in ``0 .. 2 * padding``.
+            flips: ``N`` booleans, True where the sample is mirrored.
+
+        Returns:
+            ``N`` int64 positions on the split's device, to pass (indexed by a batch) to
+            :meth:`crops`.
+        """
+        device = self.device
+        offsets = offsets.to(device=device, dtype=torch.long)
+        flips = flips.to(device=device, dtype=torch.bool)
+        plane = self.channels * self.padded_height * self.padded_width
+        sample = torch.arange(self.num_images, device=device) + flips.long() * self.num_images
+        # Mirroring the crop that starts at column x reads the mirrored copy from 2p - x on.
+        column = torch.where(flips, 2 * self.padding - offsets[:, 1], offsets[:, 1])
+        return sample * plane + offsets[:, 0] * self.padded_width + column
+
+    def crops(self, starts: torch.Tensor) -> torch.Tensor:
+        """Cut out the crops whose corners are ``starts`` (entries of :meth:`crop_starts`).
+
+        Args:
+            starts: ``B`` int64 crop corners on the split's device.
+
+        Returns:
+            ``B x C x H x W`` crops, contiguous, in the split's dtype.
+        """
+        runs = (starts[:, None] + self._run_offsets).reshape(-1)
+        rows = self.windows.index_select(0, runs)
+        return rows.reshape(-1, self.channels, self.height, self.width)
