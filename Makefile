@@ -4,9 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/wrn.yaml
+SWEEP ?= configs/sweeps/optimizers.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format bench fit demo tensorboard clean
+.PHONY: help install test lint format bench fit demo tensorboard sweep report clean
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +43,12 @@ demo: $(STAMP) ## Offline demo: a short run on synthetic data with real TensorBo
 
 tensorboard: $(STAMP) ## Serve the curves in lightning_logs/ (http://localhost:6006).
 	$(BIN)/tensorboard --logdir lightning_logs
+
+sweep: $(STAMP) ## Run a sweep (restartable): make sweep SWEEP=configs/sweeps/p_grid.yaml ARGS=--dry-run
+	$(BIN)/padam-sweep $(SWEEP) $(ARGS)
+
+report: $(STAMP) ## Figures and tables of a sweep's logs: make report SWEEP=configs/sweeps/p_grid.yaml
+	$(BIN)/padam-report lightning_logs/$(basename $(notdir $(SWEEP))) --out reports/$(basename $(notdir $(SWEEP)))
 
 clean: ## Remove caches (keeps .venv, data and lightning_logs).
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

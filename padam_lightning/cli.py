@@ -28,6 +28,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer import Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import UserError
@@ -220,6 +221,10 @@ def main(args: ArgsType = None) -> None:
     except UserError as err:
         rank_zero_only(print)(f"padam-fit: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except MisconfigurationException as err:
+        # Lightning's own checks of trainer settings (e.g. a negative max_epochs).
+        rank_zero_only(print)(f"padam-fit: error: {err}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ def _user_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--config", "configs/nope.yaml"], "nope.yaml"),
         (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
         (["--ckpt_path", "last"], "no checkpoint found"),
+        (["--trainer.max_epochs", "-3"], "max_epochs"),
+        (["--data.dataset", "imagefolder", "--data.data_dir", "/nonexistent/cifar"], "not found"),
     ],
 )
 def test_bad_input_is_refused_with_one_message(
@@ -108,6 +110,15 @@ def test_bad_input_is_refused_with_one_message(
 ) -> None:
     err = _user_error([*tiny_fit_args, *extra], capsys)
     assert expected in err
+
+
+def test_a_misspelled_key_in_a_config_file_is_refused(
+    tiny_fit_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("model:\n  optimizer:\n    init_args:\n      partail: 0.25\n")
+    err = _user_error([*tiny_fit_args, "--config", str(config)], capsys)
+    assert "partail" in err
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(
