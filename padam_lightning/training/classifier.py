@@ -18,6 +18,18 @@ from padam_lightning.optim import Padam
 
 STAGES = ("train", "val", "test")
 
+#: The modes ``torch.compile`` accepts (``compile_mode``); None is its default.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _triton_available() -> bool:
+    """Whether torch.compile can generate GPU kernels here (it needs Triton for CUDA)."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:  # pragma: no cover - very old or unusual torch builds
+        return False
+    return bool(has_triton())
+
 
 def _default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
     """Padam with the paper's settings (lr 0.1, p 1/8), used when no optimizer is configured."""
@@ -45,8 +57,22 @@ class ImageClassifier(L.LightningModule):
         scheduler: Callable that takes the optimizer and returns an epoch-wise learning-rate
             scheduler (e.g. ``MultiStepLR``). ``None`` keeps the learning rate constant.
         channels_last: Store the network's weights and the input batches in channels-last memory
-            format (faster convolutions with mixed precision on recent GPUs).
-        compile: Compile the network with ``torch.compile`` (one-time cost at the first step).
+            format (tensor-core convolutions with mixed precision on GPUs). None (the default):
+            on when training on a CUDA device, off otherwise. Outputs are the same up to
+            round-off either way.
+        compile: Compile the network with ``torch.compile`` (a one-time cost of about a minute
+            per shape and train/eval mode at the first steps). None (the default): on when
+            training on a CUDA device where Triton is installed, off otherwise (on the CPU,
+            compiling takes minutes and the compiled network trains slower; see
+            docs/performance.md); when on automatically, a compilation failure falls back to
+            eager execution with a warning (``torch._dynamo.config.suppress_errors``). The
+            network is compiled in place, so checkpoints are the same with and without it.
+        compile_mode: ``torch.compile``'s ``mode`` (one of :data:`COMPILE_MODES`; None is its
+            default), e.g. ``max-autotune-no-cudagraphs``.
+
+    Raises:
+        UserError: If ``compile_mode`` is not a torch.compile mode, or an optimizer or scheduler
+            setting is invalid.
     """
 
     def __init__(
@@ -55,18 +81,28 @@ class ImageClassifier(L.LightningModule):
         num_classes: int = 10,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
+        channels_last: bool | None = None,
+        compile: bool | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise UserError(
+                f"model.compile_mode must be one of {', '.join(COMPILE_MODES)} (or null for "
+                f"torch.compile's default), got {compile_mode!r}."
+            )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = build_model(arch, num_classes=num_classes)
         self.optimizer_factory: OptimizerCallable = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
         self.channels_last = channels_last
         self.compile_network = compile  # (``self.compile`` is nn.Module's method)
+        self.compile_mode = compile_mode
+        # What is in effect; the None settings are resolved in configure_model, on the device.
+        self.uses_channels_last = False
+        self.is_compiled = False
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            self._use_channels_last()
         # Mean loss and top-1 error per stage: torchmetrics reduces them across DDP processes.
         # (Keys get a suffix because nn.Module already has an attribute called ``train``.)
         self.metrics = nn.ModuleDict(
@@ -86,15 +122,42 @@ class ImageClassifier(L.LightningModule):
         except (ValueError, TypeError) as err:
             raise UserError(f"invalid optimizer or scheduler setting: {err}") from err
 
+    def _use_channels_last(self) -> None:
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self.uses_channels_last = True
+
+    def _training_device(self) -> torch.device:
+        """The device the trainer will run on (configure_model runs before the move)."""
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else self.device
+
     def configure_model(self) -> None:
-        """Compile the network when asked (after it is on its device, once per process)."""
-        already_compiled = isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule)
-        if self.compile_network and not already_compiled:
-            self.net = torch.compile(self.net)  # type: ignore[assignment]
+        """Apply the automatic channels-last and compile settings for the training device.
+
+        Lightning calls this in every process before each fit, validate or test, so it is
+        idempotent: the layout is changed and the network compiled at most once.
+        """
+        cuda = self._training_device().type == "cuda"
+        channels_last = cuda if self.channels_last is None else self.channels_last
+        if channels_last and not self.uses_channels_last:
+            self._use_channels_last()
+        if self.compile_network is None:
+            compile_network = cuda and _triton_available()
+            if compile_network:
+                # Automatic compilation must never stop a run: where a compiler is missing or
+                # fails, dynamo then warns and runs the network eagerly instead of raising.
+                torch._dynamo.config.suppress_errors = True
+        else:
+            compile_network = self.compile_network
+        if compile_network and not self.is_compiled:
+            # In place (nn.Module.compile), not torch.compile(net): the parameters keep their
+            # names, so a checkpoint loads the same with compilation on or off.
+            self.net.compile(mode=self.compile_mode)
+            self.is_compiled = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return the logits for a batch of normalised images."""
-        if self.channels_last:
+        if self.uses_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
