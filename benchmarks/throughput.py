@@ -1,0 +1,185 @@
+"""Training images/s of each network by precision, memory layout and compilation.
+
+Run with ``make bench`` or ``python benchmarks/throughput.py [--device cuda] [--compile]``.
+
+Times the network's training step alone (forward, cross-entropy, backward, a Padam step) on a
+fixed normalised batch already on the device, for every network and mode, in interleaved rounds,
+and prints images/s with the ratio to fp32 (the released code's setting). A mode is a Lightning
+precision with optional suffixes: ``+cl`` (channels-last weights and batches) and ``+compile``
+(``torch.compile`` of the network; ``+compile=MODE`` passes a torch.compile mode such as
+``max-autotune-no-cudagraphs`` or ``reduce-overhead``). Compilation happens before timing and
+its one-time cost is printed separately.
+
+Defaults fit ``make bench`` on a small CPU (batch 32, four eager modes, a few steps). On a GPU use
+e.g. ``--batch-size 128 --steps 30 --compile``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from _baselines import PADAM_SETTINGS, autocast_for
+from _timing import (
+    add_common_arguments,
+    apply_threads,
+    describe_machine,
+    interleaved,
+    median,
+    resolve_device,
+    synchronize,
+)
+from torch import nn
+
+from padam_lightning.models import build_model
+from padam_lightning.optim import Padam
+
+NETWORKS = ("vgg16", "resnet18", "wrn16_4")
+CPU_MODES = ("32-true", "32-true+cl", "bf16-mixed", "bf16-mixed+cl")
+CUDA_MODES = ("32-true", "32-true+cl", "bf16-mixed", "bf16-mixed+cl", "16-mixed+cl")
+COMPILED_MODE = "bf16-mixed+cl+compile"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One way of running the training step."""
+
+    precision: str
+    channels_last: bool
+    compile: bool
+    compile_mode: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Mode:
+        """Parse ``PRECISION[+cl][+compile[=MODE]]``."""
+        precision, *flags = text.split("+")
+        compile_flags = [flag for flag in flags if flag.split("=")[0] == "compile"]
+        unknown = [flag for flag in flags if flag != "cl" and flag not in compile_flags]
+        if unknown or precision not in ("32-true", "bf16-mixed", "16-mixed"):
+            raise SystemExit(f"bad mode {text!r}: PRECISION[+cl][+compile[=MODE]]")
+        compile_mode = None
+        if compile_flags:
+            compile_mode = compile_flags[0].partition("=")[2] or None
+        return cls(precision, "cl" in flags, bool(compile_flags), compile_mode)
+
+
+class TrainingStep:
+    """A network, its optimizer and a fixed batch, ready to take timed steps."""
+
+    def __init__(self, arch: str, mode: Mode, batch_size: int, device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.mode = mode
+        self.device = device
+        net = build_model(arch).to(device)
+        memory_format = torch.channels_last if mode.channels_last else torch.contiguous_format
+        net = net.to(memory_format=memory_format)
+        self.optimizer = Padam(net.parameters(), **PADAM_SETTINGS)
+        self.net: nn.Module = torch.compile(net, mode=mode.compile_mode) if mode.compile else net  # type: ignore[assignment]
+        self.scaler = torch.amp.GradScaler(device.type) if mode.precision == "16-mixed" else None
+        images = torch.randn(batch_size, 3, 32, 32, device=device)
+        self.images = images.contiguous(memory_format=memory_format)
+        self.labels = torch.randint(0, 10, (batch_size,), device=device)
+        self.batch_size = batch_size
+
+    def step(self) -> None:
+        """One training step."""
+        with autocast_for(self.mode.precision, self.device):
+            loss = F.cross_entropy(self.net(self.images), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def images_per_second(self, steps: int) -> float:
+        """Time ``steps`` steps (take one untimed step first, after building)."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        synchronize(self.device)
+        return self.batch_size * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser, rounds=2)
+    parser.add_argument(
+        "--networks", default=",".join(NETWORKS), help=f"default {','.join(NETWORKS)}"
+    )
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help=f"comma-separated modes (default on the CPU: {','.join(CPU_MODES)}; "
+        f"on CUDA: {','.join(CUDA_MODES)})",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help=f"add {COMPILED_MODE} (compiles each network first: a minute each on a small CPU)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default 32 on the CPU, 128 on CUDA"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per round (default 2 CPU, 30 CUDA)"
+    )
+    args = parser.parse_args()
+    apply_threads(args.threads)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    batch_size = args.batch_size or (128 if cuda else 32)
+    steps = args.steps or (30 if cuda else 2)
+    mode_names = args.modes.split(",") if args.modes else list(CUDA_MODES if cuda else CPU_MODES)
+    if args.compile and COMPILED_MODE not in mode_names:
+        mode_names.append(COMPILED_MODE)
+    modes = {name: Mode.parse(name) for name in mode_names}
+
+    print(describe_machine(device))
+    print(
+        f"training step (forward, backward, Padam) on {device.type}, batch {batch_size}, "
+        f"{steps} timed steps x {args.rounds} interleaved rounds; images/s, median"
+    )
+    results: dict[str, dict[str, float]] = {}
+    for arch in args.networks.split(","):
+        prepared: dict[str, TrainingStep] = {}
+        for name, mode in modes.items():
+            start = time.perf_counter()
+            prepared[name] = TrainingStep(arch, mode, batch_size, device)
+            prepared[name].step()  # creates the optimizer state, tunes cuDNN, compiles
+            synchronize(device)
+            if mode.compile:
+                seconds = time.perf_counter() - start
+                print(f"  {arch} {name}: first step (compiles) {seconds:.1f} s", file=sys.stderr)
+        samples = interleaved(
+            {name: partial(step.images_per_second, steps) for name, step in prepared.items()},
+            args.rounds,
+        )
+        results[arch] = {name: median(values) for name, values in samples.items()}
+        del prepared
+        if cuda:
+            torch.cuda.empty_cache()
+
+    width = max(len(name) for name in mode_names)
+    print(f"\n{'mode':<{width}}" + "".join(f"  {arch:>18}" for arch in results))
+    for name in mode_names:
+        row = f"{name:<{width}}"
+        for values in results.values():
+            ratio = values[name] / values[mode_names[0]]
+            row += f"  {values[name]:9,.0f} ({ratio:4.2f}x)"
+        print(row)
+    print(f"(ratios are to {mode_names[0]} of the same network)")
+
+
+if __name__ == "__main__":
+    main()
