@@ -220,7 +220,15 @@ class EpochReport(L.Callback):
         return time.perf_counter()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Start the clock of the whole fit."""
+        """Print the settings in effect and start the clock of the whole fit."""
+        settings = {
+            "device": str(pl_module.device),
+            "precision": str(trainer.precision),
+            "channels_last": getattr(pl_module, "uses_channels_last", "n/a"),
+            "compiled": getattr(pl_module, "is_compiled", "n/a"),
+            "batch_size": getattr(getattr(trainer, "datamodule", None), "batch_size", "n/a"),
+        }
+        print(self.prefix + "settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
         self._fit_start = self._now(pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
