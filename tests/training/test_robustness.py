@@ -130,7 +130,7 @@ def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> Non
         while not last.exists() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)
         assert last.exists(), "the run never wrote last.ckpt"
-        time.sleep(1.0)  # a few more epochs, so the kill lands anywhere, saves included
+        time.sleep(0.5)  # a few more epochs, so the kill lands anywhere, saves included
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -138,7 +138,7 @@ def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> Non
     killed_epoch = load(last)["epoch"]  # loadable: not truncated
 
     resumed = subprocess.run(
-        [*PADAM_FIT, *common, "--trainer.max_epochs", str(killed_epoch + 3), "--ckpt_path", "last"],
+        [*PADAM_FIT, *common, "--trainer.max_epochs", str(killed_epoch + 2), "--ckpt_path", "last"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -146,7 +146,7 @@ def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> Non
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = load(last)
-    assert final["epoch"] == killed_epoch + 2
+    assert final["epoch"] == killed_epoch + 1
     assert (last.parent.parent / "finished.json").exists()
     leftovers = [p.name for p in last.parent.iterdir() if ".tmp" in p.name]
     assert not leftovers
@@ -245,6 +245,14 @@ class _OverflowAtStep(L.Callback):
             self.scale_after = trainer.precision_plugin.scaler.get_scale()  # type: ignore[attr-defined]
 
 
+class _SmallClassifier(ImageClassifier):
+    """ImageClassifier with a linear network: fp16 convolutions are very slow on CPUs."""
+
+    def __init__(self) -> None:
+        super().__init__(arch="wrn10_1", optimizer=lambda p: Padam(p, lr=0.1))
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+
+
 def test_fp16_grad_scaler_skips_overflow_steps_without_touching_padam_state(
     tmp_path: Path,
 ) -> None:
@@ -253,8 +261,7 @@ def test_fp16_grad_scaler_skips_overflow_steps_without_touching_padam_state(
     trainer = _tiny_trainer(
         tmp_path, overflow, max_epochs=2, plugins=[MixedPrecision("16-mixed", device="cpu")]
     )
-    model = ImageClassifier(arch="wrn10_1", optimizer=lambda p: Padam(p, lr=0.1))
-    trainer.fit(model, datamodule=_tiny_data())
+    trainer.fit(_SmallClassifier(), datamodule=_tiny_data())
     assert overflow.state_before is not None and overflow.state_after is not None
     assert overflow.state_before.keys() == overflow.state_after.keys()
     for key, before in overflow.state_before.items():
