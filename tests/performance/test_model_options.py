@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
+from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import UserError
 from padam_lightning.training import classifier as classifier_module
 from padam_lightning.training.classifier import ImageClassifier
@@ -41,10 +45,16 @@ def test_channels_last_gives_the_default_outputs_and_gradients(arch: str) -> Non
 
 
 def test_automatic_settings_follow_the_training_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    # None means: on for CUDA (compile only where Triton can generate kernels), off on the CPU.
+    # None means: on for CUDA (compile only where Triton can generate kernels), off on the CPU
+    # (channels-last also on for bf16 on the CPU, where oneDNN runs bf16 convolutions in it).
     cpu = ImageClassifier(arch="wrn10_1")
     cpu.configure_model()
     assert not cpu.uses_channels_last and not cpu.is_compiled
+    monkeypatch.setattr(ImageClassifier, "_training_precision", lambda self: "bf16-mixed")
+    cpu_bf16 = ImageClassifier(arch="wrn10_1")
+    cpu_bf16.configure_model()
+    assert cpu_bf16.uses_channels_last and not cpu_bf16.is_compiled
+    monkeypatch.setattr(ImageClassifier, "_training_precision", lambda self: "32-true")
 
     monkeypatch.setattr(ImageClassifier, "_training_device", lambda self: torch.device("cuda"))
     with torch._dynamo.config.patch(suppress_errors=False):  # restored afterwards
@@ -85,3 +95,25 @@ def test_compiled_network_gives_the_same_outputs_and_checkpoint_keys() -> None:
 def test_unknown_compile_mode_is_refused_with_the_valid_ones() -> None:
     with pytest.raises(UserError, match=r"compile_mode must be one of default, reduce-overhead"):
         ImageClassifier(arch="wrn10_1", compile_mode="fastest")
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+@pytest.mark.parametrize(("precision", "channels_last"), [("32-true", False), ("bf16-mixed", True)])
+def test_a_cpu_fit_picks_channels_last_by_precision(
+    precision: str, channels_last: bool, tmp_path: Path
+) -> None:
+    data = CIFARDataModule(dataset="synthetic", batch_size=8, synthetic_train_size=16)
+    model = ImageClassifier(arch="wrn10_1")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,  # type: ignore[arg-type]
+        fast_dev_run=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    assert model.uses_channels_last == channels_last and not model.is_compiled
+    conv = next(p for p in model.net.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
