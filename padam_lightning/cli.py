@@ -17,6 +17,7 @@ the run has finished, ``finished.json``.
 from __future__ import annotations
 
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -214,8 +215,17 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
     )
 
 
+def _quiet_known_warnings() -> None:
+    """Silence warnings that are expected here and would only confuse users."""
+    # The loaders yield index batches; images are gathered on the device, so no workers.
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # Emitted by Lightning's own code under recent torch releases; nothing a user can change.
+    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of ``padam-fit``: user mistakes print one line and exit non-zero."""
+    _quiet_known_warnings()
     try:
         build_cli(args)
     except UserError as err:
