@@ -42,6 +42,11 @@ from padam_lightning.training.checkpointing import (
 from padam_lightning.training.classifier import ImageClassifier
 
 DEFAULT_LOG_DIR = "lightning_logs"
+DESCRIPTION = (
+    "Train and evaluate VGG, ResNet and wide ResNet classifiers on CIFAR-10/100 (or a folder of "
+    "images) with Padam or its baselines, from config files: "
+    "padam-fit fit --config configs/wrn.yaml. Logs go to TensorBoard under lightning_logs/."
+)
 
 
 def optimizer_label(optimizer: Any) -> str:
@@ -211,7 +216,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
             },
             "callbacks": [LastCheckpoint(), RunSummary()],
         },
-        parser_kwargs={"description": __doc__.split("\n\n")[0] if __doc__ else None},
+        parser_kwargs={"description": DESCRIPTION},
     )
 
 
