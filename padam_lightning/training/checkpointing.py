@@ -74,6 +74,8 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record the final epoch, step and metrics (process 0 writes)."""
+        if not trainer.loggers:
+            return  # no run folder: without a logger log_dir is merely the working directory
         # Every process must ask for log_dir: under DDP it is a collective broadcast.
         log_dir = trainer.log_dir
         if trainer.interrupted or not trainer.is_global_zero or log_dir is None:
