@@ -15,6 +15,7 @@ to one of three implementations with one signature:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -256,84 +257,6 @@ def _multi_tensor_padam(
         torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, negative_sizes)
 
 
-def _fused_padam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    step_sizes: list[float],
-    *,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float,
-    weight_decay: float,
-    eps: float,
-    partial: float,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-) -> None:
-    _run_fused(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        step_sizes,
-        amsgrad=amsgrad,
-        beta1=beta1,
-        beta2=beta2,
-        lr=lr,
-        weight_decay=weight_decay,
-        eps=eps,
-        partial=partial,
-        maximize=maximize,
-        decoupled_weight_decay=decoupled_weight_decay,
-        compile_off_cpu=True,
-    )
-
-
-def _default_padam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    step_sizes: list[float],
-    *,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float,
-    weight_decay: float,
-    eps: float,
-    partial: float,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-) -> None:
-    # Fused where that needs no torch.compile (the CPU), multi-tensor elsewhere: compiling costs
-    # time up front, which short runs and tests should not pay unless asked to (fused=True).
-    _run_fused(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        step_sizes,
-        amsgrad=amsgrad,
-        beta1=beta1,
-        beta2=beta2,
-        lr=lr,
-        weight_decay=weight_decay,
-        eps=eps,
-        partial=partial,
-        maximize=maximize,
-        decoupled_weight_decay=decoupled_weight_decay,
-        compile_off_cpu=False,
-    )
-
-
 def _run_fused(
     params: list[Tensor],
     grads: list[Tensor],
@@ -425,6 +348,13 @@ def _run_fused(
             maximize=maximize,
             decoupled_weight_decay=decoupled_weight_decay,
         )
+
+
+# The fused path everywhere: the native kernel on the CPU, torch.compile elsewhere (fused=True).
+_fused_padam: _Implementation = functools.partial(_run_fused, compile_off_cpu=True)
+# The default: fused where that needs no torch.compile (the CPU), multi-tensor elsewhere, because
+# compiling costs time up front that short runs and tests should not pay unless asked to.
+_default_padam: _Implementation = functools.partial(_run_fused, compile_off_cpu=False)
 
 
 def _at_least_float32(tensor: Tensor) -> Tensor:
