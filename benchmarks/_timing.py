@@ -74,14 +74,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice)",
+        default=1,
+        help="torch CPU threads; 0 is torch's choice (default 1: on a machine whose cores are "
+        "shared, torch's threads wait for each other and the timings scatter widely)",
     )
 
 
-def apply_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count when asked."""
-    if threads is not None:
+def apply_threads(threads: int) -> None:
+    """Set torch's intra-op thread count (0 keeps torch's choice)."""
+    if threads > 0:
         torch.set_num_threads(threads)
 
 
