@@ -7,7 +7,7 @@ CONFIG ?= configs/wrn.yaml
 SWEEP ?= configs/sweeps/optimizers.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format bench fit demo tensorboard sweep report clean
+.PHONY: help install test lint format bench bench-gpu fit demo tensorboard sweep report clean
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,10 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff format padam_lightning tests benchmarks
 
 bench: $(STAMP) ## Run every benchmark in benchmarks/ (ratios measured in one run; not tests).
-	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in benchmarks/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+bench-gpu: ## On a CUDA machine: every GPU goal and a short ResNet-18 run (benchmarks/gpu.sh).
+	bash benchmarks/gpu.sh
 
 fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --config $(CONFIG).
 	$(BIN)/padam-fit fit --config $(CONFIG)

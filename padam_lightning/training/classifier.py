@@ -112,6 +112,8 @@ class ImageClassifier(L.LightningModule):
                 for stage in STAGES
             }
         )
+        # (loss, step, epoch, batch) of a training step whose loss has not been checked yet.
+        self._unchecked_loss: tuple[torch.Tensor, int, int, int] | None = None
         self._check_optimizer()
 
     def _check_optimizer(self) -> None:
@@ -191,19 +193,39 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
-        """One optimisation step's loss; stops training at the first non-finite loss."""
+        """One optimisation step's loss; stops training at the first non-finite loss.
+
+        On the CPU the loss is checked at once. On an accelerator, reading it back every step
+        would stall the device, so each step checks the previous step's loss (long finished by
+        then): training stops one step later, and no checkpoint of diverged weights is written
+        (see :meth:`on_save_checkpoint` and :meth:`on_train_epoch_end`).
+        """
+        self._raise_if_diverged()
         loss = self._shared_step(batch, "train")
+        self._unchecked_loss = (loss.detach(), self.global_step, self.current_epoch, batch_idx)
+        if loss.device.type == "cpu":
+            self._raise_if_diverged()
+        return loss
+
+    def _raise_if_diverged(self) -> None:
+        """Raise if the last unchecked training loss is NaN or infinite."""
+        if self._unchecked_loss is None:
+            return
+        loss, step, epoch, batch_idx = self._unchecked_loss
+        self._unchecked_loss = None
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
-                f"the training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}). The usual cause is a learning "
-                "rate too large for this optimizer (Adam-like methods want ~1e-3, Padam and SGD "
-                "~0.1) or fp16 overflow. Lower model.optimizer.init_args.lr (or use bf16-mixed / "
-                "32-true precision) and start the run again: a resumed run keeps the optimizer "
-                "settings stored in its checkpoint. The checkpoint of the last completed epoch "
-                "was kept."
+                f"the training loss became {loss.item()} at step {step} (epoch {epoch}, batch "
+                f"{batch_idx}). The usual cause is a learning rate too large for this optimizer "
+                "(Adam-like methods want ~1e-3, Padam and SGD ~0.1) or fp16 overflow. Lower "
+                "model.optimizer.init_args.lr (or use bf16-mixed / 32-true precision) and start "
+                "the run again: a resumed run keeps the optimizer settings stored in its "
+                "checkpoint. The checkpoint of the last completed epoch was kept."
             )
-        return loss
+
+    def on_train_epoch_end(self) -> None:
+        """Check the epoch's last loss before the epoch's checkpoint is written."""
+        self._raise_if_diverged()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Loss and error on one evaluation batch."""

@@ -340,3 +340,13 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_reference(tmp_path: P
     # The logged training loss is the mean over both processes' samples.
     logged = last_values(run_dir)
     assert logged["train/loss"][0][1] == pytest.approx(sum(losses) / 2, rel=1e-5)
+
+
+def test_a_deferred_loss_check_still_stops_before_the_epoch_checkpoint() -> None:
+    # On accelerators each step checks the previous step's loss; the epoch's last loss is
+    # checked in on_train_epoch_end, which Lightning runs before the checkpoint callbacks.
+    model = ImageClassifier(arch="wrn10_1")
+    model._unchecked_loss = (torch.tensor(float("nan")), 7, 0, 3)
+    with pytest.raises(TrainingDivergedError, match=r"nan at step 7 \(epoch 0, batch 3\)"):
+        model.on_train_epoch_end()
+    model.on_train_epoch_end()  # checked once: nothing left to raise
