@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/wrn.yaml
 SWEEP ?= configs/sweeps/optimizers.yaml
+# CIFAR-10 as JPEGs (train/<class>/, test/<class>/), used by `make fit` when data/ has no CIFAR-10.
+CIFAR_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint format bench bench-gpu fit demo tensorboard sweep report clean
@@ -39,7 +41,15 @@ bench-gpu: ## On a CUDA machine: every GPU goal and a short ResNet-18 run (bench
 	bash benchmarks/gpu.sh
 
 fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --config $(CONFIG).
-	$(BIN)/padam-fit fit --config $(CONFIG)
+	@# Offline machines: use the CIFAR-10 JPEG copy when there is no CIFAR-10 download in data/.
+	@if [ ! -d data/cifar-10-batches-py ] && [ -f "$(CIFAR_JPEG)" ]; then \
+		mkdir -p data/cifar10-jpeg; \
+		[ -d data/cifar10-jpeg/train ] || tar -xzf "$(CIFAR_JPEG)" -C data/cifar10-jpeg; \
+		echo "make fit: using the CIFAR-10 JPEGs of $(CIFAR_JPEG) in data/cifar10-jpeg"; \
+		$(BIN)/padam-fit fit --config $(CONFIG) --config configs/data/cifar10_jpeg.yaml $(ARGS); \
+	else \
+		$(BIN)/padam-fit fit --config $(CONFIG) $(ARGS); \
+	fi
 
 demo: $(STAMP) ## Offline demo: a short run on synthetic data with real TensorBoard logs.
 	$(BIN)/padam-fit fit --config configs/wrn.yaml --config configs/demo.yaml
