@@ -25,7 +25,12 @@ from typing import Any
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import (
+    ArgsType,
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer import Trainer
 from lightning.pytorch.utilities import rank_zero_only
@@ -74,6 +79,21 @@ def _is_checkpoint_file(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("data.pkl") for name in archive.namelist())
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Save the resolved config in the run folder: ``config.yaml`` for ``fit``.
+
+    ``validate`` and ``test`` of a run's checkpoint write ``config-validate.yaml`` /
+    ``config-test.yaml`` beside it instead of replacing the record of how the run was trained.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        """Pick the file name for this stage, then save as LightningCLI does."""
+        name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
+        if name != "fit":
+            self.config_filename = f"config-{name}.yaml"
+        super().setup(trainer, pl_module, stage)
 
 
 class PadamCLI(LightningCLI):
@@ -204,6 +224,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
         run=run,
         auto_configure_optimizers=False,
         seed_everything_default=0,
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "logger": {

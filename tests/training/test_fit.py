@@ -154,3 +154,18 @@ def test_command_line_error_has_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "padam-fit: error:" in result.stderr and "partial" in result.stderr
+
+
+def test_testing_a_checkpoint_keeps_the_training_config(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    run_fit(tiny_fit_args)
+    run_dir = tmp_path / "logs" / "run" / "version_0"
+    trained_with = (run_dir / "config.yaml").read_text()
+    run_fit(["test", *tiny_fit_args[1:], "--ckpt_path", "last"])
+    assert (run_dir / "config.yaml").read_text() == trained_with
+    assert yaml.safe_load((run_dir / "config-test.yaml").read_text())["ckpt_path"].endswith(
+        "last.ckpt"
+    )
+    test_err = read_scalars(run_dir)["test/err"]
+    assert len(test_err) == 1 and 0.0 <= test_err[0][1] <= 1.0
