@@ -133,7 +133,7 @@ def print_table(
     reference = medians[baseline]
     width = max(len(name) for name in samples)
     print(f"\n{title}")
-    print(f"{'':<{width}}  {'median ' + unit:>18}  {'min .. max':>21}  {'x baseline':>10}")
+    print(f"{'':<{width}}  {'median ' + unit:>18}  {'min .. max':>21}  {'speedup':>10}")
     for name, values in samples.items():
         value = medians[name]
         ratio = value / reference if higher_is_better else reference / value
