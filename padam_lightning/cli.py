@@ -38,15 +38,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import UserError
+from padam_lightning.run_layout import DEFAULT_LOG_DIR, LAST_CHECKPOINT_PATH
 from padam_lightning.training.checkpointing import (
-    LAST_CHECKPOINT,
     AtomicCheckpointIO,
     LastCheckpoint,
     RunSummary,
 )
 from padam_lightning.training.classifier import ImageClassifier
 
-DEFAULT_LOG_DIR = "lightning_logs"
 DESCRIPTION = (
     "Train and evaluate VGG, ResNet and wide ResNet classifiers on CIFAR-10/100 (or a folder of "
     "images) with Padam or its baselines, from config files: "
@@ -169,18 +168,16 @@ class PadamCLI(LightningCLI):
             elif logger_args is not None and logger_args.get("version") is not None:
                 version = logger_args.version
                 folder = f"version_{version}" if isinstance(version, int) else str(version)
-                candidates = [run_root / folder / "checkpoints" / LAST_CHECKPOINT]
+                candidates = [run_root / folder / LAST_CHECKPOINT_PATH]
             else:
                 candidates = sorted(
-                    run_root.glob(f"*/checkpoints/{LAST_CHECKPOINT}"),
+                    run_root.glob(f"*/{LAST_CHECKPOINT_PATH}"),
                     key=lambda p: p.stat().st_mtime,
                     reverse=True,
                 )
             existing = [path for path in candidates if path.is_file()]
             if not existing:
-                where = (
-                    candidates[0] if candidates else run_root / "*/checkpoints" / LAST_CHECKPOINT
-                )
+                where = candidates[0] if candidates else run_root / "*" / LAST_CHECKPOINT_PATH
                 raise UserError(
                     f"--ckpt_path last: no checkpoint found at {where}. Start the run without "
                     "--ckpt_path, or pass the logger folder of the run to resume "

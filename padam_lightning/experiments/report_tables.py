@@ -24,20 +24,17 @@ from padam_lightning.experiments.report_groups import (
 from padam_lightning.experiments.run_fields import format_value
 
 
+def _format(stat: Stat | None, scale: float = 1.0, digits: int = 4) -> str:
+    """``mean`` (or ``mean ± std`` over several seeds) times ``scale``; ``-`` when missing."""
+    if stat is None:
+        return "-"
+    text = f"{scale * stat.mean:.{digits}f}"
+    return f"{text} ± {scale * stat.std:.{digits}f}" if stat.n > 1 else text
+
+
 def _pct(stat: Stat | None) -> str:
-    if stat is None:
-        return "-"
-    if stat.n > 1:
-        return f"{100 * stat.mean:.2f} ± {100 * stat.std:.2f}"
-    return f"{100 * stat.mean:.2f}"
-
-
-def _num(stat: Stat | None) -> str:
-    if stat is None:
-        return "-"
-    if stat.n > 1:
-        return f"{stat.mean:.4f} ± {stat.std:.4f}"
-    return f"{stat.mean:.4f}"
+    """A fraction as a percentage with two decimals."""
+    return _format(stat, scale=100.0, digits=2)
 
 
 def _stat_json(stat: Stat | None) -> dict[str, float] | None:
@@ -113,7 +110,7 @@ def markdown_table(
                 epochs,
                 _pct(group.final_err),
                 _pct(group.best_err),
-                _num(group.final_train_loss),
+                _format(group.final_train_loss),
                 *("-" if r is None else str(r) for r in reached),
             ]
             lines.append("| " + " | ".join(cells) + " |")

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from padam_lightning.run_layout import CONFIG_FILE, FINISHED_FILE
+
 EVENT_FILE_PREFIX = "events.out.tfevents."
-CONFIG_FILE = "config.yaml"
-FINISHED_FILE = "finished.json"
 EPOCH_TAG = "epoch"
 
 

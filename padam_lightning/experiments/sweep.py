@@ -51,10 +51,10 @@ from padam_lightning.experiments.sweep_spec import (
     load_sweep,
     missing_config_files,
 )
+from padam_lightning.run_layout import DEFAULT_LOG_DIR
 
 PROG = "padam-sweep"
 EXECUTORS = ("auto", "local", "submitit-local", "slurm")
-DEFAULT_SAVE_DIR = "lightning_logs"
 #: Lines of a failed run's log shown in the final summary.
 LOG_TAIL_LINES = 15
 
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--save-dir",
-        default=DEFAULT_SAVE_DIR,
-        help=f"root log folder; runs go to SAVE_DIR/<sweep>/<run> (default {DEFAULT_SAVE_DIR})",
+        default=DEFAULT_LOG_DIR,
+        help=f"root log folder; runs go to SAVE_DIR/<sweep>/<run> (default {DEFAULT_LOG_DIR})",
     )
     parser.add_argument(
         "--only",

@@ -32,9 +32,8 @@ from typing import Any, BinaryIO
 import submitit
 
 from padam_lightning.errors import UserError
+from padam_lightning.run_layout import FINISHED_FILE, LAST_CHECKPOINT_PATH
 
-FINISHED_FILE = "finished.json"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 LOG_FILE = "fit.log"
 #: Start of the line ``fit.log`` gets before each attempt: ``### padam-sweep <time>: <command>``.
 LOG_HEADER = "### padam-sweep"
@@ -72,7 +71,7 @@ def run_state(run_dir: Path, max_epochs: int | None = None) -> RunState:
     ``-- --trainer.max_epochs 3`` before the real sweep) is not done: it resumes and trains on.
     """
     finished = run_dir / FINISHED_FILE
-    checkpoint = run_dir / LAST_CHECKPOINT
+    checkpoint = run_dir / LAST_CHECKPOINT_PATH
     if finished.is_file():
         finished_epochs = _finished_max_epochs(finished)
         if max_epochs is None or finished_epochs is None or finished_epochs >= max_epochs:

@@ -12,8 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-FINISHED_FILE = "finished.json"
-LAST_CHECKPOINT = "last.ckpt"
+from padam_lightning.run_layout import FINISHED_FILE, LAST_CHECKPOINT
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

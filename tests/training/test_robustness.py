@@ -27,6 +27,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PADAM_FIT = [sys.executable, "-m", "padam_lightning.cli"]
 
 
+def tiny_cli_args(save_dir: Path, name: str, *extra: str) -> list[str]:
+    """``padam-fit`` arguments for the tiny CPU run, logging to ``save_dir/name/version_0``."""
+    return [
+        "--config",
+        "configs/wrn.yaml",
+        "--config",
+        "configs/tiny.yaml",
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        "--trainer.logger.init_args.name",
+        name,
+        *extra,
+    ]
+
+
 def load(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -105,19 +120,7 @@ def test_atomic_checkpoint_write_never_leaves_a_partial_file(
 
 
 def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
-    common = [
-        "fit",
-        "--config",
-        "configs/wrn.yaml",
-        "--config",
-        "configs/tiny.yaml",
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.name",
-        "killed",
-        "--trainer.limit_train_batches",
-        "4",
-    ]
+    common = ["fit", *tiny_cli_args(tmp_path, "killed", "--trainer.limit_train_batches", "4")]
     process = subprocess.Popen(
         [*PADAM_FIT, *common, "--trainer.max_epochs", "1000"],
         cwd=REPO_ROOT,
@@ -285,14 +288,8 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_reference(tmp_path: P
     needs GPUs, so each shard keeps its own batch-norm statistics, exactly as DDP on CPUs does;
     the running statistics in the checkpoint are those of process 0.)
     """
-    args = [
-        "--config",
-        "configs/wrn.yaml",
-        "--config",
-        "configs/tiny.yaml",
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.name",
+    args = tiny_cli_args(
+        tmp_path,
         "ddp",
         "--trainer.max_epochs",
         "1",
@@ -302,7 +299,7 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_reference(tmp_path: P
         "8",
         "--data.eval_batch_size",
         "8",
-    ]
+    )
     result = subprocess.run(
         [*PADAM_FIT, "fit", *args, "--trainer.strategy", "ddp", "--trainer.devices", "2"],
         cwd=REPO_ROOT,
