@@ -72,12 +72,63 @@ def optimizer_label(optimizer: Any) -> str:
     return class_name or "optimizer"
 
 
-def _is_checkpoint_file(path: Path) -> bool:
-    """Whether ``path`` is a complete ``torch.save`` archive (a truncated one is not)."""
-    if not zipfile.is_zipfile(path):
+def _trains_on_cuda(accelerator: Any) -> bool:
+    """Whether the trainer's ``accelerator`` setting will pick a CUDA GPU on this machine."""
+    if not torch.cuda.is_available():
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("data.pkl") for name in archive.namelist())
+    if accelerator is None or isinstance(accelerator, str):
+        return (accelerator or "auto") in ("auto", "gpu", "cuda")
+    return "cuda" in type(accelerator).__name__.lower()
+
+
+def _checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
+    """The model hyperparameters saved in the Lightning checkpoint ``path``.
+
+    The archive is memory-mapped, so only its index and small entries are read.
+
+    Raises:
+        UserError: If ``path`` is not a complete Lightning checkpoint.
+    """
+    problem = None
+    content: Any = None
+    if not zipfile.is_zipfile(path):
+        problem = "not a complete torch.save archive; the file may be truncated or of another kind"
+    else:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                problem = "a zip archive, but not one written by torch.save"
+    if problem is None:
+        try:
+            content = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as err:  # any unpickling failure means the same to the user
+            problem = f"torch.load could not read it: {type(err).__name__}"
+    if problem is None and not (
+        isinstance(content, dict) and {"state_dict", "pytorch-lightning_version"} <= set(content)
+    ):
+        problem = "a torch file but not a Lightning checkpoint, e.g. a bare state_dict"
+    if problem is not None:
+        raise UserError(
+            f"--ckpt_path {path}: not a checkpoint ({problem}). Pass a .ckpt file written by "
+            "padam-fit."
+        )
+    return dict(content.get("hyper_parameters") or {})
+
+
+def _latest_run_checkpoint(run_root: Path) -> Path:
+    """``last.ckpt`` of the run folder under ``run_root`` used most recently (it may not exist).
+
+    Only the latest run is considered: when it crashed before its first checkpoint, resuming an
+    older run in its place would be a silent surprise, so the caller reports the missing file.
+    """
+    runs = [folder for folder in run_root.glob("*") if folder.is_dir()]
+    if not runs:
+        return run_root / "*" / LAST_CHECKPOINT_PATH
+
+    def last_used(folder: Path) -> float:
+        last = folder / LAST_CHECKPOINT_PATH
+        return max(folder.stat().st_mtime, last.stat().st_mtime if last.is_file() else 0.0)
+
+    return max(runs, key=last_used) / LAST_CHECKPOINT_PATH
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -125,7 +176,7 @@ class PadamCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         trainer = config.trainer
-        if trainer.get("precision") is None and torch.cuda.is_available():
+        if trainer.get("precision") is None and _trains_on_cuda(trainer.get("accelerator")):
             # Mixed precision where the hardware has it; CPU runs stay in fp32.
             trainer.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         logger_args = self._tensorboard_args(config)
@@ -168,30 +219,28 @@ class PadamCLI(LightningCLI):
             elif logger_args is not None and logger_args.get("version") is not None:
                 version = logger_args.version
                 folder = f"version_{version}" if isinstance(version, int) else str(version)
-                candidates = [run_root / folder / LAST_CHECKPOINT_PATH]
+                path = run_root / folder / LAST_CHECKPOINT_PATH
             else:
-                candidates = sorted(
-                    run_root.glob(f"*/{LAST_CHECKPOINT_PATH}"),
-                    key=lambda p: p.stat().st_mtime,
-                    reverse=True,
-                )
-            existing = [path for path in candidates if path.is_file()]
-            if not existing:
-                where = candidates[0] if candidates else run_root / "*" / LAST_CHECKPOINT_PATH
+                path = _latest_run_checkpoint(run_root)
+            if not path.is_file():
                 raise UserError(
-                    f"--ckpt_path last: no checkpoint found at {where}. Start the run without "
+                    f"--ckpt_path last: no checkpoint found at {path}. Start the run without "
                     "--ckpt_path, or pass the logger folder of the run to resume "
                     "(--trainer.logger.init_args.name/version) or the file itself."
                 )
-            path = existing[0]
         else:
             path = Path(ckpt_path)
             if not path.is_file():
                 raise UserError(f"--ckpt_path {ckpt_path}: no such file.")
-        if not _is_checkpoint_file(path):
+        saved = _checkpoint_hyperparameters(path)
+        # LightningCLI builds the model from the checkpoint's hyperparameters, so a different
+        # network asked for here would be silently replaced by the checkpoint's.
+        arch = config.model.get("arch") if isinstance(config.get("model"), Namespace) else None
+        if arch is not None and "arch" in saved and saved["arch"] != arch:
             raise UserError(
-                f"--ckpt_path {path}: not a checkpoint (not a complete torch.save archive; the "
-                "file may be truncated or of another kind). Pass a .ckpt file written by padam-fit."
+                f"--ckpt_path {path}: the checkpoint is of a {saved['arch']} network, but this run "
+                f"asks for {arch}. Resume with the run's own config (its config.yaml), or start "
+                "a new run without --ckpt_path."
             )
         # Resuming a run keeps writing to its folder, so its curves continue in one place.
         if (

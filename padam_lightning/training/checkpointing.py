@@ -14,14 +14,57 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from padam_lightning.run_layout import FINISHED_FILE, LAST_CHECKPOINT
 
+#: Temporary files are named ``.<target>.tmp-<pid>`` beside their target.
+_TEMP_MARK = ".tmp-"
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that processes killed during a save left in ``folder``.
+
+    A temporary file holds a whole checkpoint (hundreds of MB for the larger networks), so each
+    crash during a save would otherwise leak one. Files of processes still running are kept.
+
+    Returns:
+        The files deleted.
+    """
+    removed = []
+    for tmp in folder.glob(f".*{_TEMP_MARK}*"):
+        pid = tmp.name.rsplit(_TEMP_MARK, 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_is_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write checkpoints so that a crash during a save never leaves a truncated file.
 
     The checkpoint goes to a temporary file in the destination folder, is flushed to disk, and
     then replaces the old file with one atomic rename. A process killed at any moment leaves
-    either the previous checkpoint or the new one, never a partial file. (Lightning's own writer
-    stages through the system temp folder and falls back to a non-atomic copy across devices.)
+    either the previous checkpoint or the new one, never a partial file; the temporary file it
+    may leave is deleted by the next save into that folder. (Lightning's own writer stages
+    through the system temp folder and falls back to a non-atomic copy across devices.)
     """
 
     def save_checkpoint(
@@ -30,7 +73,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Save ``checkpoint`` to ``path`` atomically (local paths only)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        remove_stale_temp_files(target.parent)
+        tmp = target.with_name(f".{target.name}{_TEMP_MARK}{os.getpid()}")
         try:
             with open(tmp, "wb") as file:
                 torch.save(checkpoint, file)
@@ -90,6 +134,5 @@ class RunSummary(L.Callback):
             "max_epochs": trainer.max_epochs,
             "metrics": metrics,
         }
-        path = Path(log_dir) / FINISHED_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+        write_text_atomically(Path(log_dir) / FINISHED_FILE, text)

@@ -21,6 +21,13 @@ STAGES = ("train", "val", "test")
 #: The modes ``torch.compile`` accepts (``compile_mode``); None is its default.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+#: Checkpoint key holding the optimizer classes of the run, so a resume can check them.
+OPTIMIZER_CLASSES_KEY = "padam_lightning_optimizer_classes"
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
 
 def _triton_available() -> bool:
     """Whether torch.compile can generate GPU kernels here (it needs Triton for CUDA)."""
@@ -114,6 +121,8 @@ class ImageClassifier(L.LightningModule):
         )
         # (loss, step, epoch, batch) of a training step whose loss has not been checked yet.
         self._unchecked_loss: tuple[torch.Tensor, int, int, int] | None = None
+        # Optimizer classes recorded in the checkpoint being resumed (checked in on_train_start).
+        self._checkpoint_optimizers: list[str] | None = None
         self._check_optimizer()
 
     def _check_optimizer(self) -> None:
@@ -243,13 +252,52 @@ class ImageClassifier(L.LightningModule):
             self.log("optim/partial", float(group["partial"]), on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to write a checkpoint of diverged weights over the last good one."""
+        """Refuse to write diverged weights over the last good checkpoint; record the optimizer."""
         bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise TrainingDivergedError(
                 f"parameters became non-finite by step {self.global_step} (first: {bad[0]}); "
                 "not saving this checkpoint, so the last good one stays intact. Lower the "
                 "learning rate and start the run again."
+            )
+        if self._trainer is not None:
+            checkpoint[OPTIMIZER_CLASSES_KEY] = [
+                _qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers
+            ]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another network before its weights are loaded.
+
+        Raises:
+            UserError: If the checkpoint's architecture or class count differs from this model's.
+        """
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in ("arch", "num_classes"):
+            if key in saved and saved[key] != self.hparams[key]:
+                raise UserError(
+                    f"the checkpoint holds a {key} of {saved[key]!r}, but this run has "
+                    f"{self.hparams[key]!r}. Pass the checkpoint's run configuration (its "
+                    "config.yaml) again, or start a new run without --ckpt_path."
+                )
+        self._checkpoint_optimizers = checkpoint.get(OPTIMIZER_CLASSES_KEY)
+
+    def on_train_start(self) -> None:
+        """Refuse to resume a run with another optimizer before its first step.
+
+        Lightning loads any optimizer's state dict into any other (the state is keyed by
+        parameter), so a Padam checkpoint resumed with SGD would only fail at the first step,
+        deep inside the optimizer, or worse, train on with another method's state.
+
+        Raises:
+            UserError: If the checkpoint being resumed was trained with other optimizer classes.
+        """
+        saved, self._checkpoint_optimizers = self._checkpoint_optimizers, None
+        current = [_qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers]
+        if saved is not None and saved != current:
+            raise UserError(
+                f"the checkpoint was trained with {', '.join(saved)}, but this run's optimizer "
+                f"is {', '.join(current)}. Resume with the run's own optimizer config (its "
+                "config.yaml), or start a new run without --ckpt_path."
             )
 
     def configure_optimizers(self) -> Any:

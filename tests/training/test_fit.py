@@ -12,7 +12,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from padam_lightning.cli import main
+from padam_lightning.cli import _trains_on_cuda, main
 
 EPOCH_TAGS = ("train/loss", "train/err", "val/loss", "val/err", "optim/lr", "optim/partial")
 
@@ -128,8 +128,56 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(
     last = tmp_path / "logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    err = _user_error([*tiny_fit_args, "--ckpt_path", str(truncated)], capsys)
-    assert "not a checkpoint" in err
+    network = torch.nn.Linear(2, 2)
+    bare_state_dict = tmp_path / "state_dict.pt"
+    torch.save(network.state_dict(), bare_state_dict)
+    pickled_module = tmp_path / "module.pt"
+    torch.save(network, pickled_module)
+    for bad, reason in [
+        (truncated, "truncated"),
+        (bare_state_dict, "not a Lightning checkpoint"),
+        (pickled_module, "torch.load could not read it"),
+    ]:
+        err = _user_error([*tiny_fit_args, "--ckpt_path", str(bad)], capsys)
+        assert "not a checkpoint" in err and reason in err, err
+
+
+def test_resuming_with_another_network_or_optimizer_is_refused_and_keeps_the_checkpoint(
+    tiny_fit_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_fit(tiny_fit_args)
+    last = tmp_path / "logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    resume = [*tiny_fit_args, "--trainer.max_epochs", "3", "--ckpt_path", "last"]
+    sgdm = str(Path(__file__).resolve().parents[2] / "configs" / "optim" / "sgdm.yaml")
+    err = _user_error([*resume, "--config", sgdm], capsys)
+    assert "trained with padam_lightning.optim.padam.Padam" in err and "torch.optim.sgd.SGD" in err
+    err = _user_error([*resume, "--model.arch", "wrn10_2"], capsys)
+    assert "a wrn10_1 network" in err and "asks for wrn10_2" in err
+    assert last.read_bytes() == before
+
+
+def test_resuming_last_looks_only_at_the_latest_run(
+    tiny_fit_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_fit(tiny_fit_args)
+    crashed_early = tmp_path / "logs" / "run" / "version_1"  # a newer run with no checkpoint yet
+    crashed_early.mkdir()
+    err = _user_error([*tiny_fit_args, "--ckpt_path", "last"], capsys)
+    assert "version_1" in err and "no checkpoint found" in err
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "on_cuda"),
+    [("cpu", False), ("auto", True), (None, True), ("gpu", True), ("cuda", True), ("mps", False)],
+)
+def test_automatic_mixed_precision_only_where_training_runs_on_cuda(
+    accelerator: str | None, on_cuda: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _trains_on_cuda(accelerator) is on_cuda
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _trains_on_cuda(accelerator) is False
 
 
 def test_command_line_error_has_no_traceback(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from test_fit import read_scalars
 
 from padam_lightning.cli import build_cli, main
 from padam_lightning.data import CIFARDataModule
-from padam_lightning.errors import TrainingDivergedError
+from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.optim import Padam
 from padam_lightning.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from padam_lightning.training.classifier import ImageClassifier
@@ -117,6 +117,25 @@ def test_atomic_checkpoint_write_never_leaves_a_partial_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
     monkeypatch.undo()
     assert torch.equal(load(target)["weights"], torch.arange(4))
+
+
+def test_loading_a_checkpoint_of_another_network_is_refused_before_its_weights() -> None:
+    model = ImageClassifier(arch="wrn10_1", num_classes=10)
+    with pytest.raises(UserError, match="arch of 'wrn16_4', but this run has 'wrn10_1'"):
+        model.on_load_checkpoint({"hyper_parameters": {"arch": "wrn16_4", "num_classes": 10}})
+    with pytest.raises(UserError, match="num_classes of 100"):
+        model.on_load_checkpoint({"hyper_parameters": {"arch": "wrn10_1", "num_classes": 100}})
+
+
+def test_temp_files_of_killed_saves_are_removed_by_the_next_save(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed_save = tmp_path / f".best-epoch003.ckpt.tmp-{dead.pid}"
+    killed_save.write_bytes(b"PK half a checkpoint")
+    running_save = tmp_path / f".last.ckpt.tmp-{os.getppid()}"  # a live process's save
+    running_save.write_bytes(b"PK being written")
+    AtomicCheckpointIO().save_checkpoint({"weights": torch.arange(4)}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running_save.name, "last.ckpt"]
 
 
 def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
