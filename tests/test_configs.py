@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import itertools
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from padam_lightning.cli import build_cli
 from padam_lightning.optim import Padam
@@ -73,6 +76,23 @@ def test_optimizer_configs_stack_after_an_architecture(
         assert group[key] == value, key
     if "betas" in group:
         assert tuple(group["betas"]) == (0.9, 0.999)
+
+
+# Implementation switches, not hyperparameters: they do not change the update's result.
+IMPLEMENTATION_ARGS = {"params", "foreach", "fused", "capturable", "differentiable"}
+
+
+@pytest.mark.parametrize(
+    "config", [f"optim/{name}" for name in OPTIM_CONFIGS] + sorted(ARCH_CONFIGS)
+)
+def test_optimizer_configs_spell_out_every_hyperparameter(config: str) -> None:
+    # A setting left out would be carried over from an earlier config in the stack, e.g. a
+    # ``decoupled_weight_decay: true`` turning the coupled-L2 Adam baseline into AdamW.
+    optimizer = yaml.safe_load((CONFIGS / config).read_text())["model"]["optimizer"]
+    module, name = optimizer["class_path"].rsplit(".", 1)
+    signature = inspect.signature(getattr(importlib.import_module(module), name))
+    hyperparameters = set(signature.parameters) - IMPLEMENTATION_ARGS
+    assert set(optimizer["init_args"]) == hyperparameters
 
 
 def test_cifar100_config_links_the_class_count(tmp_path: Path) -> None:
