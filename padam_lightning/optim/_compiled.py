@@ -4,9 +4,12 @@ The update is written with ``torch._foreach_*`` operations, which Inductor fuses
 a few kernels for all tensors of a dtype (this is how PyTorch's own compiled optimizers run). Every
 hyperparameter and per-tensor step size travels in one small tensor on the parameters' device, and
 tensor shapes are dynamic, so changing the learning rate, the betas or a non-special ``partial``
-never recompiles. Only the power plan (``p = 0``, ``p = 2^-k``, or any other ``p``) and whether
-AMSGrad is on select among graphs; each is compiled once per process, and Inductor caches them on
-disk.
+never recompiles. What selects among graphs is the power plan (``p = 0``, each ``p = 2^-k``
+separately, since its ``k`` square roots are unrolled, and one graph for every other ``p``),
+whether AMSGrad is on, and each parameter group's dtype and number of tensors. Each graph is
+compiled once per process and Inductor caches it on disk; past dynamo's recompile limit (8 graphs
+by default, ``torch._dynamo.config.recompile_limit``), for instance under a schedule that visits
+many powers of two, dynamo warns and runs the update uncompiled, with the same results.
 
 The same code runs on the CPU through Inductor's C++ backend, which is how the tests check it
 without a GPU; on the CPU the native kernel (:mod:`._native`) is used instead because it builds once

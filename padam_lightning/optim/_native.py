@@ -183,7 +183,7 @@ def native_kernel() -> NativeKernel | None:
             _warned = True
             warnings.warn(
                 f"Padam's native CPU kernel is unavailable ({_failure}); using the multi-tensor "
-                "(foreach) implementation instead, which is about 3x slower on CPU. Install a C++ "
+                "(foreach) implementation instead, which is about 6x slower on CPU. Install a C++ "
                 "compiler (g++ or clang++, or set CXX) to enable it, or set "
                 "PADAM_LIGHTNING_NATIVE=0 to silence this warning.",
                 RuntimeWarning,

@@ -71,8 +71,8 @@ class Padam(Optimizer):
 
     Every hyperparameter may differ per parameter group and may be changed between steps through
     :attr:`param_groups` (for instance a schedule on ``group["partial"]``); nothing is rebuilt
-    when it changes (the compiled path off the CPU compiles one graph per kind of :math:`p`:
-    zero, a power of two, any other). For :math:`p = 0` and :math:`p = 2^{-k}` (the paper's 1/4,
+    when it changes (the compiled path off the CPU compiles one graph for :math:`p = 0`, one for
+    each :math:`p = 2^{-k}` and one for all other values). For :math:`p = 0` and :math:`p = 2^{-k}` (the paper's 1/4,
     1/8, 1/16) the power is computed with square roots, which is exact and cheap; other values use
     a general power, which costs more on the CPU (about 1.5x the step time).
 
