@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchvision.datasets import CIFAR10
+from torchvision.io import encode_png
 
 from padam_lightning.cli import _trains_on_cuda, main
 
@@ -110,6 +113,52 @@ def test_bad_input_is_refused_with_one_message(
 ) -> None:
     err = _user_error([*tiny_fit_args, *extra], capsys)
     assert expected in err
+
+
+def _empty_image_folder(root: Path) -> None:
+    for split in ("train", "test"):
+        (root / split / "cat").mkdir(parents=True)
+
+
+def _image_folder_of_mixed_sizes(root: Path) -> None:
+    for split in ("train", "test"):
+        (root / split / "cat").mkdir(parents=True)
+        for name, size in (("big.png", 32), ("small.png", 16)):
+            image = torch.zeros(3, size, size, dtype=torch.uint8)
+            (root / split / "cat" / name).write_bytes(encode_png(image).numpy().tobytes())
+
+
+def _damaged_cifar10_files(root: Path) -> None:
+    folder = root / CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    for name, _ in [*CIFAR10.train_list, *CIFAR10.test_list]:
+        (folder / name).write_bytes(b"an interrupted copy")
+    (folder / CIFAR10.meta["filename"]).write_bytes(b"an interrupted copy")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "write_data", "expected"),
+    [
+        ("imagefolder", _empty_image_folder, "holds no images"),
+        ("imagefolder", _image_folder_of_mixed_sizes, "16x16"),
+        ("cifar10", _damaged_cifar10_files, "failed their checksum check"),
+    ],
+)
+def test_bad_data_is_refused_with_one_message(
+    tiny_fit_args: list[str],
+    tmp_path: Path,
+    dataset: str,
+    write_data: Callable[[Path], None],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data_dir = tmp_path / "data"
+    write_data(data_dir)
+    before = {path: path.read_bytes() for path in data_dir.rglob("*") if path.is_file()}
+    args = ["--data.dataset", dataset, "--data.data_dir", str(data_dir), "--data.download", "false"]
+    err = _user_error([*tiny_fit_args, *args], capsys)
+    assert expected in err and str(data_dir) in err, err
+    assert {path: path.read_bytes() for path in data_dir.rglob("*") if path.is_file()} == before
 
 
 def test_a_misspelled_key_in_a_config_file_is_refused(

@@ -138,6 +138,7 @@ def test_temp_files_of_killed_saves_are_removed_by_the_next_save(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [running_save.name, "last.ckpt"]
 
 
+@pytest.mark.slow  # separate padam-fit processes
 def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
     common = ["fit", *tiny_cli_args(tmp_path, "killed", "--trainer.limit_train_batches", "4")]
     process = subprocess.Popen(
@@ -299,6 +300,7 @@ def test_fp16_grad_scaler_skips_overflow_steps_without_touching_padam_state(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="needs torch.distributed with the gloo backend",
 )
+@pytest.mark.slow  # separate padam-fit processes
 def test_ddp_on_two_cpu_processes_matches_a_single_process_reference(tmp_path: Path) -> None:
     """DDP: each process trains on its shard, gradients are averaged, metrics are reduced.
 
