@@ -83,6 +83,35 @@ def test_float64_paths_match_for_loop(
     assert_same(run(implementation, **hyper), expected, rtol=1e-13, atol=1e-15)
 
 
+class _CompiledGraphSource:
+    """Stands in for the native kernel so that CPU tensors take the compiled (CUDA) path.
+
+    ``torch.compile`` is swapped for the function it compiles, run eagerly: this checks the
+    graph's math and the arguments Padam passes it, for every configuration, in milliseconds.
+    (Compiling it for real is checked once, in the slow tests below.)
+    """
+
+    dtypes = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+    step = staticmethod(_compiled.compiled_step)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("partial", [1 / 8, 1 / 4, 1 / 16, 1 / 2, 0.0, 0.3])
+def test_compiled_graph_source_matches_for_loop(
+    config: str, partial: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hyper = {**CONFIGS[config], "partial": partial}
+    expected = run({"foreach": False}, **hyper)
+    monkeypatch.setattr(_native, "native_kernel", _CompiledGraphSource)
+    monkeypatch.setattr(_compiled, "_compiled_update", lambda: _compiled._update)
+    monkeypatch.setattr(_compiled, "compiled_step", _fail_if_called)  # must come via the kernel
+    assert_same(run({"fused": True}, **hyper), expected, rtol=1e-13, atol=1e-15)
+
+
+def _fail_if_called(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("the CPU must not call the compiled step directly")
+
+
 @pytest.mark.parametrize("partial", [1 / 8, 0.3])
 def test_float32_fused_matches_for_loop(partial: float) -> None:
     # The native kernel's general power is its own exp2/log2, accurate to a few ulp.
