@@ -41,7 +41,7 @@ from padam_lightning.experiments.report_tables import (
     write_csv,
     write_json,
 )
-from padam_lightning.experiments.run_logs import find_run_dirs, read_run
+from padam_lightning.experiments.run_logs import UnreadableRunError, find_run_dirs, read_run
 
 PROG = "padam-report"
 DEFAULT_TARGETS = (0.10,)
@@ -98,7 +98,7 @@ def build_report(
     """Read the runs under ``logdir`` and group them.
 
     Returns:
-        The groups, the layout, and notes about folders that were left out.
+        The groups, the layout, and notes about the folders and files that were left out.
 
     Raises:
         UserError: If ``logdir`` holds no run with a logged test error.
@@ -108,10 +108,15 @@ def build_report(
     notes = []
     summaries = []
     for run_dir in find_run_dirs(logdir):
-        record = read_run(run_dir, logdir)
+        try:
+            record = read_run(run_dir, logdir)
+        except UnreadableRunError as err:
+            notes.append(f"{run_dir}: {err}; left out")
+            continue
         if record is None:
             notes.append(f"{run_dir}: no config.yaml, not a padam-fit run; left out")
             continue
+        notes.extend(f"{run_dir}: {note}" for note in record.notes)
         if "val/err" not in record.curves:
             notes.append(f"{run_dir}: no test error logged yet; left out")
             continue

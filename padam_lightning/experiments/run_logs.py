@@ -41,15 +41,24 @@ class Curve:
         return [[e, v] for e, v in zip(self.epochs, self.values, strict=True)]
 
 
+class UnreadableRunError(Exception):
+    """A run folder whose ``config.yaml`` cannot be read; the message says why, in one line."""
+
+
 @dataclass
 class RunRecord:
-    """What a run folder says about the run."""
+    """What a run folder says about the run.
+
+    Attributes:
+        notes: Files of the folder that could not be read and were passed over, one line each.
+    """
 
     path: Path
     name: str
     config: dict[str, Any]
     finished: dict[str, Any] | None
     curves: dict[str, Curve] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def seed(self) -> int | None:
@@ -117,14 +126,62 @@ def epoch_curves(scalars: dict[str, dict[int, float]]) -> dict[str, Curve]:
     return curves
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.yaml``.
+
+    Raises:
+        UnreadableRunError: If the file cannot be read or is not a YAML mapping.
+    """
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UnreadableRunError(f"{path.name} is unreadable ({_one_line(err)})") from err
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise UnreadableRunError(
+            f"{path.name} holds a {type(config).__name__}, not padam-fit's config mapping"
+        )
+    return config
+
+
+def _read_finished(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's ``finished.json`` (``None`` when absent or unreadable) and a note when unreadable."""
+    if not path.is_file():
+        return None, None
+    try:
+        finished = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # ValueError: invalid JSON or UTF-8
+        return None, f"{path.name} is unreadable ({_one_line(err)}); taken as not finished"
+    if not isinstance(finished, dict):
+        return None, f"{path.name} is not a JSON object; taken as not finished"
+    return finished, None
+
+
+def _one_line(err: Exception) -> str:
+    """An error's message in one line (YAML's span several: keep the problem and where it is)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem and err.problem_mark:
+        mark = err.problem_mark
+        return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def read_run(run_dir: Path, logdir: Path) -> RunRecord | None:
-    """The run in ``run_dir``, or ``None`` when it has no ``config.yaml`` (not a padam-fit run)."""
+    """The run in ``run_dir``, or ``None`` when it has no ``config.yaml`` (not a padam-fit run).
+
+    A damaged ``finished.json`` (truncated by a full disk or a partial copy, edited by hand) does
+    not stop the run from being read: it counts as not finished and the record carries a note.
+
+    Raises:
+        UnreadableRunError: If ``config.yaml`` cannot be read; the run cannot be grouped without
+            it.
+    """
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         return None
-    config = yaml.safe_load(config_path.read_text()) or {}
-    finished_path = run_dir / FINISHED_FILE
-    finished = json.loads(finished_path.read_text()) if finished_path.is_file() else None
+    config = _read_config(config_path)
+    finished, note = _read_finished(run_dir / FINISHED_FILE)
     name = run_dir.relative_to(logdir).as_posix() if run_dir != logdir else run_dir.name
     return RunRecord(
         path=run_dir,
@@ -132,4 +189,5 @@ def read_run(run_dir: Path, logdir: Path) -> RunRecord | None:
         config=config,
         finished=finished,
         curves=epoch_curves(read_scalars(run_dir)),
+        notes=[note] if note is not None else [],
     )

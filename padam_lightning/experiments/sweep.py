@@ -14,7 +14,9 @@ resumes with ``--ckpt_path last``, the others start. A failed run does not stop 
 failures are listed at the end and the exit status is 1.
 
 A finished run whose ``finished.json`` records fewer epochs than the sweep now configures (a
-trial with ``-- --trainer.max_epochs 2``) is continued from its checkpoint rather than skipped.
+trial with ``-- --trainer.max_epochs 2``) is continued from its checkpoint rather than skipped; the
+configured epochs are read from the run's configs and overrides and the arguments after ``--``,
+``--config`` files there included. So is a run whose ``finished.json`` is damaged.
 A run that resumes with other arguments than its last attempt (see ``fit.log``) gets a warning;
 run trials with other settings under their own ``--save-dir``.
 """
@@ -181,32 +183,60 @@ def default_fit_command() -> list[str]:
     return [str(installed)]
 
 
+#: The ``padam-fit`` flags among the extra arguments that can set ``trainer.max_epochs``.
+_CONFIG_FLAG = "--config"
+_MAX_EPOCHS_FLAG = "--trainer.max_epochs"
+
+
+def _config_max_epochs(config: str, cwd: Path, default: object) -> object:
+    """``trainer.max_epochs`` of a config file, or ``default`` when it sets none or is unreadable.
+
+    An unreadable file is padam-fit's to report; here it only leaves the value as it was.
+    """
+    path = Path(config) if Path(config).is_absolute() else cwd / config
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return default
+    trainer = data.get("trainer") if isinstance(data, dict) else None
+    if isinstance(trainer, dict) and "max_epochs" in trainer:
+        return trainer["max_epochs"]
+    return default
+
+
+def _flag_values(args: Sequence[str], flags: Sequence[str]) -> list[tuple[str, str]]:
+    """``(flag, value)`` of each of ``flags`` in ``args``, in order.
+
+    A flag may be given as ``--flag value`` or as ``--flag=value``, as jsonargparse accepts both.
+    """
+    found = []
+    for index, arg in enumerate(args):
+        flag, sep, value = arg.partition("=")
+        if flag not in flags:
+            continue
+        if sep:
+            found.append((flag, value))
+        elif index + 1 < len(args):
+            found.append((flag, args[index + 1]))
+    return found
+
+
 def configured_max_epochs(run: PlannedRun, cwd: Path, extra_args: Sequence[str] = ()) -> int | None:
     """``trainer.max_epochs`` as the run's configs, overrides and extra arguments set it.
 
-    A plain reading of the YAML files and flags in the order padam-fit applies them (``None``
-    when unset or not a number): enough to tell a run finished by a short trial from a run
-    finished for real.
+    A plain reading of the YAML files and flags in the order padam-fit applies them (the run's
+    ``--config`` files, its overrides, then the extra arguments after ``--``, where a later
+    ``--config`` file or ``--trainer.max_epochs`` wins over an earlier one); ``None`` when unset or
+    not a number. Enough to tell a run finished by a short trial from a run finished for real.
     """
     value: object = None
     for config in run.configs:
-        path = Path(config) if Path(config).is_absolute() else cwd / config
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        trainer = data.get("trainer") if isinstance(data, dict) else None
-        if isinstance(trainer, dict) and "max_epochs" in trainer:
-            value = trainer["max_epochs"]
+        value = _config_max_epochs(config, cwd, value)
     for key, override in run.overrides:
         if key == "trainer.max_epochs":
             value = override
-    flag = "--trainer.max_epochs"
-    for index, arg in enumerate(extra_args):
-        if arg == flag and index + 1 < len(extra_args):
-            value = extra_args[index + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
+    for flag, arg in _flag_values(extra_args, (_CONFIG_FLAG, _MAX_EPOCHS_FLAG)):
+        value = _config_max_epochs(arg, cwd, value) if flag == _CONFIG_FLAG else arg
     try:
         return int(str(value)) if value is not None else None
     except ValueError:

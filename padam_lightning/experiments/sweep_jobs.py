@@ -68,25 +68,34 @@ def run_state(run_dir: Path, max_epochs: int | None = None) -> RunState:
 
     ``DONE`` with ``finished.json``, ``RESUME`` with ``checkpoints/last.ckpt`` only, else ``NEW``.
     A run that finished with fewer epochs than ``max_epochs`` (a quick check with
-    ``-- --trainer.max_epochs 3`` before the real sweep) is not done: it resumes and trains on.
+    ``-- --trainer.max_epochs 3`` before the real sweep) is not done: it resumes and trains on. So
+    is a run whose ``finished.json`` cannot be read (damaged or truncated): resuming a finished run
+    from its last checkpoint costs no training and writes the file again.
     """
     finished = run_dir / FINISHED_FILE
     checkpoint = run_dir / LAST_CHECKPOINT_PATH
     if finished.is_file():
-        finished_epochs = _finished_max_epochs(finished)
-        if max_epochs is None or finished_epochs is None or finished_epochs >= max_epochs:
-            return RunState.DONE
+        summary = _read_finished(finished)
+        if summary is not None:
+            finished_epochs = summary.get("max_epochs")
+            if (
+                max_epochs is None
+                or not isinstance(finished_epochs, int)
+                or finished_epochs >= max_epochs
+            ):
+                return RunState.DONE
     if checkpoint.is_file():
         return RunState.RESUME
     return RunState.NEW
 
 
-def _finished_max_epochs(path: Path) -> int | None:
+def _read_finished(path: Path) -> dict[str, Any] | None:
+    """The summary in a ``finished.json``; ``None`` when it is unreadable or not a JSON object."""
     try:
-        value = json.loads(path.read_text()).get("max_epochs")
-    except (OSError, ValueError, AttributeError):
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: invalid JSON or UTF-8
         return None
-    return value if isinstance(value, int) else None
+    return summary if isinstance(summary, dict) else None
 
 
 class RunFailedError(RuntimeError):

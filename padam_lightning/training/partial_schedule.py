@@ -11,10 +11,11 @@ better generalisation). :class:`PartialSchedule` does that as a Lightning callba
           init_args: {p_start: 0.25, p_end: 0.0625, shape: linear, lr_start_scale: 0.1}
 
 Values are a pure function of the epoch (``interval: epoch``, set at the start of each epoch) or
-of the optimizer step (``interval: step``, set before each batch), so a run resumed with
-``--ckpt_path last`` continues with exactly the values of an uninterrupted run. The first epoch
-(step) uses the start value and epoch (step) ``total - 1`` the end value; after that the end value
-holds. Shapes, with progress ``f = min(t / (total - 1), 1)``:
+of the optimizer step (``interval: step``, set before each batch, and the epoch's first step's
+already at the start of the epoch, where the training module logs ``optim/partial``), so a run
+resumed with ``--ckpt_path last`` continues with exactly the values of an uninterrupted run. The
+first epoch (step) uses the start value and epoch (step) ``total - 1`` the end value; after that
+the end value holds. Shapes, with progress ``f = min(t / (total - 1), 1)``:
 
 - ``constant``: ``p_start`` throughout.
 - ``linear``: ``p_start + (p_end - p_start) * f``.
@@ -288,9 +289,17 @@ class PartialSchedule(L.Callback):
                 )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Set this epoch's values (epoch interval)."""
+        """Set this epoch's values (epoch interval) or those of its first step (step interval).
+
+        The training module logs ``optim/partial`` in its own ``on_train_epoch_start``, which
+        Lightning calls after this one: setting the first step's values here too makes that the
+        value the epoch starts with, not the optimizer's configured ``p`` (first epoch) or the
+        previous step's (later epochs). Applying a step's values twice changes nothing.
+        """
         if self.interval == "epoch":
             self._apply(trainer, trainer.current_epoch)
+        else:
+            self._apply(trainer, trainer.global_step)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

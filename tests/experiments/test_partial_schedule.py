@@ -10,10 +10,13 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from padam_lightning.errors import UserError
+from padam_lightning.optim import Padam
+from padam_lightning.training.classifier import ImageClassifier
 from padam_lightning.training.partial_schedule import PartialSchedule, scheduled_value
 
 
@@ -70,15 +73,15 @@ class Recorder(L.LightningModule):
 
 
 def _trainer(tmp_path: Path, max_epochs: int, **kwargs: Any) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    settings: dict[str, Any] = {
+        "max_epochs": max_epochs,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
+    return L.Trainer(**{**settings, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -173,6 +176,114 @@ def test_resume_continues_with_the_values_of_an_uninterrupted_run(tmp_path: Path
     for step in resumed.per_step:
         assert resumed.per_step[step] == straight.per_step[step]
     for before, after in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+class MemoryLogger(Logger):
+    """Keeps every logged metric in memory: ``records`` is a list of ``(step, metrics)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.records.append((step, dict(metrics)))
+
+    def per_epoch(self, tag: str) -> dict[int, float]:
+        """``{epoch: value}`` of an epoch-level tag."""
+        return {
+            round(metrics["epoch"]): metrics[tag]
+            for _, metrics in self.records
+            if tag in metrics and "epoch" in metrics
+        }
+
+    def per_step(self, tag: str) -> dict[int, float]:
+        """``{global step: value}`` of a step-level tag."""
+        return {
+            step: metrics[tag]
+            for step, metrics in self.records
+            if step is not None and tag in metrics
+        }
+
+
+#: Batches per epoch of :func:`_fit_classifier`'s data (8 images, batch 2).
+CLASSIFIER_STEPS_PER_EPOCH = 4
+
+
+def _step_schedule() -> PartialSchedule:
+    # Padam is configured with p 1/8, which the schedule never takes: a logged 1/8 is a bug.
+    return PartialSchedule(p_start=0.25, p_end=0.0625, shape="linear", interval="step")
+
+
+def _fit_classifier(
+    root: Path, max_epochs: int, callbacks: list[L.Callback], ckpt_path: str | None = None
+) -> tuple[ImageClassifier, MemoryLogger]:
+    """A few steps of the real training module (wrn10_1, Padam p 1/8) on 8 random images."""
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        arch="wrn10_1",
+        num_classes=2,
+        optimizer=lambda params: Padam(params, lr=0.01, partial=0.125),
+        compile=False,
+        channels_last=False,
+    )
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(8, 3, 32, 32, generator=generator), torch.arange(8) % 2)
+    logger = MemoryLogger()
+    trainer = _trainer(
+        root,
+        max_epochs,
+        callbacks=callbacks,
+        logger=logger,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+    )
+    trainer.fit(model, DataLoader(data, batch_size=2), ckpt_path=ckpt_path)
+    return model, logger
+
+
+def test_step_schedule_logs_the_first_steps_p_as_the_epochs_partial(tmp_path: Path) -> None:
+    schedule = _step_schedule()
+    _, logger = _fit_classifier(tmp_path, 3, [schedule])
+    logged = logger.per_epoch("optim/partial")
+    assert sorted(logged) == [0, 1, 2]
+    assert logged[0] == 0.25  # p_start, not the optimizer's configured 1/8
+    for epoch, value in logged.items():
+        first_step = epoch * CLASSIFIER_STEPS_PER_EPOCH
+        assert value == pytest.approx(schedule.partial_at(first_step), abs=1e-7)  # float32 log
+
+
+def test_resumed_step_schedule_restores_p_exactly(tmp_path: Path) -> None:
+    straight_model, straight = _fit_classifier(tmp_path / "a", 3, [_step_schedule()])
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _fit_classifier(tmp_path / "b", 3, [_step_schedule(), checkpoint, _stop_after(1)])
+    resumed_model, resumed = _fit_classifier(
+        tmp_path / "b", 3, [_step_schedule()], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+
+    partial = straight.per_epoch("optim/partial")
+    assert resumed.per_epoch("optim/partial") == {e: partial[e] for e in (1, 2)}
+    assert partial[1] == pytest.approx(0.25 - 0.1875 * 4 / 11, abs=1e-7)  # step 4 of 12
+    by_step = straight.per_step("optim/partial_step")
+    assert resumed.per_step("optim/partial_step") == {
+        s: by_step[s] for s in range(CLASSIFIER_STEPS_PER_EPOCH, 3 * CLASSIFIER_STEPS_PER_EPOCH)
+    }
+    for model in (straight_model, resumed_model):
+        assert model.trainer.optimizers[0].param_groups[0]["partial"] == 0.0625
+    for before, after in zip(straight_model.parameters(), resumed_model.parameters(), strict=True):
         torch.testing.assert_close(before, after, rtol=0, atol=0)
 
 

@@ -212,6 +212,45 @@ def test_runs_without_config_or_test_error_are_left_out_with_a_note(tmp_path: Pa
     assert any("no-err: no test error logged yet" in note for note in notes)
 
 
+def test_damaged_run_files_are_passed_over_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "logs"
+    damaged = ("cut-finished", "list-finished", "cut-config", "binary-config", "list-config")
+    for name in ("good", *damaged):
+        write_run(logdir / name, config(), {"val/err": [0.5, 0.4]})
+    (logdir / "cut-finished" / "finished.json").write_text('{"epoch": 4, "global_st')
+    (logdir / "list-finished" / "finished.json").write_text("[4]")
+    (logdir / "cut-config" / "config.yaml").write_text("model: {arch: resnet18, optimi")
+    (logdir / "binary-config" / "config.yaml").write_bytes(b"\xff\xfe\x00model")
+    (logdir / "list-config" / "config.yaml").write_text("- model\n")
+    out = tmp_path / "report"
+
+    assert main([str(logdir), "--out", str(out)]) == 0
+
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == len(damaged), notes  # one line per damaged file, no traceback
+    assert all(note.startswith(f"padam-report: {logdir}/") for note in notes)
+    (note,) = [n for n in notes if "/cut-config: " in n]
+    assert note.endswith(
+        "config.yaml is unreadable (expected ',' or '}', but got '<stream end>' at line 1, "
+        "column 31); left out"
+    )
+    (note,) = [n for n in notes if "/binary-config: " in n]
+    assert "config.yaml is unreadable ('utf-8' codec can't decode" in note
+    (note,) = [n for n in notes if "/list-config: " in n]
+    assert note.endswith("config.yaml holds a list, not padam-fit's config mapping; left out")
+    (note,) = [n for n in notes if "/cut-finished: " in n]
+    assert "finished.json is unreadable (" in note and note.endswith("taken as not finished")
+    (note,) = [n for n in notes if "/list-finished: " in n]
+    assert note.endswith("finished.json is not a JSON object; taken as not finished")
+    runs = {run["name"]: run for run in json.loads((out / "results.json").read_text())["runs"]}
+    assert sorted(runs) == ["cut-finished", "good", "list-finished"]
+    assert runs["good"]["finished"] and not runs["cut-finished"]["finished"]
+    assert not runs["list-finished"]["finished"]
+    assert runs["cut-finished"]["final_val_err"] == pytest.approx(0.4)
+
+
 def test_user_errors_print_one_line_and_exit_2(
     tmp_path: Path, optimizer_logs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

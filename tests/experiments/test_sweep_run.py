@@ -135,6 +135,56 @@ def test_a_run_finished_by_a_short_trial_resumes_for_the_configured_epochs(
     assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 2
 
 
+def test_a_config_passed_through_decides_the_epochs_a_run_is_finished_for(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's way: padam-sweep SWEEP.yaml -- --config configs/experiments/reproduction.yaml
+    sweep = _write_sweep(project, {"cfg": {"b": "b.yaml"}})  # b.yaml: max_epochs 2
+    (project / "short.yaml").write_text("trainer: {max_epochs: 1}\n")
+    args = [str(sweep), "--executor", "local", "--fit-command", FIT_COMMAND]
+    run_dir = project / "lightning_logs" / "demo" / "b-seed0"
+    assert main([*args, "--", "--config", "short.yaml"]) == 0
+    assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 1
+    # Finished for the epochs short.yaml sets: a restart skips it rather than resume it again.
+    assert main([*args, "--", "--config", "short.yaml"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(_calls(run_dir)) == 1
+    # Later arguments win, as in padam-fit: a --config file or --trainer.max_epochs after it.
+    for passthrough, state in [
+        (["--config=short.yaml"], "finished (skipped)"),
+        (["--config", "short.yaml", "--trainer.max_epochs", "2"], "resume"),
+        (["--trainer.max_epochs=2", "--config", "short.yaml"], "finished (skipped)"),
+        (["--config", "short.yaml", "--config", "b.yaml"], "resume"),
+    ]:
+        assert main([*args, "--dry-run", "--", *passthrough]) == 0
+        assert f"# b-seed0: {state}" in capsys.readouterr().out, passthrough
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"epoch": 0, "max_ep', b"", b"[1]", b"\xff\xfe"],
+    ids=["truncated", "empty", "not-an-object", "not-utf8"],
+)
+def test_a_damaged_finished_json_resumes_the_run(
+    project: Path, capsys: pytest.CaptureFixture[str], damage: bytes
+) -> None:
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    args = [str(sweep), "--executor", "local", "--fit-command", FIT_COMMAND]
+    run_dir = project / "lightning_logs" / "demo" / "a-seed0"
+    assert main(args) == 0
+    (run_dir / "finished.json").write_bytes(damage)
+    capsys.readouterr()
+
+    assert main([*args, "--dry-run"]) == 0
+    assert "# a-seed0: resume" in capsys.readouterr().out
+    assert main(args) == 0  # resumed from last.ckpt, which writes finished.json again
+    calls = _calls(run_dir)
+    assert len(calls) == 2 and calls[1]["argv"][-2:] == ["--ckpt_path", "last"]
+    assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 1
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
 def test_resuming_with_other_settings_warns(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
