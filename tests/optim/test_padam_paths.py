@@ -19,24 +19,30 @@ def run(
     implementation: dict[str, Any],
     dtype: torch.dtype = torch.float64,
     channels_last: bool = False,
+    device: str = "cpu",
     **hyper: Any,
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Steps Padam on fixed random data; parameter 1 has no gradient at step 2."""
+    """Steps Padam on fixed random data; parameter 1 has no gradient at step 2.
+
+    Returns:
+        The parameters and each parameter's optimizer state after the steps, on the CPU.
+    """
     generator = torch.Generator().manual_seed(0)
     params = []
     for shape in SHAPES:
-        value = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+        value = torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype)
         if channels_last and value.dim() == 4:
             value = value.to(memory_format=torch.channels_last)
         params.append(torch.nn.Parameter(value))
     optimizer = Padam(params, lr=0.05, **hyper, **implementation)
     for step in range(STEPS):
         for i, param in enumerate(params):
-            grad = torch.randn(param.shape, generator=generator, dtype=torch.float64).to(dtype)
-            param.grad = None if (step == 1 and i == 1) else grad.to(memory_format=_layout(param))
+            grad = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+            grad = grad.to(device, dtype, memory_format=_layout(param))
+            param.grad = None if (step == 1 and i == 1) else grad
         optimizer.step()
-    states = [{k: v.clone() for k, v in optimizer.state[p].items()} for p in params]
-    return [p.detach().clone() for p in params], states
+    states = [{k: v.cpu().clone() for k, v in optimizer.state[p].items()} for p in params]
+    return [p.detach().cpu().clone() for p in params], states
 
 
 def _layout(param: torch.Tensor) -> torch.memory_format:
@@ -110,6 +116,21 @@ def test_compiled_graph_source_matches_for_loop(
 
 def _fail_if_called(*args: Any, **kwargs: Any) -> None:
     raise AssertionError("the CPU must not call the compiled step directly")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("partial", [1 / 8, 0.0, 0.3])
+@pytest.mark.parametrize(
+    "implementation", [{"foreach": True}, {"fused": True}, {}], ids=["foreach", "fused", "default"]
+)
+def test_cuda_paths_match_the_cpu_for_loop(
+    config: str, partial: float, implementation: dict[str, Any]
+) -> None:
+    hyper = {**CONFIGS[config], "partial": partial}
+    expected = run({"foreach": False}, **hyper)
+    actual = run(implementation, device="cuda", **hyper)
+    assert_same(actual, expected, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("partial", [1 / 8, 0.3])
