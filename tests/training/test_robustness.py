@@ -341,23 +341,38 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_reference(tmp_path: P
     shards = [order[rank::2][:8] for rank in range(2)]
     optimizer = model.configure_optimizers()["optimizer"]
     model.train()
-    losses = []
-    for rank, shard in enumerate(shards):
+    initial_buffers = {k: v.clone() for k, v in model.named_buffers()}
+    losses, buffers = [], []
+    for shard in shards:
+        model.load_state_dict(initial_buffers, strict=False)  # each process has its own BN
         images, labels = data.make_batch(shard, train=True, epoch=0)
         loss = torch.nn.functional.cross_entropy(model(images), labels)
         (loss / 2).backward()  # DDP averages the gradients of the processes
         losses.append(loss.item())
-        if rank == 0:
-            rank0_buffers = {k: v.clone() for k, v in model.named_buffers()}
+        buffers.append({k: v.clone() for k, v in model.named_buffers()})
     optimizer.step()
-    expected = {**dict(model.named_parameters()), **rank0_buffers}
+    expected = {**dict(model.named_parameters()), **buffers[0]}
     for name, value in expected.items():
         torch.testing.assert_close(
             trained["state_dict"][name], value.detach(), rtol=1e-5, atol=1e-6, msg=name
         )
-    # The logged training loss is the mean over both processes' samples.
+    # The logged losses are means over both processes' samples: training over the two shards;
+    # validation over the test split, which Lightning's sampler deals out alternately, each
+    # process evaluating its half with its own batch-norm statistics.
     logged = last_values(run_dir)
     assert logged["train/loss"][0][1] == pytest.approx(sum(losses) / 2, rel=1e-5)
+    model.eval()
+    num_test = len(data.split("test"))
+    val_losses = []
+    with torch.no_grad():
+        for rank in range(2):
+            model.load_state_dict(buffers[rank], strict=False)
+            images, labels = data.make_batch(torch.arange(rank, num_test, 2), train=False, epoch=0)
+            val_losses.append(torch.nn.functional.cross_entropy(model(images), labels).item())
+    # The weights agree to ~1e-5 (float sums in another order), so the loss does to ~1e-4; the
+    # two halves' losses differ by about 2%, so a value from one process alone would fail.
+    assert logged["val/loss"][0][1] == pytest.approx(sum(val_losses) / 2, rel=1e-4)
+    assert abs(val_losses[0] - val_losses[1]) > 1e-2 * val_losses[0]
 
 
 def test_a_deferred_loss_check_still_stops_before_the_epoch_checkpoint() -> None:
