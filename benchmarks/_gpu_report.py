@@ -17,6 +17,7 @@ from pathlib import Path
 #: Measurement steps whose stdout (tables, ratio lines) goes into the summary, in run order.
 MEASUREMENTS = (
     "environment",
+    "cuda_correctness",
     "decode_jpegs",
     "data_path",
     "training_step",

@@ -16,7 +16,8 @@
 #     GPU_SH_SMOKE=1 bash benchmarks/gpu.sh
 #
 # Steps, each under `timeout` (one failing step does not stop the others): the wheels installed
-# into a temporary folder put first on PYTHONPATH; the environment; the JPEGs (extracted, decoded
+# into a temporary folder put first on PYTHONPATH; the environment; Padam on CUDA against
+# the CPU for-loop (tests/optim, a few seconds); the JPEGs (extracted, decoded
 # once); the data path against torchvision; a padam-fit step against a plain loop; ResNet-18
 # throughput by precision and compilation; a faithful released-code epoch (the 10x baseline);
 # WRN-16-4 and VGG-16 throughput; the optimizer step; then a padam-fit training run of ResNet-18
@@ -255,6 +256,12 @@ if [[ $DEVICE == cuda ]] && ! grep -q "^GPU: [^n]" "$WORK/environment.out" 2>/de
     die "torch sees no CUDA device; nothing to measure (GPU_SH_SMOKE=1 runs on the CPU)."
 fi
 command -v nvidia-smi >/dev/null 2>&1 && timeout 10 nvidia-smi -L 2>&1 | tee -a "$LOG"
+
+# Padam on CUDA against the CPU for-loop, every state tensor: the multi-tensor path (the GPU
+# default) for every configuration, and one compiled (fused) graph.
+CUDA_TESTS=tests/optim/test_padam_paths.py::test_cuda_paths_match_the_cpu_for_loop
+step cuda_correctness 90 "$PY" -m pytest -q -p no:cacheprovider "$CUDA_TESTS" \
+    -k "not fused or fused-0.125-amsgrad"
 
 # -- 2. Data -------------------------------------------------------------------------------------
 
