@@ -72,9 +72,10 @@ class Padam(Optimizer):
     Every hyperparameter may differ per parameter group and may be changed between steps through
     :attr:`param_groups` (for instance a schedule on ``group["partial"]``); nothing is rebuilt
     when it changes (the compiled path off the CPU compiles one graph for :math:`p = 0`, one for
-    each :math:`p = 2^{-k}` and one for all other values). For :math:`p = 0` and :math:`p = 2^{-k}` (the paper's 1/4,
-    1/8, 1/16) the power is computed with square roots, which is exact and cheap; other values use
-    a general power, which costs more on the CPU (about 1.5x the step time).
+    each :math:`p = 2^{-k}` and one for all other values). For :math:`p = 0` and
+    :math:`p = 2^{-k}` (the paper's 1/4, 1/8, 1/16) the power is computed with square roots, which
+    is exact and cheap; other values use a general power, which costs more on the CPU (about 1.5x
+    the step time).
 
     Implementations: ``foreach=False`` runs a readable for-loop (the released code);
     ``foreach=True`` uses ``torch._foreach_*`` operations; ``fused=True`` makes one pass over
