@@ -124,9 +124,12 @@ def _latest_run_checkpoint(run_root: Path) -> Path:
     if not runs:
         return run_root / "*" / LAST_CHECKPOINT_PATH
 
-    def last_used(folder: Path) -> float:
+    def last_used(folder: Path) -> tuple[float, int]:
         last = folder / LAST_CHECKPOINT_PATH
-        return max(folder.stat().st_mtime, last.stat().st_mtime if last.is_file() else 0.0)
+        used = max(folder.stat().st_mtime, last.stat().st_mtime if last.is_file() else 0.0)
+        # File times tick coarsely (a few ms): on a tie the higher version_N is the newer run.
+        number = folder.name.removeprefix("version_")
+        return used, int(number) if number.isdigit() else -1
 
     return max(runs, key=last_used) / LAST_CHECKPOINT_PATH
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchvision.datasets import CIFAR10
 from torchvision.io import encode_png
 
-from padam_lightning.cli import _trains_on_cuda, main
+from padam_lightning.cli import _latest_run_checkpoint, _trains_on_cuda, main
 
 EPOCH_TAGS = ("train/loss", "train/err", "val/loss", "val/err", "optim/lr", "optim/partial")
 
@@ -212,8 +213,19 @@ def test_resuming_last_looks_only_at_the_latest_run(
     run_fit(tiny_fit_args)
     crashed_early = tmp_path / "logs" / "run" / "version_1"  # a newer run with no checkpoint yet
     crashed_early.mkdir()
+    last = tmp_path / "logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    started = last.stat().st_mtime + 60
+    os.utime(crashed_early, (started, started))
     err = _user_error([*tiny_fit_args, "--ckpt_path", "last"], capsys)
     assert "version_1" in err and "no checkpoint found" in err
+
+
+def test_runs_started_in_the_same_clock_tick_resume_the_higher_version(tmp_path: Path) -> None:
+    for version in (2, 10, 9):
+        run = tmp_path / f"version_{version}"
+        run.mkdir()
+        os.utime(run, (1e9, 1e9))
+    assert _latest_run_checkpoint(tmp_path).parent.parent.name == "version_10"
 
 
 @pytest.mark.parametrize(
