@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import UserError
+from padam_lightning.optim import Padam
 from padam_lightning.run_layout import DEFAULT_LOG_DIR, LAST_CHECKPOINT_PATH
 from padam_lightning.training.checkpointing import (
     AtomicCheckpointIO,
@@ -45,6 +45,13 @@ from padam_lightning.training.checkpointing import (
     RunSummary,
 )
 from padam_lightning.training.classifier import ImageClassifier
+from padam_lightning.training.partial_schedule import PartialSchedule
+from padam_lightning.training.resume import (
+    check_network,
+    check_optimizer,
+    qualified_name,
+    read_checkpoint,
+)
 
 DESCRIPTION = (
     "Train and evaluate VGG, ResNet and wide ResNet classifiers on CIFAR-10/100 (or a folder of "
@@ -81,37 +88,15 @@ def _trains_on_cuda(accelerator: Any) -> bool:
     return "cuda" in type(accelerator).__name__.lower()
 
 
-def _checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
-    """The model hyperparameters saved in the Lightning checkpoint ``path``.
-
-    The archive is memory-mapped, so only its index and small entries are read.
-
-    Raises:
-        UserError: If ``path`` is not a complete Lightning checkpoint.
-    """
-    problem = None
-    content: Any = None
-    if not zipfile.is_zipfile(path):
-        problem = "not a complete torch.save archive; the file may be truncated or of another kind"
-    else:
-        with zipfile.ZipFile(path) as archive:
-            if not any(name.endswith("data.pkl") for name in archive.namelist()):
-                problem = "a zip archive, but not one written by torch.save"
-    if problem is None:
-        try:
-            content = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except Exception as err:  # any unpickling failure means the same to the user
-            problem = f"torch.load could not read it: {type(err).__name__}"
-    if problem is None and not (
-        isinstance(content, dict) and {"state_dict", "pytorch-lightning_version"} <= set(content)
-    ):
-        problem = "a torch file but not a Lightning checkpoint, e.g. a bare state_dict"
-    if problem is not None:
-        raise UserError(
-            f"--ckpt_path {path}: not a checkpoint ({problem}). Pass a .ckpt file written by "
-            "padam-fit."
-        )
-    return dict(content.get("hyper_parameters") or {})
+def _schedules_the_optimizer(callbacks: Any) -> bool:
+    """Whether the configured trainer callbacks include a PartialSchedule (it changes lr and p)."""
+    entries = callbacks if isinstance(callbacks, list) else [callbacks]
+    names = [
+        str(entry.get("class_path") if isinstance(entry, Namespace) else entry)
+        for entry in entries
+        if entry is not None
+    ]
+    return any(PartialSchedule.__name__ in name for name in names)
 
 
 def _latest_run_checkpoint(run_root: Path) -> Path:
@@ -192,7 +177,9 @@ class PadamCLI(LightningCLI):
                 )
             )
         if subcommand and config.get("ckpt_path"):
-            config.ckpt_path = self._resolve_checkpoint(config, str(config.ckpt_path), logger_args)
+            config.ckpt_path = self._resolve_checkpoint(
+                config, str(config.ckpt_path), logger_args, resuming=subcommand == "fit"
+            )
 
     @staticmethod
     def _tensorboard_args(config: Namespace) -> Namespace | None:
@@ -205,9 +192,12 @@ class PadamCLI(LightningCLI):
         return None
 
     def _resolve_checkpoint(
-        self, config: Namespace, ckpt_path: str, logger_args: Namespace | None
+        self, config: Namespace, ckpt_path: str, logger_args: Namespace | None, resuming: bool
     ) -> str:
-        """Turn ``last`` into a file, check the file, and continue logging in its run folder."""
+        """Turn ``last`` into a file, check the file, and continue logging in its run folder.
+
+        ``resuming`` (``fit``) also checks the optimizer against the checkpoint's.
+        """
         run_root = None
         if logger_args is not None:
             run_root = Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(
@@ -235,15 +225,23 @@ class PadamCLI(LightningCLI):
             path = Path(ckpt_path)
             if not path.is_file():
                 raise UserError(f"--ckpt_path {ckpt_path}: no such file.")
-        saved = _checkpoint_hyperparameters(path)
-        # LightningCLI builds the model from the checkpoint's hyperparameters, so a different
-        # network asked for here would be silently replaced by the checkpoint's.
-        arch = config.model.get("arch") if isinstance(config.get("model"), Namespace) else None
-        if arch is not None and "arch" in saved and saved["arch"] != arch:
-            raise UserError(
-                f"--ckpt_path {path}: the checkpoint is of a {saved['arch']} network, but this run "
-                f"asks for {arch}. Resume with the run's own config (its config.yaml), or start "
-                "a new run without --ckpt_path."
+        # Checked now, before the run's config.yaml is rewritten: the checkpoint's network and
+        # optimizer state would silently overrule what this command asks for.
+        checkpoint = read_checkpoint(path)
+        model = config.get("model") if isinstance(config.get("model"), Namespace) else Namespace()
+        check_network(path, checkpoint, model.get("arch"))
+        if resuming:
+            optimizer = model.get("optimizer")
+            if isinstance(optimizer, Namespace):
+                class_path, init_args = optimizer.get("class_path"), optimizer.get("init_args")
+            else:  # ImageClassifier's default
+                class_path, init_args = qualified_name(Padam), None
+            check_optimizer(
+                path,
+                checkpoint,
+                class_path,
+                init_args.as_dict() if isinstance(init_args, Namespace) else {},
+                scheduled=_schedules_the_optimizer(config.trainer.get("callbacks")),
             )
         # Resuming a run keeps writing to its folder, so its curves continue in one place.
         if (

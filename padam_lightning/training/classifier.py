@@ -15,18 +15,12 @@ from torchmetrics import MeanMetric
 from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.models import build_model
 from padam_lightning.optim import Padam
+from padam_lightning.training.resume import OPTIMIZER_CLASSES_KEY, qualified_name
 
 STAGES = ("train", "val", "test")
 
 #: The modes ``torch.compile`` accepts (``compile_mode``); None is its default.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-#: Checkpoint key holding the optimizer classes of the run, so a resume can check them.
-OPTIMIZER_CLASSES_KEY = "padam_lightning_optimizer_classes"
-
-
-def _qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _triton_available() -> bool:
@@ -262,7 +256,7 @@ class ImageClassifier(L.LightningModule):
             )
         if self._trainer is not None:
             checkpoint[OPTIMIZER_CLASSES_KEY] = [
-                _qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers
+                qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers
             ]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -292,7 +286,7 @@ class ImageClassifier(L.LightningModule):
             UserError: If the checkpoint being resumed was trained with other optimizer classes.
         """
         saved, self._checkpoint_optimizers = self._checkpoint_optimizers, None
-        current = [_qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers]
+        current = [qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers]
         if saved is not None and saved != current:
             raise UserError(
                 f"the checkpoint was trained with {', '.join(saved)}, but this run's optimizer "

@@ -18,6 +18,7 @@ from torchvision.io import encode_png
 
 from padam_lightning.cli import _latest_run_checkpoint, _trains_on_cuda, main
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EPOCH_TAGS = ("train/loss", "train/err", "val/loss", "val/err", "optim/lr", "optim/partial")
 
 
@@ -196,15 +197,36 @@ def test_resuming_with_another_network_or_optimizer_is_refused_and_keeps_the_che
     tiny_fit_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_fit(tiny_fit_args)
-    last = tmp_path / "logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"
-    before = last.read_bytes()
+    run_dir = tmp_path / "logs" / "run" / "version_0"
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
     resume = [*tiny_fit_args, "--trainer.max_epochs", "3", "--ckpt_path", "last"]
     sgdm = str(Path(__file__).resolve().parents[2] / "configs" / "optim" / "sgdm.yaml")
     err = _user_error([*resume, "--config", sgdm], capsys)
     assert "trained with padam_lightning.optim.padam.Padam" in err and "torch.optim.sgd.SGD" in err
     err = _user_error([*resume, "--model.arch", "wrn10_2"], capsys)
     assert "a wrn10_1 network" in err and "asks for wrn10_2" in err
-    assert last.read_bytes() == before
+    # The scheduler has decayed the lr to 0.01 by now; the configured 0.1 is still the same.
+    err = _user_error([*resume, "--model.optimizer.init_args.lr", "0.05"], capsys)
+    assert "has lr 0.1, but this run configures 0.05" in err
+    err = _user_error([*resume, "--model.optimizer.init_args.betas", "[0.8, 0.999]"], capsys)
+    assert "has betas (0.9, 0.999), but this run configures (0.8, 0.999)" in err
+    # Nothing in the run folder was touched: checkpoints, logs and the record of its config.
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    # Implementation switches may change: the numbers are the same.
+    run_fit([*resume, "--model.optimizer.init_args.foreach", "true"])
+
+
+def test_a_run_with_a_p_schedule_resumes(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    # The schedule moves p and the lr away from the configured values; that is no mismatch.
+    schedule = str(CONFIGS / "experiments" / "p_schedule.yaml")
+    run_fit([*tiny_fit_args, "--config", schedule])
+    run_fit(
+        [*tiny_fit_args, "--config", schedule, "--trainer.max_epochs", "3", "--ckpt_path", "last"]
+    )
+    partial = read_scalars(tmp_path / "logs" / "run" / "version_0")["optim/partial"]
+    assert [value for _, value in partial] == pytest.approx(
+        [0.25, 0.25 - 0.1875 / 99, 0.25 - 0.375 / 99]
+    )
 
 
 def test_resuming_last_looks_only_at_the_latest_run(
