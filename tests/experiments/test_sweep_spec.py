@@ -171,7 +171,7 @@ def test_load_sweep_reports_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         ("p_lr_grid.yaml", 9),
         ("p_schedule.yaml", 12),
         ("cpu_optimizers.yaml", 4),
-        ("cpu_optimizers_decay.yaml", 4),
+        ("cpu_optimizers_decay.yaml", 8),
     ],
 )
 def test_shipped_sweeps_expand_and_name_existing_configs(sweep: str, count: int) -> None:
