@@ -20,6 +20,8 @@ from padam_lightning.experiments.report_figures import build_figures
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
 
+pytestmark = pytest.mark.slow  # separate padam-fit processes, about half a minute in all
+
 
 @pytest.fixture(scope="module")
 def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
