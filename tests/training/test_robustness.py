@@ -127,6 +127,22 @@ def test_loading_a_checkpoint_of_another_network_is_refused_before_its_weights()
         model.on_load_checkpoint({"hyper_parameters": {"arch": "wrn10_1", "num_classes": 100}})
 
 
+def test_resuming_with_another_optimizer_class_is_refused_before_the_first_step(
+    tmp_path: Path,
+) -> None:
+    # The Trainer API has no padam-fit command-line check in front: the module's own hook stops it.
+    _tiny_trainer(tmp_path, max_epochs=1).fit(ImageClassifier(arch="wrn10_1"), _tiny_data())
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    sgd = ImageClassifier(
+        arch="wrn10_1", optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    )
+    with pytest.raises(UserError, match=r"trained with padam_lightning\.optim\.padam\.Padam.*SGD"):
+        _tiny_trainer(tmp_path, max_epochs=2).fit(sgd, _tiny_data(), ckpt_path=str(last))
+    assert last.read_bytes() == before
+    assert sgd.trainer.global_step == 3  # restored from the checkpoint, not one step further
+
+
 def test_temp_files_of_killed_saves_are_removed_by_the_next_save(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
