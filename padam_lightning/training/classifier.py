@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.models import build_model
 from padam_lightning.optim import Padam
-from padam_lightning.training.resume import OPTIMIZER_CLASSES_KEY, qualified_name
+from padam_lightning.training.resume import OPTIMIZER_CLASSES_KEY, RESUME_HINT, qualified_name
 
 STAGES = ("train", "val", "test")
 
@@ -270,8 +270,7 @@ class ImageClassifier(L.LightningModule):
             if key in saved and saved[key] != self.hparams[key]:
                 raise UserError(
                     f"the checkpoint holds a {key} of {saved[key]!r}, but this run has "
-                    f"{self.hparams[key]!r}. Pass the checkpoint's run configuration (its "
-                    "config.yaml) again, or start a new run without --ckpt_path."
+                    f"{self.hparams[key]!r}. {RESUME_HINT}"
                 )
         self._checkpoint_optimizers = checkpoint.get(OPTIMIZER_CLASSES_KEY)
 
@@ -290,8 +289,7 @@ class ImageClassifier(L.LightningModule):
         if saved is not None and saved != current:
             raise UserError(
                 f"the checkpoint was trained with {', '.join(saved)}, but this run's optimizer "
-                f"is {', '.join(current)}. Resume with the run's own optimizer config (its "
-                "config.yaml), or start a new run without --ckpt_path."
+                f"is {', '.join(current)}. {RESUME_HINT}"
             )
 
     def configure_optimizers(self) -> Any:

@@ -28,7 +28,8 @@ IMPLEMENTATION_ARGS = frozenset({"foreach", "fused", "capturable", "differentiab
 #: Optimizer arguments a schedule callback (PartialSchedule) changes during training.
 SCHEDULED_ARGS = frozenset({"lr", "partial"})
 
-_HINT = (
+#: What to do when a checkpoint cannot continue the run a command describes.
+RESUME_HINT = (
     "A resumed run continues with the checkpoint's network and optimizer: resume with the run's "
     "own config (its config.yaml), or start a new run without --ckpt_path to change them."
 )
@@ -81,7 +82,7 @@ def check_network(path: Path, checkpoint: Mapping[str, Any], arch: str | None) -
     if arch is not None and "arch" in saved and saved["arch"] != arch:
         raise UserError(
             f"--ckpt_path {path}: the checkpoint is of a {saved['arch']} network, but this run "
-            f"asks for {arch}. {_HINT}"
+            f"asks for {arch}. {RESUME_HINT}"
         )
 
 
@@ -111,7 +112,7 @@ def check_optimizer(
         if configured is not None and configured != saved_classes[0]:
             raise UserError(
                 f"--ckpt_path {path}: the checkpoint was trained with {saved_classes[0]}, but this "
-                f"run's optimizer is {configured}. {_HINT}"
+                f"run's optimizer is {configured}. {RESUME_HINT}"
             )
     states = checkpoint.get("optimizer_states") or []
     groups = states[0].get("param_groups") if states and isinstance(states[0], dict) else None
@@ -126,7 +127,7 @@ def check_optimizer(
         if key in group and not _same(group[key], value):
             raise UserError(
                 f"--ckpt_path {path}: the checkpoint's optimizer has {name} {group[key]!r}, but "
-                f"this run configures {value!r}. {_HINT}"
+                f"this run configures {value!r}. {RESUME_HINT}"
             )
 
 

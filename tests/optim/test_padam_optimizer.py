@@ -30,6 +30,15 @@ def set_grads(params: list[torch.nn.Parameter], generator: torch.Generator) -> N
         p.grad = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype)
 
 
+def set_twin_grads(
+    params: list[torch.nn.Parameter], twins: list[torch.nn.Parameter], generator: torch.Generator
+) -> None:
+    """Draw new gradients for ``params`` and give their ``twins`` the same ones."""
+    set_grads(params, generator)
+    for p, twin in zip(params, twins, strict=True):
+        twin.grad = p.grad.clone()  # type: ignore[union-attr]
+
+
 def snapshot(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     tensors = []
     for group in optimizer.param_groups:
@@ -62,9 +71,7 @@ def test_state_dict_resumes_bit_for_bit(path: str) -> None:
     resumed.load_state_dict(torch.load(buffer))
     assert resumed.param_groups[0]["weight_decay"] == 0.01
     for _ in range(3):
-        set_grads(params, generator)
-        for p, twin in zip(params, twins, strict=True):
-            twin.grad = p.grad.clone()  # type: ignore[union-attr]
+        set_twin_grads(params, twins, generator)
         optimizer.step()
         resumed.step()
         assert_equal(snapshot(optimizer), snapshot(resumed))
@@ -86,9 +93,7 @@ def test_state_dict_without_later_flags_still_loads() -> None:
     group = resumed.param_groups[0]
     assert (group["decoupled_weight_decay"], group["maximize"]) == (False, False)
     assert (group["foreach"], group["fused"]) == (None, None)
-    set_grads(params, generator)
-    for p, twin in zip(params, twins, strict=True):
-        twin.grad = p.grad.clone()  # type: ignore[union-attr]
+    set_twin_grads(params, twins, generator)
     optimizer.step()
     resumed.step()
     assert_equal(snapshot(optimizer), snapshot(resumed))
@@ -153,9 +158,7 @@ def test_param_groups_keep_their_own_partial() -> None:
     second_twins = [torch.nn.Parameter(p.detach().clone()) for p in second]
     alone = [Padam(first_twins, partial=0.5), Padam(second_twins, partial=0.0625)]
     for _ in range(3):
-        set_grads(first + second, generator)
-        for p, twin in zip(first + second, first_twins + second_twins, strict=True):
-            twin.grad = p.grad.clone()  # type: ignore[union-attr]
+        set_twin_grads(first + second, first_twins + second_twins, generator)
         grouped.step()
         for optimizer in alone:
             optimizer.step()
@@ -172,9 +175,7 @@ def test_partial_changed_every_step_matches_for_loop(path: str) -> None:
     for partial in [0.125, 0.25, 0.3, 0.0, 0.5, 0.0625, 0.2]:
         for group in (*optimizer.param_groups, *reference.param_groups):
             group["partial"] = partial
-        set_grads(params, generator)
-        for p, twin in zip(params, twins, strict=True):
-            twin.grad = p.grad.clone()  # type: ignore[union-attr]
+        set_twin_grads(params, twins, generator)
         optimizer.step()
         reference.step()
     for a, b in zip(snapshot(optimizer), snapshot(reference), strict=True):
