@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -59,6 +60,22 @@ def make_parameters(device: torch.device) -> list[nn.Parameter]:
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
+class PathFlags(TypedDict, total=False):
+    """The arguments that choose one of Padam's implementations."""
+
+    foreach: bool
+    fused: bool
+
+
+def padam_factory(flags: PathFlags, partial: float) -> OptimizerFactory:
+    """Padam on one implementation path at one p, with the benchmark's lr and weight decay."""
+
+    def make(ps: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return Padam(ps, lr=0.1, partial=partial, weight_decay=5e-4, **flags)
+
+    return make
+
+
 def candidates(
     device: torch.device, include_compiled: bool, padam_paths: list[str]
 ) -> dict[str, OptimizerFactory]:
@@ -74,7 +91,7 @@ def candidates(
             ps, lr=0.1, momentum=0.9, foreach=True
         ),
     }
-    paths: dict[str, dict[str, bool | None]] = {"default": {}, "foreach": {"foreach": True}}
+    paths: dict[str, PathFlags] = {"default": {}, "foreach": {"foreach": True}}
     paths["for-loop"] = {"foreach": False}
     if device.type != "cpu" or include_compiled:
         paths["fused"] = {"fused": True}
@@ -83,9 +100,7 @@ def candidates(
             continue
         for partial in PARTIALS:
             label = f"Padam {path} p={_fraction(partial)}"
-            found[label] = lambda ps, flags=flags, partial=partial: Padam(
-                ps, lr=0.1, partial=partial, weight_decay=5e-4, **flags
-            )
+            found[label] = padam_factory(flags, partial)
     return found
 
 

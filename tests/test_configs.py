@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from padam_lightning.cli import build_cli
+from padam_lightning.cli import PadamCLI, build_cli
 from padam_lightning.optim import Padam
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -19,7 +19,7 @@ ARCH_CONFIGS = {"wrn.yaml": "wrn16_4", "resnet18.yaml": "resnet18", "vgg16.yaml"
 OPTIM_CONFIGS = sorted(p.name for p in (CONFIGS / "optim").glob("*.yaml"))
 
 
-def _instantiate(configs: list[Path], tmp_path: Path, *extra: str):
+def _instantiate(configs: list[Path], tmp_path: Path, *extra: str) -> PadamCLI:
     args = [arg for config in configs for arg in ("--config", str(config))]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path), *extra]
     return build_cli(args, run=False)
@@ -49,7 +49,7 @@ def test_architecture_config_is_the_released_setup(arch_config: str, tmp_path: P
     assert scheduler.gamma == 0.1
 
 
-EXPECTED_OPTIMIZERS = {
+EXPECTED_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, float | bool]]] = {
     "padam.yaml": (Padam, {"lr": 0.1, "partial": 0.125, "weight_decay": 5e-4}),
     "sgdm.yaml": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}),
     "adam.yaml": (torch.optim.Adam, {"lr": 1e-3, "amsgrad": False, "weight_decay": 5e-4}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 PER_CLASS = {"train": 20, "test": 10}
 
 # Python >= 3.11.4 can refuse unsafe archive members; older patch releases lack the option.
-SAFE_EXTRACT = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+SAFE_EXTRACT: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 pytestmark = pytest.mark.skipif(
     not ARCHIVE.is_file(), reason=f"real CIFAR-10 JPEGs not available ({ARCHIVE} is absent)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from fake_runs import read_scalars_independently
@@ -94,11 +95,13 @@ def test_report_on_real_runs_matches_the_logged_scalars(real_sweep: Path, tmp_pa
     figures = build_figures(report.build_report(real_sweep)[0])
     assert set(figures) == {"curves", "schedule"}
     test_error_axes = figures["curves"].axes[1]
-    assert [text.get_text() for text in test_error_axes.get_legend().get_texts()] == ["Padam"]
+    legend = test_error_axes.get_legend()
+    assert legend is not None
+    assert [text.get_text() for text in legend.get_texts()] == ["Padam"]
     (line,) = test_error_axes.get_lines()
-    assert list(line.get_ydata()) == pytest.approx(errors, abs=1e-7)
+    assert np.asarray(line.get_ydata()).tolist() == pytest.approx(errors, abs=1e-7)
     (p_line,) = figures["schedule"].axes[0].get_lines()
-    assert list(p_line.get_ydata()) == pytest.approx(
+    assert np.asarray(p_line.get_ydata()).tolist() == pytest.approx(
         [value for _, value in sorted(scalars["optim/partial"].items())], abs=1e-7
     )
     markdown = (out / "results.md").read_text()

@@ -7,6 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fake_runs import STEPS_PER_EPOCH, config, read_scalars_independently, write_run
 from matplotlib.figure import Figure
@@ -18,17 +19,21 @@ from padam_lightning.experiments.run_logs import read_run
 
 def _legend(fig: Figure, row: int, column: int) -> list[str]:
     ax = fig.axes[row * _columns(fig) + column]
-    return [text.get_text() for text in ax.get_legend().get_texts()]
+    legend = ax.get_legend()
+    assert legend is not None
+    return [text.get_text() for text in legend.get_texts()]
 
 
 def _columns(fig: Figure) -> int:
-    return fig.axes[0].get_gridspec().ncols
+    gridspec = fig.axes[0].get_gridspec()
+    assert gridspec is not None
+    return gridspec.ncols
 
 
 def _line(fig: Figure, row: int, column: int, label: str) -> tuple[list[float], list[float]]:
     ax = fig.axes[row * _columns(fig) + column]
     (line,) = [line for line in ax.get_lines() if line.get_label() == label]
-    return list(line.get_xdata()), list(line.get_ydata())
+    return np.asarray(line.get_xdata()).tolist(), np.asarray(line.get_ydata()).tolist()
 
 
 def _err(start: float, step: float, n: int = 5) -> list[float]:
@@ -123,6 +128,7 @@ def test_seeds_pool_into_mean_and_std(tmp_path: Path) -> None:
     assert [r.record.seed for r in padam.runs] == [0, 1, 2]
     last = [errors[-1] for errors in finals.values()]
     best = [min(errors) for errors in finals.values()]
+    assert padam.final_err is not None and padam.best_err is not None
     assert padam.final_err.mean == pytest.approx(statistics.fmean(last))
     assert padam.final_err.std == pytest.approx(statistics.stdev(last))
     assert padam.best_err.mean == pytest.approx(statistics.fmean(best))

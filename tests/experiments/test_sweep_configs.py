@@ -26,7 +26,8 @@ def fit_parser(tmp_path_factory: pytest.TempPathFactory) -> ArgumentParser:
 
 def _covering_runs(runs: list[PlannedRun]) -> list[PlannedRun]:
     """Few runs (first seed) that together use every choice of every axis."""
-    chosen, covered = [], set()
+    chosen: list[PlannedRun] = []
+    covered: set[tuple[str, str]] = set()
     for run in runs:
         if run.seed == runs[0].seed and not set(run.labels) <= covered:
             chosen.append(run)

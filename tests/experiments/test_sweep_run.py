@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import submitit
 import yaml
 
 from padam_lightning.errors import UserError
@@ -280,7 +281,9 @@ def test_slurm_executor_writes_one_gpu_per_run_sbatch(
         additional=(("account", "proj"),),
     )
     executor = slurm_executor(tmp_path / "f", options, job_name="demo")
-    text = executor._executor._make_submission_file_text("python -m x", "uid")
+    slurm = executor._executor
+    assert isinstance(slurm, submitit.SlurmExecutor)
+    text = slurm._make_submission_file_text("python -m x", "uid")
     for line in (
         "#SBATCH --partition=gpu",
         "#SBATCH --time=600",

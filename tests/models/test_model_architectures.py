@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from padam_lightning.errors import UserError
-from padam_lightning.models import MODEL_NAMES, build_model
+from padam_lightning.models import MODEL_NAMES, WideResNet, build_model
+from padam_lightning.models.resnet import BasicBlock
 from padam_lightning.models.vgg import VGG_LAYOUTS
 
 
@@ -104,15 +105,23 @@ def test_wide_resnet_parameter_counts_follow_the_released_rule(depth: int, width
     assert count_parameters(model) == reference_wrn(depth, width, 100)
 
 
+def _first_block(stage: nn.Sequential) -> BasicBlock:
+    block = stage[0]
+    assert isinstance(block, BasicBlock)
+    return block
+
+
 def test_wide_resnet_layout() -> None:
     model = build_model("wrn16_4")
+    assert isinstance(model, WideResNet)
     assert model.conv1.out_channels == 64  # stem of 16 * width channels, as released
     stages = [model.layer1, model.layer2, model.layer3]
     assert [len(stage) for stage in stages] == [2, 2, 2]
-    assert [stage[0].conv1.out_channels for stage in stages] == [64, 128, 256]
-    assert [stage[0].conv1.stride for stage in stages] == [(1, 1), (2, 2), (2, 2)]
+    firsts = [_first_block(stage) for stage in stages]
+    assert [block.conv1.out_channels for block in firsts] == [64, 128, 256]
+    assert [block.conv1.stride for block in firsts] == [(1, 1), (2, 2), (2, 2)]
     # Only the stride-2 blocks need a projection shortcut (the stem already has 64 channels).
-    assert [len(stage[0].shortcut) for stage in stages] == [0, 2, 2]
+    assert [len(block.shortcut) for block in firsts] == [0, 2, 2]
 
 
 # -- forward passes ----------------------------------------------------------------------------

@@ -13,7 +13,11 @@ from padam_lightning import Padam
 from padam_lightning.errors import UserError
 from padam_lightning.optim import InvalidHyperparameterError
 
-PATHS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+PATHS: dict[str, dict[str, Any]] = {
+    "for-loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
 
 
 def make_params(seed: int = 0, dtype: torch.dtype = torch.float64) -> list[torch.nn.Parameter]:
@@ -153,7 +157,8 @@ def test_sparse_gradients_are_rejected() -> None:
 def test_param_groups_keep_their_own_partial() -> None:
     generator = torch.Generator().manual_seed(3)
     first, second = make_params(0), make_params(1)
-    grouped = Padam([{"params": first, "partial": 0.5}, {"params": second}], partial=0.0625)
+    groups: list[dict[str, Any]] = [{"params": first, "partial": 0.5}, {"params": second}]
+    grouped = Padam(groups, partial=0.0625)
     first_twins = [torch.nn.Parameter(p.detach().clone()) for p in first]
     second_twins = [torch.nn.Parameter(p.detach().clone()) for p in second]
     alone = [Padam(first_twins, partial=0.5), Padam(second_twins, partial=0.0625)]

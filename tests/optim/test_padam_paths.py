@@ -13,6 +13,14 @@ from padam_lightning.optim.functional import PLAN_ONE, PLAN_POW, _single_tensor_
 
 SHAPES = [(4, 3), (7,), (2, 3, 2, 2), (1,)]
 STEPS = 4
+STATE_LISTS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+TensorLists = tuple[
+    list[torch.Tensor],
+    list[torch.Tensor],
+    list[torch.Tensor],
+    list[torch.Tensor],
+    list[torch.Tensor],
+]
 
 
 def run(
@@ -65,7 +73,7 @@ def assert_same(
             torch.testing.assert_close(state[key], want_state[key], rtol=rtol, atol=atol, msg=key)
 
 
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "amsgrad+l2": {"amsgrad": True, "weight_decay": 0.01},
     "adam+decoupled+maximize": {
         "amsgrad": False,
@@ -203,20 +211,26 @@ def test_power_plans() -> None:
     assert power_plan(2.0**-9) == PLAN_POW  # beyond the unrolled square-root chains
 
 
+def _state_lists(tensors: dict[str, list[torch.Tensor]]) -> TensorLists:
+    """The five tensor lists, in the order the step functions take them positionally."""
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (tensors[name] for name in STATE_LISTS)
+    return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
+
+
 @pytest.fixture(scope="module")
 def compiled_results() -> tuple[Any, Any]:
     """One torch.compile'd graph (the fused path off the CPU), run here on the CPU."""
     generator = torch.Generator().manual_seed(0)
     tensors = {
         name: [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in SHAPES]
-        for name in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+        for name in STATE_LISTS
     }
     for name in ("exp_avg_sqs", "max_exp_avg_sqs"):
         tensors[name] = [t.abs() for t in tensors[name]]
     reference = {name: [t.clone() for t in ts] for name, ts in tensors.items()}
     step_sizes = [0.01, 0.02, 0.03, 0.04]
     ran = _compiled.compiled_step(
-        *tensors.values(),
+        *_state_lists(tensors),
         step_sizes,
         beta1=0.9,
         beta2=0.999,
@@ -229,7 +243,7 @@ def compiled_results() -> tuple[Any, Any]:
     )
     assert ran, "torch.compile failed on the CPU"
     _single_tensor_padam(
-        *reference.values(),
+        *_state_lists(reference),
         step_sizes,
         amsgrad=True,
         beta1=0.9,
@@ -262,7 +276,7 @@ def test_compiled_graph_is_reused_for_new_hyperparameters(
     graphs = counters["stats"]["unique_graphs"]
     for lr, beta2 in [(0.5, 0.99), (0.01, 0.9)]:
         assert _compiled.compiled_step(
-            *tensors.values(),
+            *_state_lists(tensors),
             [lr] * len(SHAPES),
             beta1=0.8,
             beta2=beta2,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 
 from padam_lightning import Padam
 
-PATHS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+PATHS: dict[str, dict[str, Any]] = {
+    "for-loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
 
 
 def reference_padam(
@@ -52,7 +57,7 @@ def test_first_steps_match_plain_float_arithmetic(
     # The last element's second gradient is small enough that v falls: AMSGrad's max matters.
     start = [0.5, -1.5, 0.0]
     grads = [[0.3, -0.7, 1.0], [-0.2, 0.4, 0.0], [0.05, 0.1, -0.02]]
-    hyper = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05}
+    hyper: dict[str, Any] = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05}
     param = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
     optimizer = Padam(
         [param], partial=partial, decoupled_weight_decay=decoupled, **hyper, **PATHS[path]

@@ -276,7 +276,9 @@ class _OverflowAtStep(L.Callback):
         if trainer.global_step == self.step:
             self.state_before = self._snapshot(trainer.optimizers[0])
             self.scale_before = trainer.precision_plugin.scaler.get_scale()  # type: ignore[attr-defined]
-            next(pl_module.parameters()).grad[0].fill_(float("inf"))
+            grad = next(pl_module.parameters()).grad
+            assert grad is not None
+            grad[0].fill_(float("inf"))
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.state_before is not None and self.state_after is None:
