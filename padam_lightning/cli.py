@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import (
     ArgsType,
@@ -38,13 +38,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import UserError
 from padam_lightning.optim import Padam
-from padam_lightning.run_layout import DEFAULT_LOG_DIR, LAST_CHECKPOINT_PATH
+from padam_lightning.parse_errors import summarize_parse_error
+from padam_lightning.run_layout import CONFIG_FILE, DEFAULT_LOG_DIR, LAST_CHECKPOINT_PATH
 from padam_lightning.training.checkpointing import (
     AtomicCheckpointIO,
     LastCheckpoint,
     RunSummary,
 )
-from padam_lightning.training.classifier import ImageClassifier
+from padam_lightning.training.classifier import DEFAULT_OPTIMIZER_ARGS, ImageClassifier
 from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.resume import (
     check_network,
@@ -104,8 +105,12 @@ def _latest_run_checkpoint(run_root: Path) -> Path:
 
     Only the latest run is considered: when it crashed before its first checkpoint, resuming an
     older run in its place would be a silent surprise, so the caller reports the missing file.
+    Folders without ``config.yaml`` (written before the first training step) are left out when
+    others have one: there a run failed before it started, e.g. because its data was missing.
     """
     runs = [folder for folder in run_root.glob("*") if folder.is_dir()]
+    started = [folder for folder in runs if (folder / CONFIG_FILE).is_file()]
+    runs = started or runs
     if not runs:
         return run_root / "*" / LAST_CHECKPOINT_PATH
 
@@ -152,6 +157,16 @@ class PadamCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        # Padam as a parsed default (not only the module's fallback), so that its options can be
+        # set on the command line without naming the class: --model.optimizer.init_args.partial.
+        parser.set_defaults(
+            {
+                "model.optimizer": {
+                    "class_path": qualified_name(Padam),
+                    "init_args": DEFAULT_OPTIMIZER_ARGS,
+                }
+            }
+        )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
@@ -159,8 +174,15 @@ class PadamCLI(LightningCLI):
 
         This runs before LightningCLI reads the checkpoint's hyperparameters, so a missing or
         broken checkpoint gets a clear message instead of a loader traceback.
+
+        Raises:
+            UserError: For any parsing mistake (unknown option, bad value, missing config file),
+                in one line instead of jsonargparse's usage text.
         """
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise UserError(summarize_parse_error(str(err), self._option_names(parser))) from None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         trainer = config.trainer
@@ -180,6 +202,13 @@ class PadamCLI(LightningCLI):
             config.ckpt_path = self._resolve_checkpoint(
                 config, str(config.ckpt_path), logger_args, resuming=subcommand == "fit"
             )
+
+    def _option_names(self, parser: LightningArgumentParser) -> list[str]:
+        """Every option string of the command and its subcommands (for typo suggestions)."""
+        parsers = [parser, *getattr(self, "_subcommand_parsers", {}).values()]
+        return sorted(
+            {name for p in parsers for action in p._actions for name in action.option_strings}
+        )
 
     @staticmethod
     def _tensorboard_args(config: Namespace) -> Namespace | None:
@@ -255,8 +284,17 @@ class PadamCLI(LightningCLI):
         return str(path)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Build the trainer and make its checkpoint writes atomic."""
-        trainer = super().instantiate_trainer(**kwargs)
+        """Build the trainer and make its checkpoint writes atomic.
+
+        Raises:
+            UserError: If Lightning refuses a trainer setting (an unknown accelerator or strategy
+                name, devices the machine does not have).
+        """
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as err:
+            # Trainer.__init__ only resolves its arguments: a ValueError there is a bad setting.
+            raise UserError(f"invalid trainer setting: {err}") from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
@@ -284,7 +322,9 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
             },
             "callbacks": [LastCheckpoint(), RunSummary()],
         },
-        parser_kwargs={"description": DESCRIPTION},
+        # exit_on_error=False: parse errors become exceptions, reported in one line by
+        # PadamCLI.parse_arguments instead of jsonargparse's usage text.
+        parser_kwargs={"description": DESCRIPTION, "exit_on_error": False},
     )
 
 
@@ -307,6 +347,12 @@ def main(args: ArgsType = None) -> None:
     except MisconfigurationException as err:
         # Lightning's own checks of trainer settings (e.g. a negative max_epochs).
         rank_zero_only(print)(f"padam-fit: error: {err}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
+    except ArgumentError as err:
+        # A parse error outside PadamCLI.parse_arguments (e.g. a checkpoint's stored settings).
+        rank_zero_only(print)(
+            f"padam-fit: error: {summarize_parse_error(str(err))}", file=sys.stderr
+        )
         sys.exit(UserError.exit_code)
 
 

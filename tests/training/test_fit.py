@@ -93,6 +93,8 @@ def _user_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert exit_info.value.code not in (0, None)
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    # One message, not jsonargparse's usage text.
+    assert err.count("padam-fit: error:") == 1 and "usage:" not in err, err
     return err
 
 
@@ -102,7 +104,18 @@ def _user_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--model.optimizer.init_args.partial", "0.9"], "partial"),
         (["--model.arch", "resnet7"], "resnet18"),
         (["--data.dataset", "mnist"], "cifar10"),
-        (["--model.archh", "vgg16"], "archh"),
+        (["--model.archh", "vgg16"], "unknown option --model.archh (did you mean --model.arch?)"),
+        (
+            ["--model.optimizer.init_args.partail", "0.2"],
+            "no option 'partail' (did you mean partial?)",
+        ),
+        (
+            ["--trainer.precision", "bogus"],
+            "trainer.precision: invalid value bogus; expected one of",
+        ),
+        (["--trainer.accelerator", "bogus"], "invalid accelerator name"),
+        (["--trainer.strategy", "bogus"], "invalid strategy name"),
+        (["--model.scheduler.init_args.gamma", "-1"], "gamma is -1.0"),
         (["--config", "configs/nope.yaml"], "nope.yaml"),
         (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
         (["--ckpt_path", "last"], "no checkpoint found"),
@@ -169,7 +182,35 @@ def test_a_misspelled_key_in_a_config_file_is_refused(
     config = tmp_path / "typo.yaml"
     config.write_text("model:\n  optimizer:\n    init_args:\n      partail: 0.25\n")
     err = _user_error([*tiny_fit_args, "--config", str(config)], capsys)
-    assert "partail" in err
+    assert "padam_lightning.Padam has no option 'partail' (did you mean partial?)" in err
+    config.write_text("trainer:\n  max_epoch: 3\n")
+    err = _user_error([*tiny_fit_args, "--config", str(config)], capsys)
+    assert "unknown config key 'trainer.max_epoch' (did you mean trainer.max_epochs?)" in err
+
+
+def test_padam_options_can_be_set_without_naming_the_optimizer(tmp_path: Path) -> None:
+    # No config names model.optimizer: Padam with the paper's settings is the parsed default.
+    logs = ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.max_epochs", "1"]
+    run_fit(["fit", "--config", str(CONFIGS / "tiny.yaml"), *logs])
+    run_fit(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "tiny.yaml"),
+            *logs,
+            "--model.optimizer.init_args.partial",
+            "0.25",
+        ]
+    )
+    partials = []
+    for run in sorted((tmp_path / "synthetic-wrn10_1-padam").iterdir()):
+        checkpoint = torch.load(
+            run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        )
+        (group,) = checkpoint["optimizer_states"][0]["param_groups"]
+        assert (group["initial_lr"], group["weight_decay"]) == (0.1, 5e-4)
+        partials.append(group["partial"])
+    assert partials == [0.125, 0.25]
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(
@@ -235,11 +276,25 @@ def test_resuming_last_looks_only_at_the_latest_run(
     run_fit(tiny_fit_args)
     crashed_early = tmp_path / "logs" / "run" / "version_1"  # a newer run with no checkpoint yet
     crashed_early.mkdir()
+    (crashed_early / "config.yaml").write_text("# written when its training started\n")
     last = tmp_path / "logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"
     started = last.stat().st_mtime + 60
     os.utime(crashed_early, (started, started))
     err = _user_error([*tiny_fit_args, "--ckpt_path", "last"], capsys)
     assert "version_1" in err and "no checkpoint found" in err
+
+
+def test_resuming_last_passes_over_a_run_refused_before_it_started(
+    tiny_fit_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_fit(tiny_fit_args)
+    # A later attempt whose data was missing: Lightning made its folder, nothing trained there.
+    missing = ["--data.dataset", "cifar10", "--data.data_dir", str(tmp_path / "none")]
+    _user_error([*tiny_fit_args, *missing, "--data.download", "false"], capsys)
+    assert (tmp_path / "logs" / "run" / "version_1").is_dir()
+    run_fit([*tiny_fit_args, "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    steps = read_scalars(tmp_path / "logs" / "run" / "version_0")["val/err"]
+    assert [step for step, _ in steps] == [2, 5, 8]  # epochs 0-1, then epoch 2 resumed there
 
 
 def test_runs_started_in_the_same_clock_tick_resume_the_higher_version(tmp_path: Path) -> None:

@@ -1,0 +1,58 @@
+"""One-line summaries of real jsonargparse errors, from a small parser independent of Lightning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+import torch
+from jsonargparse import ArgumentError, ArgumentParser
+
+from padam_lightning.parse_errors import summarize_parse_error
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--precision", type=Literal["32-true", "bf16-mixed"] | None, default=None)
+    parser.add_argument("--optimizer", type=type[torch.optim.Optimizer] | None, default=None)
+    parser.add_subclass_arguments(torch.optim.Optimizer, "opt", required=False, skip={"params"})
+    return parser
+
+
+def _message(args: list[str]) -> tuple[str, list[str]]:
+    parser = _parser()
+    with pytest.raises(ArgumentError) as info:
+        parser.parse_args(args)
+    names = [name for action in parser._actions for name in action.option_strings]
+    return str(info.value), names
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--epoch", "3", "--epochz", "2"], "unknown option --epochz (did you mean --epochs?)"),
+        (["--totally-else", "1"], "unknown option --totally-else. padam-fit fit --help"),
+        (
+            ["--precision", "fp8"],
+            "precision: invalid value fp8; expected one of '32-true', 'bf16-mixed'.",
+        ),
+        (
+            ["--opt", '{"class_path": "torch.optim.SGD", "init_args": {"momentom": 0.9}}'],
+            "torch.optim.SGD has no option 'momentom' (did you mean momentum?)",
+        ),
+        (["--epochs", "many"], "epochs: Expected a <class 'int'>. Got value: many"),
+    ],
+)
+def test_a_parse_error_becomes_one_line_with_the_key_and_a_suggestion(
+    args: list[str], expected: str
+) -> None:
+    message, names = _message(args)
+    summary = summarize_parse_error(message, names)
+    assert expected in summary, (message, summary)
+    assert "\n" not in summary and "Subtypes" not in summary and "usage" not in summary
+
+
+def test_without_a_close_name_nothing_is_suggested() -> None:
+    summary = summarize_parse_error("unrecognized arguments: --zzz 1", ["--model.arch"])
+    assert "did you mean" not in summary and "--zzz" in summary
