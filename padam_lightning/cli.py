@@ -16,6 +16,7 @@ the run has finished, ``finished.json``.
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -328,8 +329,20 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
     )
 
 
+class _WithoutAdvertisements(logging.Filter):
+    """Drops Lightning's start-up tip that advertises its cloud logger (printed on every run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_NO_ADVERTISEMENTS = _WithoutAdvertisements()
+
+
 def _quiet_known_warnings() -> None:
     """Silence warnings that are expected here and would only confuse users."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NO_ADVERTISEMENTS)  # a no-op when already added
     # The loaders yield index batches; images are gathered on the device, so no workers.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # Emitted by Lightning's own code under recent torch releases; nothing a user can change.
