@@ -164,7 +164,7 @@ class PadamCLI(LightningCLI):
             {
                 "model.optimizer": {
                     "class_path": qualified_name(Padam),
-                    "init_args": DEFAULT_OPTIMIZER_ARGS,
+                    "init_args": dict(DEFAULT_OPTIMIZER_ARGS),
                 }
             }
         )

@@ -112,4 +112,4 @@ def summarize_parse_error(message: str, option_names: Sequence[str] = ()) -> str
 
     # Anything else: jsonargparse's own lines, joined (they are short without the usage).
     text = " ".join(lines)
-    return _PARSER_KEY.sub(lambda m: f"{m['key']}", text, count=1)
+    return _PARSER_KEY.sub(r"\g<key>", text, count=1)
