@@ -354,19 +354,13 @@ def main(args: ArgsType = None) -> None:
     _quiet_known_warnings()
     try:
         build_cli(args)
-    except UserError as err:
-        rank_zero_only(print)(f"padam-fit: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    except MisconfigurationException as err:
-        # Lightning's own checks of trainer settings (e.g. a negative max_epochs).
-        rank_zero_only(print)(f"padam-fit: error: {err}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
-    except ArgumentError as err:
-        # A parse error outside PadamCLI.parse_arguments (e.g. a checkpoint's stored settings).
-        rank_zero_only(print)(
-            f"padam-fit: error: {summarize_parse_error(str(err))}", file=sys.stderr
-        )
-        sys.exit(UserError.exit_code)
+    except (UserError, MisconfigurationException, ArgumentError) as err:
+        # MisconfigurationException: Lightning's own checks of trainer settings at fit time.
+        # ArgumentError: a parse error outside PadamCLI.parse_arguments (e.g. a checkpoint's
+        # stored settings).
+        message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
+        rank_zero_only(print)(f"padam-fit: error: {message}", file=sys.stderr)
+        sys.exit(err.exit_code if isinstance(err, UserError) else UserError.exit_code)
 
 
 if __name__ == "__main__":

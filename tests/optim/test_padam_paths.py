@@ -84,11 +84,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("partial", [1 / 8, 1 / 4, 1 / 16, 1 / 2, 0.0, 0.3])
-@pytest.mark.parametrize(
+#: Padam's paths other than the for-loop reference: the two explicit ones and the default choice.
+IMPLEMENTATIONS = pytest.mark.parametrize(
     "implementation", [{"foreach": True}, {"fused": True}, {}], ids=["foreach", "fused", "default"]
 )
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("partial", [1 / 8, 1 / 4, 1 / 16, 1 / 2, 0.0, 0.3])
+@IMPLEMENTATIONS
 def test_float64_paths_match_for_loop(
     config: str, partial: float, implementation: dict[str, Any]
 ) -> None:
@@ -129,9 +133,7 @@ def _fail_if_called(*args: Any, **kwargs: Any) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("partial", [1 / 8, 0.0, 0.3])
-@pytest.mark.parametrize(
-    "implementation", [{"foreach": True}, {"fused": True}, {}], ids=["foreach", "fused", "default"]
-)
+@IMPLEMENTATIONS
 def test_cuda_paths_match_the_cpu_for_loop(
     config: str, partial: float, implementation: dict[str, Any]
 ) -> None:
