@@ -8,10 +8,11 @@ import itertools
 from pathlib import Path
 
 import pytest
+import pytorch_optimizer
 import torch
 import yaml
 
-from padam_lightning.cli import PadamCLI, build_cli
+from padam_lightning.cli import PadamCLI, build_cli, optimizer_label
 from padam_lightning.optim import Padam
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -54,6 +55,31 @@ EXPECTED_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, floa
     "sgdm.yaml": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}),
     "adam.yaml": (torch.optim.Adam, {"lr": 1e-3, "amsgrad": False, "weight_decay": 5e-4}),
     "amsgrad.yaml": (torch.optim.Adam, {"lr": 1e-3, "amsgrad": True, "weight_decay": 5e-4}),
+    # The final version's baselines (AdamW, Yogi, AdaBound) and RAdam: see each config's comment.
+    "adamw.yaml": (torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 1e-2, "amsgrad": False}),
+    "radam.yaml": (
+        torch.optim.RAdam,
+        {"lr": 1e-3, "weight_decay": 5e-4, "decoupled_weight_decay": False},
+    ),
+    "yogi.yaml": (
+        pytorch_optimizer.Yogi,
+        {"lr": 1e-3, "eps": 1e-3, "weight_decay": 5e-4, "weight_decouple": False},
+    ),
+    "adabound.yaml": (
+        pytorch_optimizer.AdaBound,
+        {"lr": 1e-3, "final_lr": 0.1, "gamma": 1e-3, "weight_decay": 5e-4, "weight_decouple": False},
+    ),
+}
+#: The run folder name padam-fit gives each optimizer config (``<dataset>-<arch>-<label>``).
+RUN_LABELS = {
+    "padam.yaml": "padam",
+    "sgdm.yaml": "sgdm",
+    "adam.yaml": "adam",
+    "amsgrad.yaml": "amsgrad",
+    "adamw.yaml": "adamw",
+    "radam.yaml": "radam",
+    "yogi.yaml": "yogi",
+    "adabound.yaml": "adabound",
 }
 
 
@@ -76,6 +102,23 @@ def test_optimizer_configs_stack_after_an_architecture(
         assert group[key] == value, key
     if "betas" in group:
         assert tuple(group["betas"]) == (0.9, 0.999)
+    assert optimizer_label(cli.config.model.optimizer) == RUN_LABELS[optim_config]
+
+
+@pytest.mark.parametrize("optim_config", OPTIM_CONFIGS)
+def test_optimizer_configs_take_a_training_step(optim_config: str, tmp_path: Path) -> None:
+    configs = [CONFIGS / "wrn.yaml", CONFIGS / "tiny.yaml", CONFIGS / "optim" / optim_config]
+    cli = _instantiate(configs, tmp_path)
+    optimizer = cli.model.configure_optimizers()["optimizer"]
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    before = [p.detach().clone() for p in cli.model.parameters()]
+    loss = torch.nn.functional.cross_entropy(cli.model.net(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    after = list(cli.model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
 
 
 # Implementation switches, not hyperparameters: they do not change the update's result.
@@ -91,7 +134,11 @@ def test_optimizer_configs_spell_out_every_hyperparameter(config: str) -> None:
     optimizer = yaml.safe_load((CONFIGS / config).read_text())["model"]["optimizer"]
     module, name = optimizer["class_path"].rsplit(".", 1)
     signature = inspect.signature(getattr(importlib.import_module(module), name))
-    hyperparameters = set(signature.parameters) - IMPLEMENTATION_ARGS
+    hyperparameters = {
+        name
+        for name, parameter in signature.parameters.items()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD  # pytorch-optimizer's **kwargs
+    } - IMPLEMENTATION_ARGS
     assert set(optimizer["init_args"]) == hyperparameters
 
 
