@@ -67,7 +67,13 @@ EXPECTED_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, floa
     ),
     "adabound.yaml": (
         pytorch_optimizer.AdaBound,
-        {"lr": 1e-3, "final_lr": 0.1, "gamma": 1e-3, "weight_decay": 5e-4, "weight_decouple": False},
+        {
+            "lr": 1e-3,
+            "final_lr": 0.1,
+            "gamma": 1e-3,
+            "weight_decay": 5e-4,
+            "weight_decouple": False,
+        },
     ),
 }
 #: The run folder name padam-fit gives each optimizer config (``<dataset>-<arch>-<label>``).
