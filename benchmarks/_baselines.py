@@ -119,6 +119,7 @@ def released_epoch(
     """
     criterion = nn.CrossEntropyLoss()
     model.train()
+    synchronize(device)
     start = time.perf_counter()
     train_loss, correct, total = 0.0, 0, 0
     for batch_index, (inputs, targets) in enumerate(train_loader):
@@ -137,7 +138,7 @@ def released_epoch(
     synchronize(device)
     train_seconds = time.perf_counter() - start
     model.eval()
-    start = time.perf_counter()
+    start = time.perf_counter()  # the device is idle: the training loop synchronised above
     test_correct, test_total = 0, 0
     with torch.no_grad():
         for batch_index, (inputs, targets) in enumerate(test_loader):
@@ -148,6 +149,7 @@ def released_epoch(
             criterion(outputs, targets).item()
             test_correct += int(outputs.argmax(1).eq(targets).cpu().sum())
             test_total += targets.size(0)
+    synchronize(device)
     eval_seconds = time.perf_counter() - start
     return {
         "train_seconds": train_seconds,
@@ -198,20 +200,45 @@ def plain_training_steps(
     channels_last: bool,
     warmup: int,
     steps: int,
-    check_finite: bool = False,
+    read_back_each_step: bool = False,
 ) -> float:
     """Seconds of ``steps`` plain-PyTorch training steps, after ``warmup`` untimed ones.
 
     Each step: index batch from the training loader, moved to the device; ``make_batch``; forward
     and cross-entropy under the precision's autocast; backward (through a ``GradScaler`` for
-    ``16-mixed``); a Padam step; the mean loss and error updated in torchmetrics. With
-    ``check_finite`` it also reads ``isfinite(loss)`` back every step, as ``ImageClassifier``'s
-    divergence check does (a device synchronisation on CUDA).
+    ``16-mixed``); a Padam step; the mean loss and error updated in torchmetrics; and a
+    divergence flag (``not isfinite(loss)``) or-ed into a tensor on the device.
+
+    Nothing in a step waits for the device, so that the ratio to padam-fit's step shows any wait
+    padam-fit adds: the metrics skip torchmetrics' NaN check (``nan_strategy="disable"``, whose
+    default check reads a value back every update), the loss enters its metric as one value per
+    image instead of with a ``weight=`` number (which would be copied to the device every step;
+    and torchmetrics 1.9 drops the weight when the NaN check is off), and the divergence flag is
+    read once, after the clock stops. The clock itself synchronises the device only before the
+    first and after the last timed step. (With ``16-mixed`` the ``GradScaler`` reads its
+    overflow flag back every step, in padam-fit as here.)
+
+    Args:
+        net: The network, on ``device`` (compiled or not, channels-last or not).
+        data: The data module whose training batches to use (``setup`` done or not).
+        device: Where to train.
+        precision: A Lightning precision: ``32-true``, ``bf16-mixed`` or ``16-mixed``.
+        channels_last: Make each batch channels-last (for a channels-last network).
+        warmup: Untimed steps first (optimizer state, cuDNN tuning, compilation).
+        steps: Timed steps.
+        read_back_each_step: Also read the divergence flag back after every step, as a plain
+            ``if not torch.isfinite(loss)`` does: one device synchronisation per step, to
+            measure what such a check costs.
+
+    Raises:
+        RuntimeError: If a loss was not finite.
     """
     net.train()
     optimizer = Padam(net.parameters(), **PADAM_SETTINGS)
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
-    loss_metric, err_metric = MeanMetric().to(device), MeanMetric().to(device)
+    loss_metric = MeanMetric(nan_strategy="disable").to(device)
+    err_metric = MeanMetric(nan_strategy="disable").to(device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     batches = cycle_indices(data)
     start = 0.0
     for step in range(warmup + steps):
@@ -233,9 +260,14 @@ def plain_training_steps(
         else:
             loss.backward()
             optimizer.step()
-        loss_metric.update(loss.detach(), weight=labels.numel())
+        loss = loss.detach()
+        loss_metric.update(loss.expand(labels.shape[0]))
         err_metric.update((logits.detach().argmax(dim=1) != labels).float())
-        if check_finite and not torch.isfinite(loss):
-            raise RuntimeError("the loss diverged")
+        nonfinite |= ~torch.isfinite(loss)
+        if read_back_each_step and bool(nonfinite):  # bool() waits for the device
+            break
     synchronize(device)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if bool(nonfinite):
+        raise RuntimeError("the plain loop's loss was not finite")
+    return seconds

@@ -25,6 +25,13 @@ import torch
 #: The repository root (the benchmarks run from a checkout).
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: ``torch.backends.cudnn.benchmark`` (Lightning's ``Trainer(benchmark=...)``) for CUDA runs: the
+#: value padam-fit's GPU defaults set (``PadamCLI.parse_arguments``); keep the two equal, so that
+#: every benchmark measures what padam-fit runs. cuDNN autotunes each convolution shape once per
+#: process; CIFAR's shapes are fixed (32x32 images, batches of 128 and 100), so the tuning is paid
+#: in the first steps only. ``throughput.py --cudnn-benchmark both`` measures both settings.
+CUDNN_BENCHMARK = True
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA where available, else the CPU; other names are passed to torch."""
@@ -34,7 +41,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a clock reading covers it."""
+    """Wait for the device's queued work, so that a clock reading covers it.
+
+    The benchmarks call it only at the boundaries of a timed interval (before the first and
+    after the last timed step), never inside one: a wait per step is what they look for.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

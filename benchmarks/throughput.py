@@ -11,12 +11,22 @@ precision with optional suffixes: ``+cl`` (channels-last weights and batches) an
 its one-time cost is printed separately.
 
 Defaults fit ``make bench`` on a small CPU (batch 32, four eager modes, a few steps). On a GPU use
-e.g. ``--batch-size 128 --steps 30 --compile``.
+e.g. ``--batch-size 128 --steps 30 --compile``. Each network's table is printed as soon as that
+network is measured.
+
+On CUDA, ``cudnn.benchmark`` is on or off as padam-fit's GPU defaults set it
+(``_timing.CUDNN_BENCHMARK``) unless ``--cudnn-benchmark on|off`` says otherwise;
+``--cudnn-benchmark both`` times the two settings against each other. They must run in separate
+processes: cuDNN keeps the algorithm it picked for a convolution shape for the rest of the
+process, whichever setting picked it, so switching the flag in one process changes nothing
+after the first step. ``both`` therefore runs this script once per setting and round, in
+alternating order, and prints the images/s of each setting and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from _baselines import PADAM_SETTINGS, autocast_for
 from _timing import (
+    CUDNN_BENCHMARK,
     add_common_arguments,
     apply_threads,
     describe_machine,
@@ -109,6 +120,71 @@ class TrainingStep:
         return self.batch_size * steps / (time.perf_counter() - start)
 
 
+#: The line a ``--cudnn-benchmark both`` child prints per network and mode (read by the parent).
+RATE_PREFIX = "rate\t"
+
+
+def compare_cudnn_benchmark(args: argparse.Namespace) -> None:
+    """Time every network and mode with cudnn.benchmark off and on, one process per measurement.
+
+    Each round runs this script twice (``--rounds 1``), once per setting, the order alternating
+    from round to round; prints each child's rates as they arrive and then the medians and the
+    ratio on / off.
+    """
+    common = [
+        sys.executable,
+        __file__,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--networks",
+        args.networks,
+        "--rounds",
+        "1",
+    ]
+    for flag, value in (("--modes", args.modes), ("--batch-size", args.batch_size)):
+        if value is not None:
+            common += [flag, str(value)]
+    if args.steps is not None:
+        common += ["--steps", str(args.steps)]
+    if args.compile:
+        common.append("--compile")
+    settings = ("off", "on")
+    rates: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for round_index in range(args.rounds):
+        order = settings if round_index % 2 == 0 else settings[::-1]
+        for setting in order:
+            child = subprocess.run(
+                [*common, "--cudnn-benchmark", setting, "--print-rates"],
+                stdout=subprocess.PIPE,
+                text=True,
+                check=True,
+            )
+            for line in child.stdout.splitlines():
+                if line.startswith(RATE_PREFIX):
+                    _, arch, mode, rate = line.split("\t")
+                    rates.setdefault((arch, mode), {s: [] for s in settings})[setting].append(
+                        float(rate)
+                    )
+                    print(
+                        f"  round {round_index + 1}/{args.rounds}: {arch} {mode} cudnn.benchmark "
+                        f"{setting}: {float(rate):,.1f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    print(
+        f"\ncudnn.benchmark off against on, images/s, median of {args.rounds} round(s), one "
+        "process per measurement"
+    )
+    for (arch, mode), by_setting in rates.items():
+        off, on = (median(by_setting[s]) for s in settings)
+        print(
+            f"{arch} {mode}: off {off:,.0f}, on {on:,.0f} images/s; on / off = {on / off:.3f} "
+            f"(padam-fit's GPU default: {'on' if CUDNN_BENCHMARK else 'off'})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser, rounds=2)
@@ -132,12 +208,23 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="timed steps per round (default 2 CPU, 30 CUDA)"
     )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        choices=("on", "off", "both"),
+        default="on" if CUDNN_BENCHMARK else "off",
+        help="torch.backends.cudnn.benchmark on CUDA (default: padam-fit's GPU default, "
+        f"{'on' if CUDNN_BENCHMARK else 'off'}); both: time the two against each other",
+    )
+    parser.add_argument("--print-rates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cudnn_benchmark == "both":
+        compare_cudnn_benchmark(args)
+        return
     apply_threads(args.threads)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     if cuda:
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
     batch_size = args.batch_size or (128 if cuda else 32)
     steps = args.steps or (30 if cuda else 2)
     mode_names = args.modes.split(",") if args.modes else list(CUDA_MODES if cuda else CPU_MODES)
@@ -149,8 +236,10 @@ def main() -> None:
     print(
         f"training step (forward, backward, Padam) on {device.type}, batch {batch_size}, "
         f"{steps} timed steps x {args.rounds} interleaved rounds; images/s, median"
+        + (f"; cudnn.benchmark {args.cudnn_benchmark}" if cuda else ""),
+        flush=True,
     )
-    results: dict[str, dict[str, float]] = {}
+    width = max(len(name) for name in mode_names)
     for arch in args.networks.split(","):
         prepared: dict[str, TrainingStep] = {}
         for name, mode in modes.items():
@@ -165,20 +254,20 @@ def main() -> None:
             {name: partial(step.images_per_second, steps) for name, step in prepared.items()},
             args.rounds,
         )
-        results[arch] = {name: median(values) for name, values in samples.items()}
+        rates = {name: median(values) for name, values in samples.items()}
         del prepared
         if cuda:
             torch.cuda.empty_cache()
-
-    width = max(len(name) for name in mode_names)
-    print(f"\n{'mode':<{width}}" + "".join(f"  {arch:>18}" for arch in results))
-    for name in mode_names:
-        row = f"{name:<{width}}"
-        for values in results.values():
-            ratio = values[name] / values[mode_names[0]]
-            row += f"  {values[name]:9,.0f} ({ratio:4.2f}x)"
-        print(row)
-    print(f"(ratios are to {mode_names[0]} of the same network)")
+        # This network's table now, so that a run stopped later keeps it.
+        print(f"\n{'mode':<{width}}  {arch:>18}")
+        for name in mode_names:
+            print(
+                f"{name:<{width}}  {rates[name]:9,.0f} ({rates[name] / rates[mode_names[0]]:4.2f}x)"
+            )
+        print(f"(ratios are to {mode_names[0]} of the same network)", flush=True)
+        if args.print_rates:
+            for name in mode_names:
+                print(f"{RATE_PREFIX}{arch}\t{name}\t{rates[name]}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ Both are timed over the same steps after a warm-up, in interleaved rounds, and t
 median time per step and the ratio (goal: Lightning at most 1.05x the plain loop).
 
 The CPU default is the small ``wrn10_1`` at the paper's batch of 128: its steps are short, so a
-per-step framework overhead shows more than it would behind a full-size network. On CUDA it also
-times the plain loop with the per-step ``isfinite(loss)`` read-back of ``ImageClassifier``'s
-divergence check, which synchronises the device every step.
+per-step framework overhead shows more than it would behind a full-size network. The plain loop
+never waits for the device inside the timed steps (see ``plain_training_steps``), so a wait that
+padam-fit adds shows in the ratio; on CUDA a third row times the plain loop with a read-back of
+``isfinite(loss)`` after every step (one synchronisation per step), which is what such a wait
+costs. On CUDA both sides run with ``cudnn.benchmark`` as padam-fit's GPU defaults set it
+(``_timing.CUDNN_BENCHMARK``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 from _baselines import plain_training_steps
 from _timing import (
+    CUDNN_BENCHMARK,
     REPO_ROOT,
     StepTimer,
     add_common_arguments,
@@ -64,6 +68,8 @@ def lightning_seconds(args: argparse.Namespace, device: torch.device, log_dir: P
         str(args.batch_size),
         "--trainer.accelerator",
         "gpu" if device.type == "cuda" else "cpu",
+        "--trainer.benchmark",
+        str(CUDNN_BENCHMARK and device.type == "cuda").lower(),
         "--trainer.precision",
         args.precision,
         "--trainer.max_epochs",
@@ -89,9 +95,13 @@ def lightning_seconds(args: argparse.Namespace, device: torch.device, log_dir: P
     return timer.seconds
 
 
-def plain_seconds(args: argparse.Namespace, device: torch.device, check_finite: bool) -> float:
+def plain_seconds(
+    args: argparse.Namespace, device: torch.device, read_back_each_step: bool
+) -> float:
     """Seconds of ``args.steps`` steps of the plain loop (after ``args.warmup``)."""
     batches = args.warmup + args.steps + 1
+    # As Lightning's Trainer(benchmark=...) sets it for the padam-fit side.
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK and device.type == "cuda"
     torch.manual_seed(0)
     data = CIFARDataModule(
         dataset="synthetic",
@@ -113,7 +123,7 @@ def plain_seconds(args: argparse.Namespace, device: torch.device, check_finite: 
         args.channels_last,
         args.warmup,
         args.steps,
-        check_finite=check_finite,
+        read_back_each_step=read_back_each_step,
     )
 
 
@@ -162,7 +172,7 @@ def main() -> None:
             ),
         }
         if cuda:
-            candidates["plain loop + isfinite(loss) each step"] = lambda: (
+            candidates["plain loop + isfinite(loss) read back each step"] = lambda: (
                 1e3 * plain_seconds(args, device, True) / args.steps
             )
         samples = interleaved(candidates, args.rounds)
