@@ -14,7 +14,13 @@ from padam_lightning.data.datamodule import (
     DATASET_NAMES,
     CIFARDataModule,
 )
-from padam_lightning.data.sampling import EpochShuffleSampler, derive_seed
+from padam_lightning.data.sampling import (
+    PADDING_INDEX,
+    PADDING_LABEL,
+    EpochShuffleSampler,
+    EvalShardSampler,
+    derive_seed,
+)
 from padam_lightning.data.splits import ImageSplit
 
 __all__ = [
@@ -22,8 +28,11 @@ __all__ = [
     "CIFAR100_MEAN_STD",
     "CROP_PADDING",
     "DATASET_NAMES",
+    "PADDING_INDEX",
+    "PADDING_LABEL",
     "CIFARDataModule",
     "EpochShuffleSampler",
+    "EvalShardSampler",
     "ImageSplit",
     "augment",
     "derive_seed",

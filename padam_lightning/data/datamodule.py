@@ -11,7 +11,9 @@ from padam_lightning.data.augment import CropSource, draw_augmentation, normaliz
 from padam_lightning.data.cifar_files import load_cifar_split
 from padam_lightning.data.image_folder import class_names, load_image_folder_split
 from padam_lightning.data.sampling import (
+    PADDING_LABEL,
     EpochShuffleSampler,
+    EvalShardSampler,
     IndexDataset,
     collate_indices,
     epoch_generator,
@@ -58,10 +60,29 @@ class CIFARDataModule(L.LightningDataModule):
     reproducible across restarts and DDP process counts. Validation and test both iterate the
     test split in order, as the paper evaluates on the test split every epoch.
 
+    Under DDP, training pads the epoch's order with its first samples so that every process
+    takes the same number of steps (see :class:`~padam_lightning.data.EpochShuffleSampler`);
+    evaluation pads with marked positions whose label is ``PADDING_LABEL`` (-100, which
+    ``F.cross_entropy`` ignores and the classifier's metrics weigh 0), so ``val/*`` and ``test/*``
+    are exact over the split for any number of processes
+    (:class:`~padam_lightning.data.sampling.EvalShardSampler`).
+
+    Batches come in the dtype of the trainer's precision: Lightning converts a batch to it
+    before the transfer, when this one is still sample indices, so
+    :meth:`on_after_batch_transfer` applies the precision plugin's ``convert_input`` to the
+    images it builds (fp16 for ``16-true``, bf16 for ``bf16-true``, fp64 for ``64-true``;
+    float32 under mixed precision, where autocast converts per operation).
+
+    Every split is stored in an order that mixes the classes (CIFAR's files already are; an
+    image folder's listing, read class by class, is shuffled once by a fixed permutation that
+    does not depend on the seed), so any prefix a user selects, ``--trainer.limit_val_batches 2``
+    say, covers the classes as the whole split does.
+
     Args:
         dataset: ``cifar10`` or ``cifar100`` (torchvision's files in ``data_dir``, downloaded if
             allowed), ``imagefolder`` (``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*``
-            32x32 images, decoded once and cached in ``data_dir``) or ``synthetic`` (generated
+            32x32 images, decoded once and cached in ``data_dir``, in a fixed shuffled order)
+            or ``synthetic`` (generated
             CIFAR-shaped data with a learnable class signal; no files).
         data_dir: Folder holding the dataset files (or where to download them).
         batch_size: Training batch size (the paper uses 128).
@@ -213,10 +234,13 @@ class CIFARDataModule(L.LightningDataModule):
         )
 
     def _test_indices(self) -> DataLoader[int]:
+        num_samples = len(self.split("test"))
+        trainer = self.trainer
+        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         return DataLoader(
-            IndexDataset(len(self.split("test"))),
+            IndexDataset(num_samples),
             batch_size=self.eval_batch_size,
-            shuffle=False,
+            sampler=EvalShardSampler(num_samples, num_replicas, rank),
             collate_fn=collate_indices,
             num_workers=0,
         )
@@ -236,11 +260,16 @@ class CIFARDataModule(L.LightningDataModule):
     # -- indices to images, on the device ------------------------------------------------------
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Turn a batch of indices (already on the device) into normalised images and labels."""
+        """Turn a batch of indices (already on the device) into normalised images and labels.
+
+        The images get the dtype of the trainer's precision (its plugin's ``convert_input``,
+        which Lightning applied to the indices, before they were images).
+        """
         trainer = self.trainer
-        training = trainer is not None and trainer.training
-        epoch = trainer.current_epoch if trainer is not None else 0
-        return self.make_batch(batch, train=training, epoch=epoch)
+        if trainer is None:
+            return self.make_batch(batch, train=False)
+        images, labels = self.make_batch(batch, train=trainer.training, epoch=trainer.current_epoch)
+        return trainer.precision_plugin.convert_input(images), labels
 
     def make_batch(
         self, indices: torch.Tensor, train: bool, epoch: int = 0
@@ -248,18 +277,27 @@ class CIFARDataModule(L.LightningDataModule):
         """Gather, augment and normalise a batch, on the device ``indices`` live on.
 
         Args:
-            indices: int64 sample indices of the batch.
+            indices: int64 sample indices of the batch. For evaluation, an index of
+                ``PADDING_INDEX`` (-1) marks a padding position of a DDP shard.
             train: Take the samples from the training split and augment them (when ``augment``
                 is on); otherwise take them from the test split as they are.
             epoch: The epoch whose crops and flips to use (training only).
 
         Returns:
-            ``(images, labels)``: float32 ``N x 3 x 32 x 32`` normalised images and int64 labels.
+            ``(images, labels)``: float32 ``N x 3 x 32 x 32`` normalised images and int64 labels;
+            a padding position gets ``PADDING_LABEL`` (-100) and some sample's image.
         """
         device = indices.device
         split = self._resident_split("train" if train else "test", device)
+        if train:
+            labels = split.labels.index_select(0, indices)
+        else:
+            # Computed for every evaluation batch, not only padded ones: asking whether a batch
+            # holds padding would read a value back from the device.
+            counted = indices >= 0
+            indices = indices.clamp(min=0)
+            labels = split.labels.index_select(0, indices).masked_fill_(~counted, PADDING_LABEL)
         # index_select copies whole rows; plain indexing goes pixel by pixel (6x slower on CPU).
-        labels = split.labels.index_select(0, indices)
         if train and self.augment:
             source = self._train_crop_source(split)
             starts = self._epoch_crop_starts(epoch, source)

@@ -2,9 +2,14 @@
 
 Layout: ``DATA_DIR/train/<class>/*.jpg|png`` and ``DATA_DIR/test/<class>/*.jpg|png`` (the CIFAR-10
 JPEGs, for instance). Class indices follow the sorted names of the class folders under ``train/``.
-The first run decodes every image with ``torchvision.io`` (JPEGs in batches) and saves the uint8
-tensors to ``DATA_DIR/.padam_cache_<split>.pt``; later runs load that file, unless the listing
-(names, sizes, modification times) changed, in which case they decode again.
+The split is stored in a fixed shuffled order (:func:`storage_order`: a permutation of the
+sorted listing that depends on nothing but the number of images, not on any seed), not class by
+class: evaluation reads a split in its stored order, so any prefix of it (``limit_val_batches``)
+must mix the classes as the whole split does, as CIFAR's own files do. The first run decodes
+every image with ``torchvision.io`` (JPEGs in batches) and saves the uint8 tensors to
+``DATA_DIR/.padam_cache_<split>.pt``; later runs load that file, unless the listing (names,
+sizes, modification times) or the cache format changed, in which case they decode again. (Format
+1 caches held the class-by-class order; they are rebuilt, never used.)
 """
 
 import hashlib
@@ -23,7 +28,10 @@ from padam_lightning.errors import DataError
 
 IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 _JPEG_SUFFIXES: Final = frozenset({".jpg", ".jpeg"})
-_CACHE_FORMAT: Final = 1
+# 2: the fixed shuffled order of storage_order (1 was the listing's class-by-class order).
+_CACHE_FORMAT: Final = 2
+# The seed of storage_order's permutation: a constant, so the order never depends on a run.
+_ORDER_SEED: Final = 20_181_127
 _DECODE_CHUNK: Final = 4096
 # Grayscale or RGBA files are converted: the networks take 3 channels.
 RGB: Final = ImageReadMode.RGB
@@ -77,6 +85,23 @@ def _list_images(split_dir: Path, classes: list[str]) -> list[tuple[str, int, os
     if not found:
         raise DataError(f"Image folder {split_dir}/ holds no images. {_LAYOUT_HINT}")
     return found
+
+
+def storage_order(num_images: int) -> torch.Tensor:
+    """The fixed permutation in which an image folder's split is stored.
+
+    Position ``i`` of the stored split holds image ``storage_order(n)[i]`` of the sorted listing
+    (class folders sorted by name, files sorted by name within each). It is ``torch.randperm``
+    from a constant seed: the same on every run, machine and process, whatever the run's seed.
+
+    Args:
+        num_images: The number of images in the split.
+
+    Returns:
+        An int64 permutation of ``range(num_images)``.
+    """
+    generator = torch.Generator().manual_seed(_ORDER_SEED)
+    return torch.randperm(num_images, generator=generator)
 
 
 def _fingerprint(classes: list[str], listing: list[tuple[str, int, os.stat_result]]) -> str:
@@ -176,8 +201,9 @@ def load_image_folder_split(data_dir: str | Path, split: str) -> ImageSplit:
         split: ``"train"`` or ``"test"``.
 
     Returns:
-        uint8 images ``N x 3 x 32 x 32`` (class folders in sorted order, files sorted by name
-        within each) and int64 labels indexing the sorted class folder names of ``train/``.
+        uint8 images ``N x 3 x 32 x 32`` and int64 labels indexing the sorted class folder names
+        of ``train/``, in the fixed shuffled order of :func:`storage_order` (so a prefix of the
+        split mixes the classes).
 
     Raises:
         DataError: If a folder is missing or empty, a class folder under ``test/`` is not under
@@ -187,6 +213,7 @@ def load_image_folder_split(data_dir: str | Path, split: str) -> ImageSplit:
     classes = class_names(root)
     split_dir = root / split
     listing = _list_images(split_dir, classes)
+    listing = [listing[i] for i in storage_order(len(listing)).tolist()]
     fingerprint = _fingerprint(classes, listing)
     path = cache_path(root, split)
     cached = _read_cache(path, fingerprint)

@@ -15,6 +15,12 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+#: The index an evaluation shard is padded with: no sample, counted nowhere.
+PADDING_INDEX = -1
+
+#: The label a padded evaluation sample gets: ``F.cross_entropy``'s default ``ignore_index``.
+PADDING_LABEL = -100
+
 
 def derive_seed(seed: int, epoch: int, stream: str) -> int:
     """Mix a seed, an epoch and a stream name into a 63-bit generator seed.
@@ -56,7 +62,12 @@ class EpochShuffleSampler(DistributedSampler[int]):
     that Lightning uses it as it is (Lightning otherwise wraps custom samplers in a sampler that
     reshuffles with its own seed) and calls :meth:`set_epoch` on it every epoch. As in
     ``DistributedSampler`` without ``drop_last``, the permutation is padded with its own first
-    elements to a multiple of ``num_replicas``.
+    elements to a multiple of ``num_replicas``: when ``num_replicas`` does not divide the split,
+    the first ``total_size - num_samples`` samples of the epoch's order are trained on twice in
+    that epoch (once on the process they belong to, once more as padding on the last
+    processes) and count twice in ``train/loss`` and ``train/err``; every process then takes the
+    same number of steps, which DDP's gradient all-reduce needs. (Training on a duplicate is
+    harmless; evaluation, which must be exact, pads differently: :class:`EvalShardSampler`.)
 
     Args:
         num_samples: Size of the split.
@@ -94,6 +105,45 @@ class EpochShuffleSampler(DistributedSampler[int]):
         if self.total_size > len(order):
             order = torch.cat([order, order[: self.total_size - len(order)]])
         return iter(order[self.rank : self.total_size : self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EvalShardSampler(DistributedSampler[int]):
+    """Deal the split out to processes in order, padding the shorter shards with a marker.
+
+    Process ``rank`` gets samples ``rank, rank + num_replicas, ...`` (as Lightning's own
+    ``DistributedSampler(shuffle=False)`` would), and every shard is padded to the same length
+    with :data:`PADDING_INDEX`, not with real samples: the data module turns a padded position
+    into a label of :data:`PADDING_LABEL`, which the metrics give weight 0, so validation and test
+    metrics are exact over the split for any number of processes and any split size. (Lightning's
+    sampler pads with the first samples again, which then count twice.) Equal shard lengths keep
+    the processes in step. Subclassing ``DistributedSampler`` makes Lightning use it as it is.
+
+    Args:
+        num_samples: Size of the split.
+        num_replicas: Number of processes (1 without DDP).
+        rank: This process's rank among them.
+    """
+
+    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        # Not calling DistributedSampler.__init__, for the reason given in EpochShuffleSampler.
+        self.num_samples_total = num_samples
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.seed = 0
+        self.shuffle = False
+        self.drop_last = False
+        self.num_samples = math.ceil(num_samples / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def __iter__(self) -> Iterator[int]:
+        shard = list(range(self.rank, self.num_samples_total, self.num_replicas))
+        return iter(shard + [PADDING_INDEX] * (self.num_samples - len(shard)))
 
     def __len__(self) -> int:
         return self.num_samples

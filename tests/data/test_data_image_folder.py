@@ -12,7 +12,7 @@ from PIL import Image
 
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.data import image_folder as image_folder_module
-from padam_lightning.data.image_folder import cache_path, load_image_folder_split
+from padam_lightning.data.image_folder import cache_path, load_image_folder_split, storage_order
 from padam_lightning.errors import DataError
 
 COUNTS = {
@@ -29,21 +29,24 @@ def test_png_pixels_labels_and_order(tmp_path: Path) -> None:
     data.setup("fit")
     for split in ("train", "test"):
         loaded = data.split(split)
-        # Classes in sorted folder order (cat=0, dog=1, eel=2), files sorted by name in each.
+        # The listing: classes in sorted folder order (cat=0, dog=1, eel=2), files sorted by name
+        # in each; stored in the fixed permutation of that listing.
         classes = sorted(COUNTS[split])
-        expected_images = torch.stack([img for c in classes for img in written[split][c]])
-        expected_labels = [
-            sorted(COUNTS["train"]).index(c) for c in classes for _ in written[split][c]
-        ]
-        assert torch.equal(loaded.images, expected_images)  # PNG is lossless
-        assert loaded.labels.tolist() == expected_labels
+        listed_images = torch.stack([img for c in classes for img in written[split][c]])
+        listed_labels = torch.tensor(
+            [sorted(COUNTS["train"]).index(c) for c in classes for _ in written[split][c]]
+        )
+        order = storage_order(len(listed_labels))
+        assert torch.equal(loaded.images, listed_images[order])  # PNG is lossless
+        assert torch.equal(loaded.labels, listed_labels[order])
         assert loaded.images.dtype == torch.uint8 and loaded.labels.dtype == torch.int64
 
 
 def test_jpeg_batch_decoding_matches_pil(tmp_path: Path) -> None:
     write_image_folder(tmp_path, {"train": {"a": 5, "b": 5}, "test": {"a": 1}}, fmt="jpg")
     loaded = load_image_folder_split(tmp_path, "train")
-    files = sorted((tmp_path / "train").glob("*/*.jpg"))
+    listed = sorted((tmp_path / "train").glob("*/*.jpg"))
+    files = [listed[i] for i in storage_order(len(listed))]
     for image, file in zip(loaded.images, files, strict=True):
         with Image.open(file) as pil:
             reference = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
@@ -61,8 +64,10 @@ def test_grayscale_and_mixed_formats_become_rgb(tmp_path: Path) -> None:
     (folder / "notes.txt").write_text("not an image, ignored")
     loaded = load_image_folder_split(tmp_path, "train")
     assert loaded.images.shape == (2, 3, 32, 32)
-    assert torch.equal(loaded.images[0], colour)  # colour.PNG sorts before gray.png
-    assert torch.equal(loaded.images[1], gray.expand(3, -1, -1))
+    # colour.PNG sorts before gray.png in the listing, stored in the order of storage_order(2).
+    colour_at, gray_at = storage_order(2).argsort().tolist()
+    assert torch.equal(loaded.images[colour_at], colour)
+    assert torch.equal(loaded.images[gray_at], gray.expand(3, -1, -1))
 
 
 def test_second_load_uses_the_cache_until_the_files_change(
@@ -84,7 +89,7 @@ def test_second_load_uses_the_cache_until_the_files_change(
     (tmp_path / "train" / "eel" / "9999.png").write_bytes(encode(extra, "png"))
     updated = load_image_folder_split(tmp_path, "train")
     assert len(updated) == len(first) + 1
-    assert torch.equal(updated.images[-1], extra)
+    assert (updated.images == extra).flatten(1).all(1).sum() == 1
     assert len(written["train"]["eel"]) == 2
 
 
@@ -158,3 +163,41 @@ def test_unwritable_cache_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyP
         loaded = load_image_folder_split(tmp_path, "train")
     assert len(loaded) == 2
     assert not list(tmp_path.glob(".padam_cache*"))
+
+
+def test_storage_order_is_a_fixed_permutation_independent_of_the_run() -> None:
+    order = storage_order(1000)
+    assert sorted(order.tolist()) == list(range(1000))
+    assert torch.equal(order, storage_order(1000))
+    torch.manual_seed(123)  # the global seed (a run's seed_everything) plays no part
+    assert torch.equal(order, storage_order(1000))
+    assert order[:10].tolist() != list(range(10))
+
+
+def test_every_prefix_of_an_image_folder_split_mixes_the_classes(tmp_path: Path) -> None:
+    # 4 classes x 25 test images, read class by class: the first two evaluation batches of 10
+    # (--trainer.limit_val_batches 2) held one class only before the split was shuffled.
+    counts = {name: 25 for name in ("a", "b", "c", "d")}
+    write_image_folder(tmp_path, {"train": {"a": 1, "b": 1, "c": 1, "d": 1}, "test": counts})
+    data = CIFARDataModule("imagefolder", data_dir=str(tmp_path), eval_batch_size=10)
+    data.setup("validate")
+    labels = torch.cat([data.make_batch(batch, train=False)[1] for batch in data.val_dataloader()])
+    assert sorted(labels.tolist()) == sorted(data.split("test").labels.tolist())
+    first_two_batches = labels[:20]
+    assert set(first_two_batches.tolist()) == {0, 1, 2, 3}
+    # No class takes more than half of the prefix (the whole split has a quarter of each).
+    assert torch.bincount(first_two_batches, minlength=4).max() <= 10
+
+
+def test_a_cache_in_the_old_class_by_class_order_is_rebuilt(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, COUNTS, fmt="png")
+    current = load_image_folder_split(tmp_path, "train")
+    path = cache_path(tmp_path, "train")
+    payload = torch.load(path, weights_only=True)
+    # What format 1 wrote: the same listing fingerprint, the images in class order.
+    by_class = current.labels.argsort(stable=True)
+    old = {**payload, "format": 1, "images": payload["images"][by_class]}
+    torch.save({**old, "labels": payload["labels"][by_class]}, path)
+    reloaded = load_image_folder_split(tmp_path, "train")
+    assert torch.equal(reloaded.images, current.images)
+    assert torch.equal(reloaded.labels, current.labels)

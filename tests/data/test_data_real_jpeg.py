@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from padam_lightning.data import CIFARDataModule
+from padam_lightning.data.image_folder import storage_order
 
 ARCHIVE = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -50,13 +51,17 @@ def test_real_jpegs_load_with_folder_labels_and_pil_pixels(jpeg_subset: Path) ->
     for split, per_class in PER_CLASS.items():
         loaded = data.split(split)
         assert loaded.images.shape == (10 * per_class, 3, 32, 32)
-        assert loaded.labels.tolist() == [c for c in range(10) for _ in range(per_class)]
-        for row in (0, per_class + 3, 10 * per_class - 1):
+        # Stored in the fixed permutation of the class-by-class listing.
+        order = storage_order(10 * per_class)
+        listed = torch.tensor([c for c in range(10) for _ in range(per_class)])
+        assert torch.equal(loaded.labels, listed[order])
+        for position in (0, per_class + 3, 10 * per_class - 1):
+            row = int(order[position])
             name = f"{row % per_class:04d}.jpg"
             file = jpeg_subset / split / CLASSES[row // per_class] / name
             with Image.open(file) as pil:
                 reference = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
-            assert (loaded.images[row].int() - reference.int()).abs().max() <= 3
+            assert (loaded.images[position].int() - reference.int()).abs().max() <= 3
     train = data.split("train").images.float() / 255
     # README: decoded train mean (0.4913, 0.4821, 0.4465); 200 images estimate it to about 0.01.
     assert train.mean((0, 2, 3)).tolist() == pytest.approx([0.4913, 0.4821, 0.4465], abs=0.05)
@@ -68,5 +73,6 @@ def test_real_jpegs_give_normalised_training_batches(jpeg_subset: Path) -> None:
     images, labels = data.make_batch(indices, train=True, epoch=0)
     assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32
     assert labels.shape == (64,) and set(labels.tolist()) <= set(range(10))
-    # Normalised with the CIFAR-10 constants: roughly zero mean, unit spread (padding adds zeros).
-    assert abs(images.mean().item()) < 0.3 and 0.7 < images.std().item() < 1.5
+    # Normalised with the CIFAR-10 constants: roughly zero mean, unit spread. The crops' zero
+    # padding (a pixel normalises to about -2.3) pulls the mean of 64 images down by up to ~0.4.
+    assert -0.6 < images.mean().item() < 0.3 and 0.7 < images.std().item() < 1.5
