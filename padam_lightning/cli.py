@@ -190,6 +190,15 @@ class PadamCLI(LightningCLI):
         if trainer.get("precision") is None and _trains_on_cuda(trainer.get("accelerator")):
             # Mixed precision where the hardware has it; CPU runs stay in fp32.
             trainer.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        if (
+            trainer.get("benchmark") is None
+            and not trainer.get("deterministic")
+            and _trains_on_cuda(trainer.get("accelerator"))
+        ):
+            # cuDNN autotuning pays off: CIFAR's convolution shapes are fixed, so it is tuned in
+            # the first steps only. Not yet measured on a GPU; benchmarks/gpu.sh measures both
+            # (row cudnn_benchmark). Keep equal to benchmarks/_timing.py's CUDNN_BENCHMARK.
+            trainer.benchmark = True
         logger_args = self._tensorboard_args(config)
         if logger_args is not None and not logger_args.get("name"):
             logger_args["name"] = "-".join(
