@@ -31,6 +31,7 @@ from lightning.pytorch.cli import (
     LightningCLI,
     SaveConfigCallback,
 )
+from lightning.pytorch.core.optimizer import _configure_optimizers
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer import Trainer
 from lightning.pytorch.utilities import rank_zero_only
@@ -40,7 +41,12 @@ from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import UserError
 from padam_lightning.optim import Padam
 from padam_lightning.parse_errors import summarize_parse_error
-from padam_lightning.run_layout import CONFIG_FILE, DEFAULT_LOG_DIR, LAST_CHECKPOINT_PATH
+from padam_lightning.run_layout import (
+    CONFIG_FILE,
+    DEFAULT_LOG_DIR,
+    EVAL_FOLDER,
+    LAST_CHECKPOINT_PATH,
+)
 from padam_lightning.training.checkpointing import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -49,11 +55,19 @@ from padam_lightning.training.checkpointing import (
 from padam_lightning.training.classifier import DEFAULT_OPTIMIZER_ARGS, ImageClassifier
 from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.resume import (
+    check_callbacks,
+    check_data,
     check_network,
     check_optimizer,
+    check_schedulers,
     qualified_name,
     read_checkpoint,
 )
+from padam_lightning.training.run_estimate import RunTimeEstimate
+from padam_lightning.training.tensorboard import TensorBoardDashboards
+
+#: The subcommands that evaluate a checkpoint; they log to ``<run>/eval/<stage>-<N>``.
+EVALUATION_STAGES = ("validate", "test", "predict")
 
 DESCRIPTION = (
     "Train and evaluate VGG, ResNet and wide ResNet classifiers on CIFAR-10/100 (or a folder of "
@@ -102,27 +116,83 @@ def _schedules_the_optimizer(callbacks: Any) -> bool:
 
 
 def _latest_run_checkpoint(run_root: Path) -> Path:
-    """``last.ckpt`` of the run folder under ``run_root`` used most recently (it may not exist).
+    """``last.ckpt`` of the run folder under ``run_root`` trained most recently (it may not exist).
 
     Only the latest run is considered: when it crashed before its first checkpoint, resuming an
     older run in its place would be a silent surprise, so the caller reports the missing file.
     Folders without ``config.yaml`` (written before the first training step) are left out when
     others have one: there a run failed before it started, e.g. because its data was missing.
+    "Trained" counts the files training writes (``config.yaml``, ``last.ckpt``, the event files),
+    not the folder's own time: evaluating a run's checkpoint (:data:`EVAL_FOLDER`) must not make
+    it the latest.
     """
-    runs = [folder for folder in run_root.glob("*") if folder.is_dir()]
+    runs = [
+        folder for folder in run_root.glob("*") if folder.is_dir() and folder.name != EVAL_FOLDER
+    ]
     started = [folder for folder in runs if (folder / CONFIG_FILE).is_file()]
     runs = started or runs
     if not runs:
         return run_root / "*" / LAST_CHECKPOINT_PATH
 
-    def last_used(folder: Path) -> tuple[float, int]:
-        last = folder / LAST_CHECKPOINT_PATH
-        used = max(folder.stat().st_mtime, last.stat().st_mtime if last.is_file() else 0.0)
+    def last_trained(folder: Path) -> tuple[float, int]:
+        written = [
+            path for path in (folder / CONFIG_FILE, folder / LAST_CHECKPOINT_PATH) if path.is_file()
+        ]
+        written += folder.glob("events.out.tfevents.*")
+        used = max((path.stat().st_mtime for path in written), default=folder.stat().st_mtime)
         # File times tick coarsely (a few ms): on a tie the higher version_N is the newer run.
         number = folder.name.removeprefix("version_")
         return used, int(number) if number.isdigit() else -1
 
-    return max(runs, key=last_used) / LAST_CHECKPOINT_PATH
+    return max(runs, key=last_trained) / LAST_CHECKPOINT_PATH
+
+
+def _evaluation_folder(run_dir: Path, stage: str) -> tuple[Path, str]:
+    """``(save_dir, version)`` for the TensorBoard logger of an evaluation of ``run_dir``.
+
+    Results go to ``<run_dir>/eval/<stage>-<N>`` (N counts up from 0), never into the training
+    run's own event files, so the run's curves, ``finished.json`` and its place as the latest run
+    stay as they were.
+    """
+    folder = run_dir / EVAL_FOLDER
+    taken = {path.name for path in folder.glob(f"{stage}-*")} if folder.is_dir() else set()
+    number = next(n for n in range(len(taken) + 1) if f"{stage}-{n}" not in taken)
+    return run_dir, f"{stage}-{number}"
+
+
+def _run_folder_of(checkpoint: Path) -> Path | None:
+    """The run folder holding ``checkpoint`` (``<run>/checkpoints/x.ckpt``), or None."""
+    if checkpoint.parent.name == LAST_CHECKPOINT_PATH.parent.name:
+        return checkpoint.parent.parent
+    return None
+
+
+def _has_runs(run_root: Path) -> bool:
+    """Whether ``run_root`` holds any run folder."""
+    return run_root.is_dir() and any(
+        folder.is_dir() and folder.name != EVAL_FOLDER for folder in run_root.iterdir()
+    )
+
+
+def _run_names(config: Namespace) -> tuple[str, str | None]:
+    """The run name ``<data>-<arch>-<optimizer>`` and the name earlier versions gave it, if other.
+
+    ``<data>`` is the dataset, or for an image folder the folder's own name (``cifar10-jpeg`` for
+    ``data/cifar10-jpeg``): what the run read, not how it was loaded. Earlier versions wrote
+    ``imagefolder``; ``--ckpt_path last`` still finds those runs.
+    """
+    data = config.get("data") if isinstance(config.get("data"), Namespace) else Namespace()
+    dataset = str(data.get("dataset", "data"))
+    source = dataset
+    if dataset == "imagefolder" and data.get("data_dir"):
+        source = Path(str(data.data_dir)).resolve().name or dataset
+    rest = (
+        str(config.model.get("arch", "model")),
+        optimizer_label(config.model.get("optimizer")),
+    )
+    name = "-".join((source, *rest))
+    legacy = "-".join((dataset, *rest))
+    return name, (legacy if legacy != name else None)
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -142,6 +212,11 @@ class RunConfigSaver(SaveConfigCallback):
 
 class PadamCLI(LightningCLI):
     """LightningCLI with this project's defaults: checkpoints, TensorBoard, resume, precision."""
+
+    #: The checkpoint a ``fit`` resumes from and its content (read once, in parse_arguments).
+    _resume: tuple[Path, dict[str, Any]] | None = None
+    #: The run name earlier versions gave this configuration, where it differs.
+    _legacy_run_name: str | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the checkpoint options and link the class count from the data to the model."""
@@ -200,18 +275,16 @@ class PadamCLI(LightningCLI):
             # (row cudnn_benchmark). Keep equal to benchmarks/_timing.py's CUDNN_BENCHMARK.
             trainer.benchmark = True
         logger_args = self._tensorboard_args(config)
+        self._legacy_run_name = None
         if logger_args is not None and not logger_args.get("name"):
-            logger_args["name"] = "-".join(
-                (
-                    str(config.data.get("dataset", "data")),
-                    str(config.model.get("arch", "model")),
-                    optimizer_label(config.model.get("optimizer")),
-                )
-            )
+            logger_args["name"], self._legacy_run_name = _run_names(config)
+        self._resume = None
         if subcommand and config.get("ckpt_path"):
             config.ckpt_path = self._resolve_checkpoint(
-                config, str(config.ckpt_path), logger_args, resuming=subcommand == "fit"
+                config, str(config.ckpt_path), logger_args, subcommand
             )
+        if subcommand in EVALUATION_STAGES and logger_args is not None:
+            self._log_evaluation_apart(config, logger_args, subcommand)
 
     def _option_names(self, parser: LightningArgumentParser) -> list[str]:
         """Every option string of the command and its subcommands (for typo suggestions)."""
@@ -231,11 +304,12 @@ class PadamCLI(LightningCLI):
         return None
 
     def _resolve_checkpoint(
-        self, config: Namespace, ckpt_path: str, logger_args: Namespace | None, resuming: bool
+        self, config: Namespace, ckpt_path: str, logger_args: Namespace | None, subcommand: str
     ) -> str:
         """Turn ``last`` into a file, check the file, and continue logging in its run folder.
 
-        ``resuming`` (``fit``) also checks the optimizer against the checkpoint's.
+        ``fit`` (resuming) also checks the optimizer against the checkpoint's here, from the
+        config; the checks that need the built trainer, model and data run in :meth:`before_fit`.
         """
         run_root = None
         if logger_args is not None:
@@ -253,12 +327,20 @@ class PadamCLI(LightningCLI):
                 folder = f"version_{version}" if isinstance(version, int) else str(version)
                 path = run_root / folder / LAST_CHECKPOINT_PATH
             else:
+                if self._legacy_run_name and not _has_runs(run_root):
+                    # Runs of earlier versions were named after the loader ("imagefolder-..."):
+                    # resume those rather than report that nothing is there.
+                    legacy_root = run_root.with_name(self._legacy_run_name)
+                    if _has_runs(legacy_root) and logger_args is not None:
+                        run_root = legacy_root
+                        logger_args["name"] = self._legacy_run_name
                 path = _latest_run_checkpoint(run_root)
             if not path.is_file():
                 raise UserError(
                     f"--ckpt_path last: no checkpoint found at {path}. Start the run without "
                     "--ckpt_path, or pass the logger folder of the run to resume "
-                    "(--trainer.logger.init_args.name/version) or the file itself."
+                    "(--trainer.logger.init_args.name/version) or the file itself. (Runs with "
+                    "--trainer.enable_checkpointing false write no checkpoint to resume from.)"
                 )
         else:
             path = Path(ckpt_path)
@@ -269,7 +351,7 @@ class PadamCLI(LightningCLI):
         checkpoint = read_checkpoint(path)
         model = config.get("model") if isinstance(config.get("model"), Namespace) else Namespace()
         check_network(path, checkpoint, model.get("arch"))
-        if resuming:
+        if subcommand == "fit":
             optimizer = model.get("optimizer")
             if isinstance(optimizer, Namespace):
                 class_path, init_args = optimizer.get("class_path"), optimizer.get("init_args")
@@ -282,16 +364,87 @@ class PadamCLI(LightningCLI):
                 init_args.as_dict() if isinstance(init_args, Namespace) else {},
                 scheduled=_schedules_the_optimizer(config.trainer.get("callbacks")),
             )
+            self._resume = (path, checkpoint)
         # Resuming a run keeps writing to its folder, so its curves continue in one place.
         if (
-            logger_args is not None
+            subcommand == "fit"
+            and logger_args is not None
             and run_root is not None
             and logger_args.get("version") is None
-            and path.parent.name == "checkpoints"
+            and _run_folder_of(path) is not None
             and path.parent.parent.parent.resolve() == run_root.resolve()
         ):
             logger_args["version"] = path.parent.parent.name
         return str(path)
+
+    def _log_evaluation_apart(self, config: Namespace, logger_args: Namespace, stage: str) -> None:
+        """Send an evaluation's logs to an ``eval/<stage>-<N>`` folder, never into a run's own.
+
+        With a checkpoint in a run folder: ``<run>/eval/<stage>-<N>``; otherwise
+        ``<save_dir>/<name>/eval/<stage>-<N>``. An explicit ``--trainer.logger.init_args.version``
+        is kept as given.
+        """
+        if logger_args.get("version") is not None:
+            return
+        ckpt_path = config.get("ckpt_path")
+        run_dir = _run_folder_of(Path(ckpt_path)) if ckpt_path else None
+        if run_dir is None:
+            run_dir = Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(
+                logger_args.get("name") or ""
+            )
+        logger_args["save_dir"], logger_args["version"] = _evaluation_folder(run_dir, stage)
+        logger_args["name"] = EVAL_FOLDER
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the command's ``model.*`` settings instead of the checkpoint's hyperparameters.
+
+        LightningCLI parses a checkpoint's ``hyper_parameters`` over the command's model settings,
+        so ``--model.channels_last`` or ``--model.compile`` would be accepted and then ignored
+        (and another ``arch`` silently replaced). Here the network is checked against the
+        checkpoint instead (:func:`check_network`, ``ImageClassifier.on_load_checkpoint``), and
+        everything else applies as configured.
+        """
+
+    def before_fit(self) -> None:
+        """Refuse a resume whose settings the checkpoint would overrule (nothing written yet).
+
+        Runs after the trainer, model and data are built, before ``Trainer.fit`` creates or
+        touches the run folder: the lr schedulers, the callbacks' settings and the data seed are
+        compared with the checkpoint's (``training/resume.py`` lists what Lightning restores).
+
+        Raises:
+            UserError: If the checkpoint cannot continue the run this command describes.
+        """
+        if self._resume is None:
+            return
+        path, checkpoint = self._resume
+        optimizer_config = self.model.configure_optimizers()
+        _, schedulers, _ = _configure_optimizers(optimizer_config)
+        check_schedulers(
+            path,
+            checkpoint,
+            [
+                (entry["scheduler"] if isinstance(entry, dict) else entry).state_dict()
+                for entry in schedulers
+            ],
+        )
+        check_callbacks(path, checkpoint, self.trainer)
+        datamodule = getattr(self, "datamodule", None)
+        check_data(path, checkpoint, datamodule, getattr(datamodule, "effective_seed", None))
+
+    def _after_evaluation(self, stage: str) -> None:
+        """Say where an evaluation's results went (they are not in the run's own curves)."""
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
+        if log_dir is not None:
+            rank_zero_only(print)(f"padam-fit: {stage} results logged to {log_dir}")
+
+    def after_validate(self) -> None:
+        """See :meth:`_after_evaluation`."""
+        self._after_evaluation("validate")
+
+    def after_test(self) -> None:
+        """See :meth:`_after_evaluation`."""
+        self._after_evaluation("test")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the trainer and make its checkpoint writes atomic.
@@ -330,7 +483,12 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
                     "default_hp_metric": False,
                 },
             },
-            "callbacks": [LastCheckpoint(), RunSummary()],
+            "callbacks": [
+                LastCheckpoint(),
+                RunSummary(),
+                RunTimeEstimate(),
+                TensorBoardDashboards(),
+            ],
         },
         # exit_on_error=False: parse errors become exceptions, reported in one line by
         # PadamCLI.parse_arguments instead of jsonargparse's usage text.

@@ -16,3 +16,5 @@ FINISHED_FILE = "finished.json"
 LAST_CHECKPOINT = "last.ckpt"
 #: Where ``LAST_CHECKPOINT`` lives, relative to the run folder.
 LAST_CHECKPOINT_PATH = Path("checkpoints") / LAST_CHECKPOINT
+#: Evaluations of a run (``padam-fit validate|test|predict``) log to ``<run>/eval/<stage>-<N>``.
+EVAL_FOLDER = "eval"

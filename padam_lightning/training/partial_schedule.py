@@ -272,21 +272,54 @@ class PartialSchedule(L.Callback):
                         "scales to 1."
                     )
         if self._loaded_config is not None:
-            current = self.config()
-            changed = {
-                key: (self._loaded_config.get(key), value)
-                for key, value in current.items()
-                if self._loaded_config.get(key) != value
-            }
-            if changed:
-                details = ", ".join(
-                    f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items())
-                )
+            reason = self._changes_from(self._loaded_config, self.config())
+            if reason is not None:
                 raise UserError(
-                    f"PartialSchedule: the checkpoint was trained with another schedule "
-                    f"({details}; total follows trainer.max_epochs when not set). Resume with "
-                    "the original settings, or start a new run without --ckpt_path."
+                    f"{reason}. Resume with the original settings, or start a new run without "
+                    "--ckpt_path."
                 )
+
+    @staticmethod
+    def _changes_from(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+        """A line naming the settings that differ between two :meth:`config` results."""
+        changed = {
+            key: (saved.get(key), value)
+            for key, value in current.items()
+            if saved.get(key) != value
+        }
+        if not changed:
+            return None
+        details = ", ".join(
+            f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items())
+        )
+        return (
+            f"PartialSchedule: the checkpoint was trained with another schedule ({details}; "
+            "total follows trainer.max_epochs when not set)"
+        )
+
+    def resume_conflict(self, saved_state: dict[str, Any] | None, trainer: L.Trainer) -> str | None:
+        """Why a checkpoint cannot continue under this schedule (None: it can).
+
+        Called by padam-fit before the run folder is touched (the same check as in
+        :meth:`on_train_start`, which guards runs started through the Trainer API). A schedule
+        added to a run that had none is refused too: its lr scale and p would jump mid-run.
+
+        Args:
+            saved_state: This callback's state in the checkpoint (None: the run had none).
+            trainer: The trainer about to resume; its ``max_epochs`` is the default ``total``.
+        """
+        if saved_state is None:
+            return (
+                "the checkpoint was trained without a PartialSchedule, but this run configures "
+                "one (trainer.callbacks)"
+            )
+        current = self.config()
+        if current["total"] is None:
+            if self.interval != "epoch":
+                current.pop("total")  # the step count is known once the data is; checked then
+            else:
+                current["total"] = trainer.max_epochs
+        return self._changes_from(dict(saved_state["config"]), current)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Set this epoch's values (epoch interval) or those of its first step (step interval).

@@ -1,21 +1,36 @@
 """Checks that a checkpoint can continue the run a command describes, before anything is written.
 
-A resumed run takes its network and optimizer state from the checkpoint: LightningCLI builds the
-model from the checkpoint's hyperparameters, and the optimizer's ``param_groups`` (learning rate,
-betas, p, ...) are restored over the configured ones. A command that asks for another network,
-optimizer or optimizer setting would therefore be silently overruled, while its config was saved
-over the run's ``config.yaml`` as if it had been used. These checks refuse such a command instead.
+What Lightning restores from a checkpoint when ``fit`` resumes, and what happens to each here:
+
+- ``state_dict`` (the weights): the network must be the same (:func:`check_network`).
+- ``hyper_parameters``: LightningCLI would parse them over the command's ``model.*``; padam-fit
+  does not (``PadamCLI._parse_ckpt_path``), so the command's implementation switches
+  (``channels_last``, ``compile``) apply as configured, and ``arch`` / ``num_classes`` are checked.
+- ``optimizer_states``: their ``param_groups`` (lr, betas, p, ...) replace the configured ones, so
+  the class and every hyperparameter must match (:func:`check_optimizer`).
+- ``lr_schedulers``: the state replaces the scheduler's settings too (milestones, gamma, ...), and a
+  scheduler added or removed is silently ignored, so they must match (:func:`check_schedulers`).
+- ``callbacks``: each callback's state by its ``state_key`` (:func:`check_callbacks`).
+- the data module's state (its seed) and ``datamodule_hyper_parameters`` (:func:`check_data`).
+- ``loops`` (epoch and batch progress) and the precision plugin's scaler state: where the run
+  stopped; that is what resuming means, and ``trainer.max_epochs`` may be raised to train on.
+
+A command that asks for another setting than the checkpoint's would be silently overruled while
+its config was saved over the run's ``config.yaml`` as if it had been used; these checks refuse it
+before the run folder is touched.
 """
 
 from __future__ import annotations
 
 import importlib
 import zipfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 
 from padam_lightning.errors import UserError
 
@@ -30,8 +45,9 @@ SCHEDULED_ARGS = frozenset({"lr", "partial"})
 
 #: What to do when a checkpoint cannot continue the run a command describes.
 RESUME_HINT = (
-    "A resumed run continues with the checkpoint's network and optimizer: resume with the run's "
-    "own config (its config.yaml), or start a new run without --ckpt_path to change them."
+    "A resumed run continues with the checkpoint's network, optimizer, schedules and data order: "
+    "resume with the run's own config (its config.yaml), or start a new run without --ckpt_path "
+    "to change them."
 )
 
 
@@ -153,3 +169,205 @@ def _same(saved: Any, configured: Any) -> bool:
             and all(_same(a, b) for a, b in zip(saved, configured, strict=True))
         )
     return bool(saved == configured)
+
+
+#: Keys of an lr scheduler's state that record its progress, not its settings: they change as the
+#: run goes on, so a resumed run's checkpoint values are expected to differ from a fresh one's.
+SCHEDULER_PROGRESS_KEYS = frozenset(
+    {
+        "last_epoch",
+        "_step_count",
+        "_last_lr",
+        "base_lrs",
+        "_get_lr_called_within_step",
+        "_is_initial",
+        "_initial_step",
+        "verbose",
+        # ReduceLROnPlateau, CosineAnnealingWarmRestarts, CyclicLR, OneCycleLR progress
+        "best",
+        "num_bad_epochs",
+        "cooldown_counter",
+        "last_epoch_rounded",
+        "T_cur",
+        "T_i",
+        "_scale_fn_ref",
+        "_scale_fn_custom",
+        "_milestones",  # SequentialLR's are settings, but derived from its schedulers'
+    }
+)
+
+#: Data module hyperparameters that define the training data (a resumed run must keep them);
+#: the others (data_dir, download, eval_batch_size) say where the data is or how it is evaluated.
+TRAINING_DATA_ARGS = ("dataset", "batch_size", "augment", "synthetic_train_size")
+
+
+def check_schedulers(
+    path: Path, checkpoint: Mapping[str, Any], configured: Sequence[Mapping[str, Any]]
+) -> None:
+    """Refuse a resume whose lr schedulers differ from the checkpoint's.
+
+    Lightning loads the checkpoint's scheduler state over the configured scheduler, which
+    replaces its settings too (``MultiStepLR``'s milestones and gamma are part of its state), and
+    ignores a scheduler added or removed. Either would train with another schedule than the one
+    the command (and the run's ``config.yaml``) states.
+
+    Args:
+        path: The checkpoint file (for the message).
+        checkpoint: Its content, from :func:`read_checkpoint`.
+        configured: ``state_dict()`` of each scheduler this run configures, freshly built.
+
+    Raises:
+        UserError: If the number of schedulers, a scheduler's kind or one of its settings differs.
+    """
+    saved = list(checkpoint.get("lr_schedulers") or [])
+    if len(saved) != len(configured):
+        what = {0: "no lr scheduler", 1: "an lr scheduler"}
+        raise UserError(
+            f"--ckpt_path {path}: the checkpoint was trained with "
+            f"{what.get(len(saved), f'{len(saved)} lr schedulers')}, but this run configures "
+            f"{what.get(len(configured), f'{len(configured)}')} (model.scheduler). {RESUME_HINT}"
+        )
+    for saved_state, configured_state in zip(saved, configured, strict=True):
+        difference = _settings_difference(saved_state, configured_state)
+        if difference is not None:
+            raise UserError(
+                f"--ckpt_path {path}: the checkpoint's lr scheduler {difference}, so its schedule "
+                f"would replace this run's (model.scheduler). {RESUME_HINT}"
+            )
+
+
+def _settings_difference(saved: Mapping[str, Any], configured: Mapping[str, Any]) -> str | None:
+    """How two scheduler states differ in their settings (None: they do not)."""
+    saved_keys = {key for key in saved if key not in SCHEDULER_PROGRESS_KEYS}
+    configured_keys = {key for key in configured if key not in SCHEDULER_PROGRESS_KEYS}
+    if saved_keys != configured_keys:
+        return (
+            f"has the settings {sorted(saved_keys)}, but this run's has "
+            f"{sorted(configured_keys)} (another scheduler class)"
+        )
+    for key in sorted(saved_keys):
+        old, new = saved[key], configured[key]
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            nested = _settings_difference(old, new)
+            if nested is not None:
+                return nested
+        elif isinstance(old, list) and isinstance(new, list) and old and isinstance(old[0], dict):
+            if len(old) != len(new):
+                return f"chains {len(old)} schedulers, but this run's chains {len(new)}"
+            for a, b in zip(old, new, strict=True):
+                nested = _settings_difference(a, b)
+                if nested is not None:
+                    return nested
+        elif not _same(_plain(old), _plain(new)):
+            return f"has {key.lstrip('_')} {_plain(old)!r}, but this run configures {_plain(new)!r}"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A value as a user writes it: MultiStepLR keeps its milestones as a Counter."""
+    if isinstance(value, Counter):
+        return sorted(value.elements())
+    return value
+
+
+class ResumeAware(Protocol):
+    """A callback whose settings a checkpoint's state would replace or contradict on resume."""
+
+    def resume_conflict(self, saved_state: Mapping[str, Any] | None, trainer: Any) -> str | None:
+        """Why the checkpoint's state (None: the run had no such callback) cannot continue.
+
+        Args:
+            saved_state: The callback's state in the checkpoint (None: there is none).
+            trainer: The trainer that is about to resume (not yet running).
+
+        Returns:
+            A one-line reason, or None when the run continues as configured.
+        """
+
+
+#: Callback classes whose presence is part of the run: removing one on resume is refused.
+RUN_DEFINING_CALLBACKS = ("PartialSchedule",)
+
+
+def check_callbacks(path: Path, checkpoint: Mapping[str, Any], trainer: Any) -> None:
+    """Refuse a resume whose callbacks' settings the checkpoint's callback states would overrule.
+
+    Lightning restores each callback's ``state_dict`` by its ``state_key``. Callbacks that know
+    what in their state is a setting implement :class:`ResumeAware` (``PartialSchedule``);
+    ``EarlyStopping`` restores its ``patience`` over the configured one, so that is compared here;
+    ``ModelCheckpoint`` keys its state by its settings, so changed settings start afresh as
+    configured. A run-defining callback (:data:`RUN_DEFINING_CALLBACKS`) in the checkpoint that the
+    command no longer configures is refused too.
+
+    Raises:
+        UserError: On the first conflict found.
+    """
+    saved: Mapping[str, Any] = checkpoint.get("callbacks") or {}
+    configured_keys = set()
+    for callback in trainer.callbacks:
+        key = getattr(callback, "state_key", type(callback).__qualname__)
+        configured_keys.add(key)
+        state = saved.get(key)
+        reason = None
+        if hasattr(callback, "resume_conflict"):
+            reason = callback.resume_conflict(state, trainer)
+        elif (
+            isinstance(callback, EarlyStopping)
+            and state is not None
+            and state.get("patience", callback.patience) != callback.patience
+        ):
+            reason = (
+                f"EarlyStopping: the checkpoint's patience is {state['patience']}, but this "
+                f"run configures {callback.patience} (Lightning would restore the old one)"
+            )
+        if reason is not None:
+            raise UserError(f"--ckpt_path {path}: {reason}. {RESUME_HINT}")
+    for key in saved:
+        name = str(key).split("{", 1)[0]
+        if name in RUN_DEFINING_CALLBACKS and key not in configured_keys:
+            raise UserError(
+                f"--ckpt_path {path}: the checkpoint was trained with the callback {name}, which "
+                f"this run does not configure (trainer.callbacks). {RESUME_HINT}"
+            )
+
+
+def check_data(
+    path: Path, checkpoint: Mapping[str, Any], datamodule: Any, seed: int | None
+) -> None:
+    """Refuse a resume with another data seed or other training data than the checkpoint's.
+
+    The data module restores the run's seed from the checkpoint (the shuffle order and the
+    augmentation continue unchanged), so a command asking for another seed would be ignored;
+    another dataset or batch size would make the resumed part of the run another experiment.
+
+    Args:
+        path: The checkpoint file (for the message).
+        checkpoint: Its content, from :func:`read_checkpoint`.
+        datamodule: The configured data module (its hyperparameters are compared).
+        seed: The data seed this run configures (None: not known, not compared).
+
+    Raises:
+        UserError: If the seed or a setting of :data:`TRAINING_DATA_ARGS` differs.
+    """
+    if datamodule is None:
+        return
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if (
+        seed is not None
+        and isinstance(state, Mapping)
+        and "seed" in state
+        and int(state["seed"]) != int(seed)
+    ):
+        raise UserError(
+            f"--ckpt_path {path}: the run's data seed is {state['seed']}, but this run "
+            f"configures {seed} (seed_everything / data.seed); the shuffle order and "
+            f"augmentation of a resumed run continue with its own seed. {RESUME_HINT}"
+        )
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    configured = getattr(datamodule, "hparams", {}) or {}
+    for name in TRAINING_DATA_ARGS:
+        if name in saved and name in configured and not _same(saved[name], configured[name]):
+            raise UserError(
+                f"--ckpt_path {path}: the run was trained with data.{name} {saved[name]!r}, but "
+                f"this run configures {configured[name]!r}. {RESUME_HINT}"
+            )
