@@ -1,10 +1,12 @@
 """Summarise a ``benchmarks/gpu.sh`` run from its step logs: every table, ratio and goal.
 
 Used by gpu.sh (``python benchmarks/_gpu_report.py WORK_DIR``, the folder of its ``NAME.out``,
-``NAME.err`` and ``steps.tsv``); not a benchmark itself. Prints, in order: each step's verdict
-(with the end of its stderr when it failed), each measurement's own output (its tables and ratio
-lines), the padam-fit training run epoch by epoch (train + eval seconds and test error), and last
-the goals, so that the end of the output holds the figures that matter.
+``NAME.err``, ``steps.tsv`` and ``notes.txt``) after every row, so that the summary always holds
+what has ended; not a benchmark itself. Prints, in order: gpu.sh's notes, each row's verdict (with
+the end of its stderr when it failed), each measurement's own output (its tables and ratio lines;
+for a row stopped early, the medians of the rounds it finished), the padam-fit training run epoch
+by epoch (train + eval seconds and test error), and last the goals, so that the end of the output
+holds the figures that matter. It imports no torch (it runs in a fraction of a second).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ MEASUREMENTS = (
     "environment",
     "cuda_correctness",
     "decode_jpegs",
-    "data_path",
     "training_step",
     "throughput",
     "released_epoch",
+    "cudnn_benchmark",
+    "sweep_throughput",
+    "data_path",
     "throughput_others",
     "optimizer_step",
 )
@@ -45,6 +49,10 @@ RELEASED_LINE = re.compile(r"released epoch (\d+): train ([\d.]+) s, eval ([\d.]
 RATE_CELL = re.compile(r"([\d,]+) \( *[\d.]+x\)")
 #: The first line of each benchmark (describe_machine): date and time, CPU, GPU, versions.
 MACHINE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d; ")
+#: A measurement as _timing.interleaved reports it on stderr: "  round 2/3: NAME: 1,234.5".
+ROUND_LINE = re.compile(r"^ +round \d+/\d+: (.+): ([\d,.]+)$", re.M)
+#: Lines of a row's stdout that carry its result (a ratio or a goal), kept in the goals.
+GOAL_MARKERS = ("goal", "on / off", "runs per GPU", "skipped:")
 
 
 def read(work: Path, name: str) -> str:
@@ -65,15 +73,34 @@ def step_lines(work: Path) -> list[str]:
     return lines
 
 
+def verdicts(work: Path) -> dict[str, str]:
+    """Each row's verdict so far (``ok, 12 s``, ``TIMED OUT at 60 s, 70 s`` ...)."""
+    rows = (line.partition("\t") for line in read(work, "steps.tsv").splitlines())
+    return {name: verdict for name, _, verdict in rows}
+
+
+def partial_rounds(err: str) -> list[str]:
+    """Medians of the rounds a stopped row finished, from its stderr's round lines."""
+    samples: dict[str, list[float]] = {}
+    for name, value in ROUND_LINE.findall(err):
+        samples.setdefault(name, []).append(float(value.replace(",", "")))
+    return [
+        f"(stopped early) {name}: median {statistics.median(values):,.1f} of {len(values)} round(s)"
+        for name, values in samples.items()
+    ]
+
+
 def measurement_lines(work: Path) -> list[str]:
-    """The stdout of each measurement step (and the compile costs, which go to stderr)."""
+    """The stdout of each measurement row (and the compile costs, which go to stderr)."""
     lines: list[str] = []
     machine_seen = False
+    ended = verdicts(work)
     for name in MEASUREMENTS:
         out = [line.rstrip() for line in read(work, f"{name}.out").splitlines() if line.strip()]
-        compiles = [
-            line.strip() for line in read(work, f"{name}.err").splitlines() if "(compiles)" in line
-        ]
+        err = read(work, f"{name}.err")
+        compiles = [line.strip() for line in err.splitlines() if "(compiles)" in line]
+        if name in ended and not ended[name].startswith("ok"):
+            compiles += partial_rounds(err)
         if not out and not compiles:
             continue
         if machine_seen:  # the machine line ("2026-11-28 23:47; CPU ...; torch ...") once
@@ -116,7 +143,7 @@ def training_lines(work: Path) -> tuple[list[str], float | None]:
     text = read(work, f"{TRAINING}.out")
     settings = re.search(r"^settings: (.*)$", text, re.M)
     epochs = parse_epochs(text)
-    lines = [f"== padam-fit ResNet-18 with Padam ({len(epochs)} epochs)"]
+    lines = [f"== padam-fit training run with Padam ({len(epochs)} epochs reported)"]
     if settings:
         lines.append(f"  settings: {settings.group(1)}")
     if not epochs:
@@ -141,6 +168,8 @@ def training_lines(work: Path) -> tuple[list[str], float | None]:
     steady = [r for r in full if int(r["epoch"]) >= 1]
     if steady:
         which = f"median of the {len(steady)} full epochs after the first"
+        if len(steady) < 2:
+            which += " (fewer than the 2 planned)"
     else:
         steady, which = [first], "only the first epoch finished; its time"
     seconds = statistics.median(float(r["train"]) + float(r["eval"]) for r in steady)
@@ -171,13 +200,21 @@ def throughput_rates(text: str) -> dict[str, dict[str, float]]:
 def goal_lines(work: Path, fit_epoch: float | None) -> list[str]:
     """Every goal's figure, one line each."""
     lines = ["== goals"]
-    for name in ("data_path", "training_step", "optimizer_step"):
+    for name in (
+        "data_path",
+        "training_step",
+        "optimizer_step",
+        "cudnn_benchmark",
+        "sweep_throughput",
+    ):
         lines += [
-            f"  {line.strip()}" for line in read(work, f"{name}.out").splitlines() if "goal" in line
+            f"  {line.strip()}"
+            for line in read(work, f"{name}.out").splitlines()
+            if any(marker in line for marker in GOAL_MARKERS)
         ]
     if fit_epoch is not None:
         lines.append(
-            f"  padam-fit epoch of the training run (ResNet-18 on a GPU; train + eval): "
+            f"  padam-fit steady epoch of the training run (ResNet-18 on a GPU; train + eval): "
             f"{fit_epoch:.2f} s (goal <= 2)"
         )
     released = RELEASED_LINE.findall(read(work, "released_epoch.out"))
@@ -204,7 +241,9 @@ def goal_lines(work: Path, fit_epoch: float | None) -> list[str]:
 def summarise(work: Path) -> list[str]:
     """The whole report."""
     training, fit_epoch = training_lines(work)
+    notes = [line for line in read(work, "notes.txt").splitlines() if line.strip()]
     return [
+        *notes,
         *step_lines(work),
         *measurement_lines(work),
         *training,

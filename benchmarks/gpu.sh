@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Measure the performance goals of docs/performance.md on one CUDA GPU, in one run of < 8 minutes.
+# Measure the performance goals of docs/performance.md on one CUDA GPU, in one run of ~7 minutes.
 #
 # Once, on a machine with network access and the project's .venv (fills the git-ignored .gpu_data/
-# folder: the CIFAR-10 JPEG tarball and the pure-Python wheels of jsonargparse[signatures], which
-# an offline GPU machine's Python may lack):
+# folder: the CIFAR-10 JPEG tarball and pure-Python wheels of what the GPU image lacks:
+# jsonargparse[signatures] for padam-fit, submitit for padam-sweep, pytorch_optimizer where the
+# project uses it):
 #
 #     bash benchmarks/gpu.sh prepare
 #
@@ -11,41 +12,50 @@
 #
 #     bash benchmarks/gpu.sh            # OUT=dir keeps summary.txt and gpu-bench.log there
 #
-# Dry run of every step on the CPU with tiny sizes (a few minutes), to check the script:
+# Dry run on the CPU, to check the script (docs/performance.md, "Reproducing"):
 #
 #     GPU_SH_SMOKE=1 bash benchmarks/gpu.sh
 #
-# Steps, each under `timeout` (one failing step does not stop the others): the wheels installed
-# into a temporary folder put first on PYTHONPATH; the environment; Padam on CUDA against
-# the CPU for-loop (tests/optim, a few seconds); the JPEGs (extracted, decoded
-# once); the data path against torchvision; a padam-fit step against a plain loop; ResNet-18
-# throughput by precision and compilation; a faithful released-code epoch (the 10x baseline);
-# WRN-16-4 and VGG-16 throughput; the optimizer step; then a padam-fit training run of ResNet-18
-# with Padam on the JPEGs under a fixed --trainer.max_time (no sanity validation), printing epoch
-# times and test error per epoch. The whole run is bounded by GPU_SH_BUDGET_S (470 s): the
-# measurements must end by a deadline that keeps GPU_SH_TRAIN_S (120 s) of training free; a step
-# that would run past it is cut short or skipped. The training then gets whatever the budget has
-# left, at least GPU_SH_TRAIN_S and at most GPU_SH_TRAIN_MAX_S (300 s, the issue's five minutes):
-# with the measurements (about four minutes) the full five minutes do not fit in eight.
+# The dry run runs every row with the same arguments as the GPU run (bf16-mixed, 16-mixed,
+# channels-last, torch.compile, cudnn.benchmark, the sweep's --runs-per-gpu ...): the argument
+# lists are built once below, from size variables, and only the sizes differ (a tiny network, a
+# few steps, a few batches). Only the CUDA tests skip there.
 #
-# Output: stdout; with $OUT set, only two files there: $OUT/summary.txt (every ratio, the epoch
-# times and the test error per epoch; also printed at the very end of stdout) and
-# $OUT/gpu-bench.log (every step's stdout and stderr). Without $OUT both go to a temporary folder.
+# Rows, in order of importance (a row that would pass the time budget is cut short or skipped,
+# so the last ones go first): the environment; CUDA correctness (Padam on CUDA against the CPU
+# for-loop, the batched crop/flip on CUDA against torchvision's per-image pipeline); the JPEGs
+# decoded once; a padam-fit training run of ResNet-18 with Padam (epoch 0 compiles, the later
+# ones are the steady epochs); a padam-fit step against a plain loop; ResNet-18 throughput by
+# precision and compilation; a faithful released-code epoch (the 10x baseline); cudnn.benchmark on
+# against off; sweep throughput with --runs-per-gpu 1, 2, 4; the data path against torchvision.
+# Not in the default plan (GPU_SH_ROWS=all or a list adds them): WRN-16-4 and VGG-16 throughput
+# (throughput_others) and the optimizer step (optimizer_step, which compiles Padam's fused step).
+#
+# Each row runs under `timeout`; its stdout is printed as it comes, and summary.txt is rewritten
+# when each row ends, so a failed or timed-out row, or the whole command stopped from outside,
+# loses nothing that ended before it. Output: stdout; with $OUT set, two files there:
+# $OUT/summary.txt (every row's verdict, tables, ratios, goals, the epochs of the training run;
+# printed again at the very end) and $OUT/gpu-bench.log (every row's stdout and stderr). Without
+# $OUT both go to a temporary folder.
 #
 # Environment: PYTHON (the interpreter; default: the first of .venv/bin/python, python3 that has
 # torch), CIFAR_TARBALL (the tarball), GPU_DATA_DIR (where to extract it; default
-# ${TMPDIR:-/tmp}/padam-gpu-data), GPU_SH_WHEELS (default .gpu_data/wheels), GPU_SH_BUDGET_S,
-# GPU_SH_TRAIN_S, GPU_SH_TRAIN_MAX_S (seconds, above), GPU_SH_SKIP (comma-separated step names
-# to leave out, e.g. GPU_SH_SKIP=optimizer_step,throughput_others), GPU_SH_SMOKE (1: CPU dry run).
+# ${TMPDIR:-/tmp}/padam-gpu-data), GPU_SH_WHEELS (default .gpu_data/wheels), GPU_SH_BUDGET_S (the
+# whole run's seconds: 420 on a GPU, 1500 for the dry run), GPU_SH_ROWS (comma-separated rows to
+# run instead of the default plan, or "all"; the environment row always runs), GPU_SH_SKIP
+# (comma-separated rows to leave out), GPU_SH_SMOKE (1: CPU dry run).
 
-set -uo pipefail # no -e: a failed step is reported and the next one runs
+set -uo pipefail # no -e: a failed row is reported and the next one runs
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 REPO=$(pwd)
 WHEELS=${GPU_SH_WHEELS:-.gpu_data/wheels}
-# The extra packages padam_lightning.cli needs beyond torch and Lightning: jsonargparse with its
-# [signatures] extra. Their own requirements (PyYAML, typing-extensions) are on the GPU image.
-WHEEL_PACKAGES=(jsonargparse docstring_parser typeshed_client)
+# What padam-fit and padam-sweep import beyond the GPU image's torch, Lightning, torchmetrics,
+# tensorboard, PyYAML, typing-extensions and cloudpickle: jsonargparse with its [signatures]
+# extra (docstring_parser, typeshed_client), and submitit. All pure Python.
+WHEEL_PACKAGES=(jsonargparse docstring_parser typeshed_client submitit)
+# Carried too when the project's .venv has them (the GPU image does not).
+OPTIONAL_WHEEL_PACKAGES=(pytorch_optimizer)
 
 # -- prepare: fill .gpu_data/ (run where there is network, not on the GPU machine) ---------------
 
@@ -63,15 +73,16 @@ if [[ ${1:-} == prepare ]]; then
     fi
     [[ -f .gpu_data/cifar10-jpeg.tar.gz ]] ||
         echo "gpu.sh prepare: no CIFAR-10 JPEG tarball found (CIFAR_TARBALL=...); gpu.sh will use synthetic data"
-    # The versions of the project's venv, pure-Python wheels for the GPU image's Python 3.12.
+    # The versions of the project's venv, as pure-Python wheels for the GPU image's Python 3.12.
     specs=()
-    for name in "${WHEEL_PACKAGES[@]}"; do
+    for name in "${WHEEL_PACKAGES[@]}" "${OPTIONAL_WHEEL_PACKAGES[@]}"; do
         version=$("$py" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')
-        if [[ -z $version ]]; then
+        if [[ -n $version ]]; then
+            specs+=("$name==$version")
+        elif [[ " ${WHEEL_PACKAGES[*]} " == *" $name "* ]]; then
             echo "gpu.sh prepare: $name is not installed in $py (make install first, or PYTHON=...)"
             exit 1
         fi
-        specs+=("$name==$version")
     done
     rm -f "$WHEELS"/*.whl # one version of each: two would stop the install
     "$py" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
@@ -86,31 +97,59 @@ if [[ ${1:-} == prepare ]]; then
     exit 0
 fi
 
-# -- budget --------------------------------------------------------------------------------------
+# -- sizes: the only thing the dry run changes ---------------------------------------------------
 
-START=$SECONDS
 SMOKE=${GPU_SH_SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
     DEVICE=cpu
-    BUDGET=${GPU_SH_BUDGET_S:-900} # a small, busy CPU
-    TRAIN_MIN_S=${GPU_SH_TRAIN_S:-20}
-    TRAIN_MAX_S=${GPU_SH_TRAIN_MAX_S:-30}
-    TRAIN_SLACK=150 # padam-fit's start-up and wind-down around max_time
+    ACCELERATOR=cpu
+    BUDGET=${GPU_SH_BUDGET_S:-1500} # a small, busy CPU; compiling alone takes minutes
+    CAP_FACTOR=4                    # each row's time cap, times this
+    ARCH=wrn10_1                    # the network of every ResNet-18 row
+    OTHER_NETWORKS=wrn10_1          # throughput_others
+    BATCH=8
+    ROUNDS=1
+    WARMUP=1
+    STEPS=1
+    DATA_ROUNDS=1 DATA_BASELINE_BATCHES=2 DATA_BATCHES=5
+    FIT_LIMITS=(--data.batch_size "$BATCH" --trainer.limit_train_batches 3
+        --trainer.limit_val_batches 2)
+    RELEASED_LIMITS=(--limit-batches 2)
+    SWEEP_SIZES=(--batch-size "$BATCH" --batches 2)
 else
     DEVICE=cuda
-    BUDGET=${GPU_SH_BUDGET_S:-470}
-    TRAIN_MIN_S=${GPU_SH_TRAIN_S:-120}
-    TRAIN_MAX_S=${GPU_SH_TRAIN_MAX_S:-300}
-    TRAIN_SLACK=40
+    ACCELERATOR=gpu
+    BUDGET=${GPU_SH_BUDGET_S:-420}
+    CAP_FACTOR=1
+    ARCH=resnet18
+    OTHER_NETWORKS=wrn16_4,vgg16
+    BATCH=128
+    ROUNDS=2
+    WARMUP=5
+    STEPS=20
+    DATA_ROUNDS=3 DATA_BASELINE_BATCHES=20 DATA_BATCHES=200
+    FIT_LIMITS=()
+    RELEASED_LIMITS=()
+    SWEEP_SIZES=(--batch-size "$BATCH" --batches 200)
 fi
-KILL_S=5        # timeout --kill-after of a measurement step
-TRAIN_KILL_S=10 # ... of the training run (it saves a checkpoint on the way out)
-REPORT_S=15     # the summary at the end
-# Every step before the training ends (killed at worst) by this many seconds after the start.
-MEASURE_END=$((BUDGET - REPORT_S - TRAIN_KILL_S - TRAIN_SLACK - TRAIN_MIN_S))
-MIN_STEP_S=15 # a step with less time than this left is skipped
+FIT_EPOCHS=3 # epoch 0 compiles; epochs 1 and 2 are the steady ones
+# padam-fit's GPU defaults, spelled out so that the dry run runs them too: bf16-mixed,
+# channels-last, compiled, and cudnn.benchmark as PadamCLI sets it (benchmarks/_timing.py).
+CUDNN_BENCHMARK=$(sed -n 's/^CUDNN_BENCHMARK = \(True\|False\)$/\1/p' benchmarks/_timing.py |
+    tr '[:upper:]' '[:lower:]')
+[[ -n $CUDNN_BENCHMARK ]] || CUDNN_BENCHMARK=true
+GPU_SETTINGS=(--trainer.precision bf16-mixed --model.channels_last true --model.compile true
+    --trainer.benchmark "$CUDNN_BENCHMARK")
+DEFAULT_ROWS=(environment cuda_correctness decode_jpegs padam_fit_resnet18 training_step
+    throughput released_epoch cudnn_benchmark sweep_throughput data_path)
+EXTRA_ROWS=(throughput_others optimizer_step)
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-bench.XXXXXX") # per-step logs, read by the report
+KILL_S=10    # timeout --kill-after of a row (padam-fit saves a checkpoint on the way out)
+REPORT_S=10  # the summary at the end
+MIN_STEP_S=8 # a row with less time than this left is skipped
+START=$SECONDS
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-bench.XXXXXX") # per-row logs, read by the report
 if [[ -n ${OUT:-} ]]; then
     mkdir -p "$OUT"
     RESULT_DIR=$OUT
@@ -121,59 +160,72 @@ SUMMARY_FILE="$RESULT_DIR/summary.txt"
 LOG="$RESULT_DIR/gpu-bench.log"
 : >"$SUMMARY_FILE"
 : >"$LOG"
+: >"$WORK/notes.txt"
+: >"$WORK/steps.tsv"
 
 now() { echo $((SECONDS - START)); }
 
-say() { # a line to stdout, the summary and the log
+say() { # a line to stdout, the log and the summary's notes
     echo "$*"
-    echo "$*" >>"$SUMMARY_FILE"
     echo "$*" >>"$LOG"
+    echo "$*" >>"$WORK/notes.txt"
+}
+
+summarise() { # rewrite summary.txt from the rows so far (cheap: no torch import)
+    if [[ -n ${PY:-} ]] && timeout 20 "$PY" benchmarks/_gpu_report.py "$WORK" >"$WORK/report.txt" 2>&1; then
+        cp "$WORK/report.txt" "$SUMMARY_FILE"
+    else
+        { cat "$WORK/notes.txt" "$WORK/steps.tsv" "$WORK/report.txt"; } >"$SUMMARY_FILE" 2>/dev/null
+    fi
 }
 
 die() {
     say "gpu.sh: $*"
     say "gpu.sh: stopped after $(now) s; log: $LOG"
+    summarise
     exit 1
 }
 
-# limit_for CAP [END]: the seconds a command may run so that, killed at worst, it ends by END
-# (default MEASURE_END); at most CAP.
-limit_for() {
-    local cap=$1 end=${2:-$MEASURE_END} left
-    left=$((end - $(now) - ${STEP_KILL:-$KILL_S}))
-    ((left < cap)) && cap=$left
-    ((cap < 1)) && cap=1
-    echo "$cap"
+# wanted NAME: whether the row is in this run's plan (GPU_SH_ROWS, else the default plan) and
+# not in GPU_SH_SKIP.
+wanted() {
+    local name=$1 rows
+    [[ ,${GPU_SH_SKIP:-}, == *",$name,"* ]] && return 1
+    [[ $name == environment ]] && return 0
+    rows=${GPU_SH_ROWS:-${DEFAULT_ROWS[*]}}
+    rows=",${rows// /,},"
+    [[ $rows == *",all,"* || $rows == *",$name,"* ]]
 }
 
-# step NAME CAP COMMAND...: run COMMAND under timeout, at most CAP seconds and not past
-# MEASURE_END (STEP_END overrides it); stdout to $WORK/NAME.out, stderr to $WORK/NAME.err, both
-# then appended to the log; the stdout is printed.
-step() {
-    local name=$1 cap=$2
+# row NAME CAP COMMAND...: run COMMAND under timeout, at most CAP * CAP_FACTOR seconds and not
+# past the budget; its stdout is printed as it comes and kept in $WORK/NAME.out, its stderr in
+# $WORK/NAME.err; both go to the log, and summary.txt is rewritten after it.
+row() {
+    local name=$1 cap=$(($2 * CAP_FACTOR))
     shift 2
-    local limit kill=${STEP_KILL:-$KILL_S}
-    if [[ ,${GPU_SH_SKIP:-}, == *",$name,"* ]]; then
+    if ! wanted "$name"; then
         LAST_STATUS=0
-        echo "== $name: skipped (GPU_SH_SKIP)" | tee -a "$LOG"
-        echo "$name	skipped (GPU_SH_SKIP)" >>"$WORK/steps.tsv"
+        echo "== $name: not in this run's plan (GPU_SH_ROWS / GPU_SH_SKIP)" >>"$LOG"
         return 0
     fi
-    limit=$(limit_for "$cap" "${STEP_END:-$MEASURE_END}")
+    local left=$((BUDGET - REPORT_S - KILL_S - $(now)))
+    local limit=$((cap < left ? cap : left))
     if ((limit < MIN_STEP_S)); then
         LAST_STATUS=124
-        echo "== $name: SKIPPED (time budget spent at $(now) s)" | tee -a "$LOG"
-        echo "$name	SKIPPED: out of time" >>"$WORK/steps.tsv"
+        say "== $name: SKIPPED (time budget spent at $(now) s)"
+        printf '%s\tSKIPPED: out of time\n' "$name" >>"$WORK/steps.tsv"
+        summarise
         return 0
     fi
     local shown="$*"
     shown=${shown//$'\n'/ }
-    ((${#shown} > 200)) && shown="${shown:0:200} ..."
+    ((${#shown} > 240)) && shown="${shown:0:240} ..."
     echo ""
     echo "== $name (at $(now) s, limit ${limit} s): $shown" | tee -a "$LOG"
     local began=$SECONDS status
-    timeout --kill-after="$kill" "$limit" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"
-    status=$?
+    timeout --kill-after="$KILL_S" "$limit" "$@" 2>"$WORK/$name.err" </dev/null |
+        tee "$WORK/$name.out" | tee -a "$LOG"
+    status=${PIPESTATUS[0]}
     LAST_STATUS=$status
     local took=$((SECONDS - began)) verdict
     case $status in
@@ -182,16 +234,14 @@ step() {
         *) verdict="FAILED (exit $status)" ;;
     esac
     {
-        echo "-- stdout"
-        cat "$WORK/$name.out"
-        echo "-- stderr"
+        echo "-- stderr of $name"
         cat "$WORK/$name.err"
         echo "== $name: $verdict after ${took} s"
     } >>"$LOG"
-    cat "$WORK/$name.out"
     ((status != 0)) && tail -n 15 "$WORK/$name.err"
     echo "== $name: $verdict after ${took} s"
-    echo "$name	$verdict, ${took} s" >>"$WORK/steps.tsv"
+    printf '%s\t%s, %s s\n' "$name" "$verdict" "$took" >>"$WORK/steps.tsv"
+    summarise
     return 0
 }
 
@@ -208,36 +258,40 @@ for candidate in "${PYTHON:-}" .venv/bin/python python3 python; do
 done
 [[ -n $PY ]] || die "no Python with torch found (tried \$PYTHON, .venv/bin/python, python3, python)."
 
-# jsonargparse[signatures] from the carried wheels, first on the path. No index is reachable on
-# the GPU machine, so nothing else is installed: the rest must be in $PY already.
+# The carried wheels, first on the path. No index is reachable on the GPU machine, so nothing
+# else is installed: the rest must be in $PY already.
 SITE=""
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
     SITE="$WORK/site"
     timeout 60 "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps \
         --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl >>"$LOG" 2>&1 ||
         die "installing the wheels of $WHEELS into $SITE failed (see $LOG)."
-elif ! "$PY" -c "import jsonargparse, docstring_parser, typeshed_client" >/dev/null 2>&1; then
-    die "$PY lacks jsonargparse[signatures] (padam-fit's CLI) and $WHEELS holds no wheels." \
-        "Run 'bash benchmarks/gpu.sh prepare' where there is network (it downloads them into" \
-        ".gpu_data/wheels), then carry .gpu_data along."
+elif ! "$PY" -c "import jsonargparse, docstring_parser, typeshed_client, submitit" >/dev/null 2>&1; then
+    die "$PY lacks jsonargparse[signatures] (padam-fit) or submitit (padam-sweep), and" \
+        "$WHEELS holds no wheels. Run 'bash benchmarks/gpu.sh prepare' where there is network" \
+        "(it downloads them into .gpu_data/wheels), then carry .gpu_data along."
 fi
 # The wheels first; then the tree itself, not an installed copy; benchmarks/ holds the helpers.
 export PYTHONPATH="${SITE:+$SITE:}$REPO:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
+PLAN=${GPU_SH_ROWS:-${DEFAULT_ROWS[*]}}
 say "gpu.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), Python $PY ($(command -v "$PY" || echo "$PY")), smoke=$SMOKE"
-say "gpu.sh: budget ${BUDGET} s; measurements end by ${MEASURE_END} s; training ${TRAIN_MIN_S}..${TRAIN_MAX_S} s"
+say "gpu.sh: budget ${BUDGET} s; rows: ${PLAN// /,}${GPU_SH_SKIP:+; skipping $GPU_SH_SKIP}" \
+    "(not in the default plan: ${EXTRA_ROWS[*]})"
 
-step environment 45 "$PY" -c "
+row environment 45 "$PY" -c "
 import os, platform
-import jsonargparse, lightning, torch, torchmetrics, torchvision
+import jsonargparse, lightning, submitit, torch, torchmetrics, torchvision
 from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE
 assert _JSONARGPARSE_SIGNATURES_AVAILABLE, 'Lightning does not see jsonargparse[signatures]'
 import padam_lightning.cli  # padam-fit's CLI, with all it imports
+import padam_lightning.experiments.sweep  # padam-sweep, with submitit
 print(f'python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), '
       f'torchvision {torchvision.__version__}, lightning {lightning.__version__}, '
       f'torchmetrics {torchmetrics.__version__}, {os.cpu_count()} CPUs')
-print(f'jsonargparse {jsonargparse.__version__} from {os.path.dirname(jsonargparse.__file__)}')
+print(f'jsonargparse {jsonargparse.__version__} from {os.path.dirname(jsonargparse.__file__)}; '
+      f'submitit {submitit.__version__}')
 if torch.cuda.is_available():
     props = torch.cuda.get_device_properties(0)
     print(f'GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, '
@@ -251,17 +305,19 @@ except ImportError:
     print('triton available: unknown')
 "
 ((LAST_STATUS == 0)) ||
-    die "the environment check failed: padam_lightning.cli or its dependencies do not import (above)."
+    die "the environment check failed: padam-fit's or padam-sweep's imports fail (above)."
 if [[ $DEVICE == cuda ]] && ! grep -q "^GPU: [^n]" "$WORK/environment.out" 2>/dev/null; then
     die "torch sees no CUDA device; nothing to measure (GPU_SH_SMOKE=1 runs on the CPU)."
 fi
 command -v nvidia-smi >/dev/null 2>&1 && timeout 10 nvidia-smi -L 2>&1 | tee -a "$LOG"
 
-# Padam on CUDA against the CPU for-loop, every state tensor: the multi-tensor path (the GPU
-# default) for every configuration, and one compiled (fused) graph.
-CUDA_TESTS=tests/optim/test_padam_paths.py::test_cuda_paths_match_the_cpu_for_loop
-step cuda_correctness 90 "$PY" -m pytest -q -p no:cacheprovider "$CUDA_TESTS" \
-    -k "not fused or fused-0.125-amsgrad"
+# Padam on CUDA against the CPU for-loop, every state tensor (the multi-tensor path for every
+# configuration, and one compiled fused graph: the others compile for minutes); the batched
+# crop/flip on CUDA against the per-image PIL pipeline. They skip on the CPU; pytest's exit
+# status 5 (nothing selected) fails the row there too.
+row cuda_correctness 120 "$PY" -m pytest -q -p no:cacheprovider -rs \
+    tests/optim/test_padam_paths.py tests/data/test_augment_cuda.py \
+    -k "cuda and (not fused or fused-0.125-amsgrad)"
 
 # -- 2. Data -------------------------------------------------------------------------------------
 
@@ -279,9 +335,9 @@ if [[ -n $TARBALL ]]; then
     say "gpu.sh: CIFAR-10 JPEGs from $TARBALL -> $DATA_DIR"
     if [[ ! -d $DATA_DIR/train || ! -d $DATA_DIR/test ]]; then
         mkdir -p "$DATA_DIR"
-        timeout "$(limit_for 60)" tar -xzf "$TARBALL" -C "$DATA_DIR" || say "gpu.sh: extracting failed"
+        timeout 120 tar -xzf "$TARBALL" -C "$DATA_DIR" || say "gpu.sh: extracting failed"
     fi
-    step decode_jpegs "$([[ $SMOKE == 1 ]] && echo 240 || echo 60)" "$PY" -c "
+    row decode_jpegs 60 "$PY" -c "
 import time
 from padam_lightning.data import CIFARDataModule
 start = time.perf_counter()
@@ -300,71 +356,54 @@ else
         --data.synthetic_test_size 10000)
 fi
 
-# -- 3. Measurements (in order of importance: the later ones are cut first) ----------------------
+# -- 3. Training ResNet-18 with Padam through padam-fit ------------------------------------------
 
-if [[ $SMOKE == 1 ]]; then
-    step data_path 150 "$PY" benchmarks/data_path.py --device cpu ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} \
-        --rounds 1 --baseline-batches 2 --batches 5
-    step training_step 150 "$PY" benchmarks/training_step.py --device cpu --arch wrn10_1 \
-        --batch-size 16 --rounds 1 --warmup 1 --steps 2
-    step throughput 150 "$PY" benchmarks/throughput.py --device cpu --networks wrn10_1 \
-        --batch-size 8 --steps 1 --rounds 1 --modes 32-true,bf16-mixed+cl
-    step released_epoch 150 "$PY" benchmarks/epoch_time.py --device cpu \
-        ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --arch wrn10_1 --epochs 1 --limit-batches 2 --skip-padam-fit
-    step throughput_others 90 "$PY" benchmarks/throughput.py --device cpu --networks wrn10_1 \
-        --batch-size 8 --steps 1 --rounds 1 --modes 32-true
-    step optimizer_step 150 "$PY" benchmarks/optimizer_step.py --rounds 1 --steps 1
-else
-    step data_path 60 "$PY" benchmarks/data_path.py --device cuda ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} \
-        --rounds 3
-    step training_step 75 "$PY" benchmarks/training_step.py --device cuda --arch resnet18 \
-        --rounds 2 --warmup 5 --steps 30
-    # Compiling ResNet-18 here also fills Inductor's on-disk cache for the training run.
-    step throughput 120 "$PY" benchmarks/throughput.py --device cuda --batch-size 128 \
-        --steps 20 --rounds 2 --networks resnet18 \
-        --modes 32-true,bf16-mixed,bf16-mixed+cl,16-mixed+cl,bf16-mixed+cl+compile
-    step released_epoch 75 "$PY" benchmarks/epoch_time.py --device cuda \
-        ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --arch resnet18 --epochs 2 --skip-padam-fit
-    step throughput_others 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 128 \
-        --steps 20 --rounds 2 --networks wrn16_4,vgg16 --modes 32-true,bf16-mixed+cl
-    step optimizer_step 60 "$PY" benchmarks/optimizer_step.py --rounds 2 --steps 3
-fi
-
-# -- 4. Training ResNet-18 with Padam through padam-fit ------------------------------------------
-
-# The training gets what the budget has left (at least TRAIN_MIN_S, reserved above), at most
-# TRAIN_MAX_S, as a fixed max_time. The timer starts with the first training batch (compilation
-# included); num_sanity_val_steps 0 keeps the evaluation graph's compilation inside it too.
-TRAIN_END=$((BUDGET - REPORT_S))
-TRAIN_S=$((TRAIN_END - $(now) - TRAIN_KILL_S - TRAIN_SLACK))
-((TRAIN_S > TRAIN_MAX_S)) && TRAIN_S=$TRAIN_MAX_S
-printf -v MAX_TIME "00:00:%02d:%02d" $((TRAIN_S / 60)) $((TRAIN_S % 60))
-say "gpu.sh: training for max_time $MAX_TIME (${TRAIN_S} s) from $(now) s"
-RUN_DIR="$DATA_ROOT/runs"
-if [[ $SMOKE == 1 ]]; then
-    TRAIN_ARGS=(--trainer.accelerator cpu --model.arch wrn10_1 --data.batch_size 16
-        --trainer.max_epochs 2 --trainer.limit_train_batches 2 --trainer.limit_val_batches 2)
-else
-    TRAIN_ARGS=(--trainer.accelerator gpu)
-fi
-STEP_END=$TRAIN_END STEP_KILL=$TRAIN_KILL_S step padam_fit_resnet18 $((TRAIN_S + TRAIN_SLACK)) \
-    "$PY" -m padam_lightning.cli fit \
-    --config configs/resnet18.yaml "${FIT_DATA[@]}" \
-    --model.channels_last null --model.compile null \
+# FIT_EPOCHS epochs with EpochReport printing each epoch as it ends: epoch 0 pays for compilation
+# (no sanity validation, so the evaluation graph compiles inside it too), the later ones are the
+# steady epochs of the goal. A row stopped by its cap keeps the epochs printed before.
+row padam_fit_resnet18 210 "$PY" -m padam_lightning.cli fit \
+    --config configs/resnet18.yaml "${FIT_DATA[@]}" --model.arch "$ARCH" \
+    --trainer.accelerator "$ACCELERATOR" "${GPU_SETTINGS[@]}" \
+    --trainer.max_epochs "$FIT_EPOCHS" \
     --trainer.enable_progress_bar false \
     --trainer.num_sanity_val_steps 0 \
-    --trainer.max_time "$MAX_TIME" \
-    --trainer.logger.init_args.save_dir "$RUN_DIR" \
+    --trainer.logger.init_args.save_dir "$DATA_ROOT/runs" \
     --trainer.callbacks+=_timing.EpochReport \
-    "${TRAIN_ARGS[@]}"
+    ${FIT_LIMITS[@]+"${FIT_LIMITS[@]}"}
+
+# -- 4. Measurements ------------------------------------------------------------------------------
+
+row training_step 60 "$PY" benchmarks/training_step.py --device "$DEVICE" --arch "$ARCH" \
+    --batch-size "$BATCH" --precision bf16-mixed --channels-last \
+    --rounds "$ROUNDS" --warmup "$WARMUP" --steps "$STEPS"
+row throughput 100 "$PY" benchmarks/throughput.py --device "$DEVICE" --networks "$ARCH" \
+    --batch-size "$BATCH" --steps "$STEPS" --rounds "$ROUNDS" \
+    --modes 32-true,bf16-mixed,bf16-mixed+cl,16-mixed+cl,bf16-mixed+cl+compile
+row released_epoch 60 "$PY" benchmarks/epoch_time.py --device "$DEVICE" \
+    ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --arch "$ARCH" --epochs 2 --skip-padam-fit \
+    ${RELEASED_LIMITS[@]+"${RELEASED_LIMITS[@]}"}
+row cudnn_benchmark 50 "$PY" benchmarks/throughput.py --device "$DEVICE" --networks "$ARCH" \
+    --batch-size "$BATCH" --steps "$STEPS" --rounds "$ROUNDS" --modes bf16-mixed+cl \
+    --cudnn-benchmark both
+row sweep_throughput 90 "$PY" benchmarks/sweep_throughput.py --device "$DEVICE" \
+    --arch "$ARCH" --runs-per-gpu 1,2,4 --epochs 2 "${SWEEP_SIZES[@]}" \
+    ${DATA_ARGS[@]+"${DATA_ARGS[@]}"}
+row data_path 45 "$PY" benchmarks/data_path.py --device "$DEVICE" \
+    ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --rounds "$DATA_ROUNDS" \
+    --baseline-batches "$DATA_BASELINE_BATCHES" --batches "$DATA_BATCHES"
+# Not in the default plan.
+row throughput_others 60 "$PY" benchmarks/throughput.py --device "$DEVICE" \
+    --networks "$OTHER_NETWORKS" --batch-size "$BATCH" --steps "$STEPS" --rounds "$ROUNDS" \
+    --modes 32-true,bf16-mixed+cl
+row optimizer_step 60 "$PY" benchmarks/optimizer_step.py --rounds "$ROUNDS" --steps "$STEPS"
 
 # -- Summary -------------------------------------------------------------------------------------
 
-say ""
-timeout 10 "$PY" benchmarks/_gpu_report.py "$WORK" >"$WORK/report.txt" 2>&1 ||
-    echo "(the report failed; the per-step output is in $LOG)" >>"$WORK/report.txt"
-cat "$WORK/report.txt" >>"$SUMMARY_FILE"
 say "== gpu.sh done in $(now) s (budget ${BUDGET} s); summary $SUMMARY_FILE, log $LOG"
+RERUN=$(awk -F'\t' '$2 !~ /^ok/ {print $1}' "$WORK/steps.tsv" | paste -sd, -)
+[[ -n $RERUN ]] &&
+    say "gpu.sh: to rerun the rows that did not pass: GPU_SH_ROWS=$RERUN GPU_SH_BUDGET_S=240 bash benchmarks/gpu.sh"
+summarise
 echo ""
 echo "==================== summary.txt ===================="
 cat "$SUMMARY_FILE"
