@@ -5,14 +5,17 @@ Examples::
     padam-report lightning_logs/optimizers --out reports/optimizers
     padam-report lightning_logs/p_lr_grid --out reports/p_lr_grid --target-err 0.1 0.08
     padam-report lightning_logs/p_grid --out reports/p_grid --panels arch --lines p
+    padam-report lightning_logs/optimizers --out reports/optimizers --train-curve pass
 
-Every folder under LOGDIR with event files and a ``config.yaml`` is a run. Runs that differ only
-in their seed form a group; which fields vary decides the figures, panels and lines
+Every folder under LOGDIR with event files and a ``config.yaml`` is a run. What a run is comes
+from the ``run.json`` padam-sweep writes into its folder (axis labels and seed); a plain padam-fit
+run is grouped by its folder name (:mod:`padam_lightning.experiments.run_logs`). Runs that differ
+only in their seed form a group; the sweep's axes make the figures, panels and lines
 (:mod:`padam_lightning.experiments.report_groups`). Written to ``--out``:
 
 - ``curves.png`` / ``curves.svg`` (``curves_<dataset>.*`` per dataset): training loss and test
-  error against epoch, one panel per network (or per value of a second swept hyperparameter),
-  one line per optimizer / p / setting; ``schedule.*`` when some run schedules p.
+  error (%) against epoch, one panel per network (or per value of a further axis), one line per
+  optimizer / p / setting; ``schedule.*`` when some run schedules p.
 - ``results.md``: final and best test error per group (mean ± std over seeds), final training
   loss and the epoch each group first reached the target errors.
 - ``results.json`` (groups, and every run with its per-epoch curves) and ``results.csv`` (one row
@@ -29,6 +32,7 @@ from pathlib import Path
 from padam_lightning.errors import UserError
 from padam_lightning.experiments.report_figures import build_figures, save_figures
 from padam_lightning.experiments.report_groups import (
+    TRAIN_CURVES,
     Layout,
     RunGroup,
     choose_layout,
@@ -71,13 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--panels",
-        metavar="FIELDS",
-        help="comma-separated fields to make panels of (default: inferred, e.g. arch)",
+        metavar="AXES",
+        help="comma-separated sweep axes to make panels of (default: arch and any axis after "
+        "the line axis)",
     )
     parser.add_argument(
         "--lines",
-        metavar="FIELDS",
-        help="comma-separated fields to label lines with (default: inferred, e.g. optimizer,p)",
+        metavar="AXES",
+        help="comma-separated sweep axes to label lines with (default: the first axis other "
+        "than data and arch, e.g. optimizer or p)",
+    )
+    parser.add_argument(
+        "--train-curve",
+        choices=tuple(TRAIN_CURVES),
+        default="running",
+        help="training loss to draw: running (default) is the mean over each epoch's batches "
+        "(train/loss, what the reproduction study plotted); pass is the released code's "
+        "second pass over the training split after each epoch (train_pass/loss, what the "
+        "paper's figures show; logged by runs that stack configs/experiments/"
+        "released_metrics.yaml)",
     )
     parser.add_argument("--title", help="heading of results.md (default: the log folder)")
     return parser
@@ -94,6 +110,7 @@ def build_report(
     *,
     panels: Sequence[str] | None = None,
     lines: Sequence[str] | None = None,
+    train_curve: str = "running",
 ) -> tuple[list[RunGroup], Layout, list[str]]:
     """Read the runs under ``logdir`` and group them.
 
@@ -101,12 +118,14 @@ def build_report(
         The groups, the layout, and notes about the folders and files that were left out.
 
     Raises:
-        UserError: If ``logdir`` holds no run with a logged test error.
+        UserError: If ``logdir`` holds no run with a logged test error, if ``panels`` or
+            ``lines`` names an axis the runs lack, or if ``train_curve`` is ``pass`` and some
+            run lacks the pass's tags.
     """
     if not logdir.is_dir():
         raise UserError(f"{logdir} is not a folder; pass the log folder of a sweep or run.")
     notes = []
-    summaries = []
+    records = []
     for run_dir in find_run_dirs(logdir):
         try:
             record = read_run(run_dir, logdir)
@@ -120,14 +139,23 @@ def build_report(
         if "val/err" not in record.curves:
             notes.append(f"{run_dir}: no test error logged yet; left out")
             continue
-        summaries.append(summarize_run(record))
-    if not summaries:
+        records.append(record)
+    if not records:
         raise UserError(
             f"no runs with a logged test error (val/err) under {logdir}; point at the folder "
             "that holds the runs, e.g. lightning_logs/optimizers."
         )
-    layout = choose_layout([s.fields for s in summaries], panels=panels, lines=lines)
-    return group_runs(summaries, layout), layout, notes
+    train_loss = TRAIN_CURVES[train_curve][0]
+    lacking = [record.name for record in records if train_loss not in record.curves]
+    if train_curve == "pass" and lacking:
+        raise UserError(
+            f"--train-curve pass: {len(lacking)} of {len(records)} runs (e.g. {lacking[0]}) did "
+            f"not log {train_loss}, the end-of-epoch pass over the training split; train them "
+            "with --config configs/experiments/released_metrics.yaml, or use --train-curve running."
+        )
+    layout = choose_layout(records, panels=panels, lines=lines, train_loss=train_loss)
+    results = [summarize_run(record, train_loss) for record in records]
+    return group_runs(results, layout), layout, notes
 
 
 def run_report(argv: Sequence[str]) -> int:
@@ -137,13 +165,16 @@ def run_report(argv: Sequence[str]) -> int:
     if any(not 0 < t < 1 for t in targets):
         raise UserError("--target-err values are error fractions between 0 and 1, e.g. 0.1.")
     groups, layout, notes = build_report(
-        args.logdir, panels=_field_list(args.panels), lines=_field_list(args.lines)
+        args.logdir,
+        panels=_field_list(args.panels),
+        lines=_field_list(args.lines),
+        train_curve=args.train_curve,
     )
     for note in notes:
         print(f"{PROG}: {note}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     title = args.title or f"Results: {args.logdir}"
-    written = save_figures(build_figures(groups), args.out)
+    written = save_figures(build_figures(groups, layout), args.out)
     markdown = args.out / "results.md"
     markdown.write_text(markdown_table(groups, layout, targets, title))
     json_path = args.out / "results.json"

@@ -1,100 +1,176 @@
 """Figures like the paper's: training loss and test error against epoch, one panel per network.
 
 One figure per dataset; columns are the panels of the layout (networks, or e.g. the lr of a
-``p x lr`` grid); the top row is the training loss (log scale), the bottom row the test error;
-one line per group (the seed mean, with a ±1 std band when there are several seeds). A run with a
-``p`` schedule adds a figure of ``p`` and the learning rate against epoch.
+``p x lr`` grid); the top row is the training loss (log scale, plain tick labels), the bottom row
+the test error in percent; one line per group (the seed mean, with a ±1 std band when there are
+several seeds), each with its own colour, line style and marker, so lines that coincide (Adam and
+AMSGrad often do) stay visible. Epoch ticks are whole numbers. The title says which networks,
+dataset, epochs and seeds are shown. A run with a ``p`` schedule adds a figure of ``p`` and the
+learning rate against epoch.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display needed
 
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from padam_lightning.experiments.report_groups import TRAIN_LOSS, VAL_ERR, RunGroup
+from padam_lightning.experiments.report_groups import VAL_ERR, Layout, RunGroup
+from padam_lightning.experiments.sweep_spec import default_title
 
 PARTIAL = "optim/partial"
 LR = "optim/lr"
-CURVE_ROWS = ((TRAIN_LOSS, "train loss", True), (VAL_ERR, "test error", False))
-SCHEDULE_ROWS = ((PARTIAL, "p (partial exponent)", False), (LR, "learning rate", True))
+#: A row of panels: the tag, its axis label, log scale, and the factor values are shown times.
+Row = tuple[str, str, bool, float]
+SCHEDULE_ROWS: tuple[Row, ...] = (
+    (PARTIAL, "p (partial exponent)", False, 1.0),
+    (LR, "learning rate", True, 1.0),
+)
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
 
 
-def _plot_grid(
-    groups: Sequence[RunGroup], rows: Sequence[tuple[str, str, bool]], title: str
-) -> Figure:
+def _plain(value: float, _position: object = None) -> str:
+    """A tick label without powers of ten: ``2.35``, ``0.8``, ``0.001``."""
+    return f"{value:.3g}"
+
+
+def _style_axes(ax: Axes, log_scale: bool) -> None:
+    lines = ax.get_lines()
+    if log_scale and lines and all(np.min(np.asarray(line.get_ydata())) > 0 for line in lines):
+        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        # Within one decade only minor ticks fall in range: label them too, plainly.
+        spans_decade = math.floor(math.log10(high)) > math.floor(math.log10(low))
+        ax.yaxis.set_minor_formatter(NullFormatter() if spans_decade else FuncFormatter(_plain))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+
+
+def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> Figure:
     panels = list(dict.fromkeys(g.panel_key for g in groups))
     titles = {g.panel_key: g.panel_title for g in groups}
     labels = list(dict.fromkeys(g.label for g in groups))
-    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    styles = {
+        label: {"color": f"C{i % 10}", "linestyle": style, "marker": marker}
+        for i, (label, style, marker) in enumerate(
+            zip(labels, itertools.cycle(LINE_STYLES), itertools.cycle(MARKERS), strict=False)
+        )
+    }
     fig, axes = plt.subplots(
         len(rows),
         len(panels),
-        figsize=(4.2 * len(panels), 3.2 * len(rows)),
+        figsize=(4.4 * len(panels), 3.3 * len(rows) + 0.4),
         squeeze=False,
         layout="constrained",
     )
     for column, panel in enumerate(panels):
-        for row, (tag, ylabel, log_scale) in enumerate(rows):
+        for row, (tag, ylabel, log_scale, scale) in enumerate(rows):
             ax = axes[row][column]
             for group in (g for g in groups if g.panel_key == panel):
                 mean = group.mean_curves.get(tag)
                 if mean is None:
                     continue
-                color = colors[group.label]
-                ax.plot(mean.epochs, mean.values, label=group.label, color=color, linewidth=1.4)
+                style = styles[group.label]
+                values = [scale * v for v in mean.values]
+                ax.plot(
+                    mean.epochs,
+                    values,
+                    label=group.label,
+                    linewidth=1.4,
+                    markersize=4,
+                    markevery=max(1, len(values) // 12),
+                    **style,
+                )
                 std = group.std_curves.get(tag)
                 if std is not None and len(group.runs) > 1:
-                    low = [m - s for m, s in zip(mean.values, std.values, strict=True)]
-                    high = [m + s for m, s in zip(mean.values, std.values, strict=True)]
-                    ax.fill_between(mean.epochs, low, high, color=color, alpha=0.2, linewidth=0)
-            if log_scale and any(line.get_ydata().min() > 0 for line in ax.get_lines()):
-                ax.set_yscale("log")
-            ax.set_xlabel("epoch")
+                    spread = [scale * s for s in std.values]
+                    low = [m - s for m, s in zip(values, spread, strict=True)]
+                    high = [m + s for m, s in zip(values, spread, strict=True)]
+                    ax.fill_between(
+                        mean.epochs, low, high, color=style["color"], alpha=0.15, linewidth=0
+                    )
+            _style_axes(ax, log_scale)
             ax.set_ylabel(ylabel)
-            ax.grid(True, alpha=0.3)
             if row == 0 and titles[panel]:
                 ax.set_title(titles[panel])
             if ax.get_lines():
                 ax.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title)
     return fig
 
 
-def build_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
+def describe_runs(groups: Sequence[RunGroup]) -> str:
+    """What the figure shows: networks, dataset, epochs and seeds of its runs, in one line."""
+    records = [run.record for group in groups for run in group.runs]
+
+    def values(key: str) -> list[str]:
+        found = []
+        for record in records:
+            value = record.setting(key)
+            if key == "data.dataset" and value == "imagefolder":
+                value = Path(str(record.setting("data.data_dir") or "images")).name
+            if value is not None:
+                found.append(default_title(str(value)))
+        return list(dict.fromkeys(found))
+
+    epochs = sorted({r.max_epochs for g in groups for r in g.runs if r.max_epochs is not None})
+    seeds = sorted({r.seed for r in records if r.seed is not None})
+    parts = [", ".join(values("model.arch")), ", ".join(values("data.dataset"))]
+    if epochs:
+        parts.append(f"{'/'.join(map(str, epochs))} epochs")
+    if seeds:
+        shown = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+        parts.append(shown + (" (mean ± 1 std)" if len(seeds) > 1 else ""))
+    return " · ".join(part for part in parts if part)
+
+
+def build_figures(groups: Sequence[RunGroup], layout: Layout) -> dict[str, Figure]:
     """The report's figures by file stem.
 
     ``curves`` (``curves_<dataset>`` with several datasets), and ``schedule`` when some run
     changes ``p`` during training.
     """
+    which = "end-of-epoch pass" if layout.train_loss.startswith("train_pass") else "running mean"
+    curve_rows: tuple[Row, ...] = (
+        (layout.train_loss, f"train loss ({which})", True, 1.0),
+        (VAL_ERR, "test error (%)", False, 100.0),
+    )
     figures: dict[str, Figure] = {}
-    by_figure: dict[tuple[object, ...], list[RunGroup]] = {}
+    by_figure: dict[tuple[str, ...], list[RunGroup]] = {}
     for group in groups:
         by_figure.setdefault(group.figure_key, []).append(group)
     several = len(by_figure) > 1
     for members in by_figure.values():
-        title = members[0].figure_title
-        stem = f"curves_{_slug(title)}" if several else "curves"
-        figures[stem] = _plot_grid(members, CURVE_ROWS, title)
+        title = describe_runs(members)
+        name = members[0].figure_title
+        stem = f"curves_{_slug(name)}" if several else "curves"
+        figures[stem] = _plot_grid(members, curve_rows, title)
         scheduled = [
             g
             for g in members
             if PARTIAL in g.mean_curves and len(set(g.mean_curves[PARTIAL].values)) > 1
         ]
         if scheduled:
-            stem = f"schedule_{_slug(title)}" if several else "schedule"
+            stem = f"schedule_{_slug(name)}" if several else "schedule"
             figures[stem] = _plot_grid(members, SCHEDULE_ROWS, title)
     return figures
 

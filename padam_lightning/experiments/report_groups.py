@@ -1,18 +1,15 @@
-"""Grouping runs for a report: which fields vary, which become figures, panels and lines.
+"""Grouping runs for a report: seeds pool into groups; the sweep's axes make figures, panels, lines.
 
-Runs that differ only in their seed form one *group* (statistics are mean ± std over it). The
-layout is inferred from the fields that vary (see :mod:`run_fields`), so one report serves every
-sweep:
+Runs that agree on every axis label (see :class:`~.run_logs.RunRecord`: from ``run.json``, or one
+label per run folder) form a *group*; statistics are mean ± std over its seeds. The layout follows
+the axes the sweep file declares, in its order, keeping those with more than one value:
 
-- ``dataset`` varies: one figure per dataset.
-- ``arch`` varies: one panel (column) per network.
-- The remaining fields label the lines: ``optimizer``, then ``p``, ``lr`` and any other varying
-  config value. When the optimizer varies, fields fixed per optimizer (its lr, betas, Padam's p
-  when there is one) are left out of the labels: each optimizer comes with its own tuned settings.
-- A further field that forms a full cross product with the line fields (``lr`` in a ``p x lr``
-  grid) becomes a panel axis instead, giving a grid of panels.
+- an axis named ``data`` or ``dataset``: one figure per value;
+- an axis named ``arch``: one panel (column) per network;
+- the first other axis labels the lines (the optimizer, p, ...);
+- any further axis adds panels (``lr`` in a ``p x lr`` grid gives a grid of panels).
 
-``--panels`` / ``--lines`` on the command line override the inference.
+``--panels`` / ``--lines`` on the command line name the axes instead.
 """
 
 from __future__ import annotations
@@ -23,30 +20,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from padam_lightning.errors import UserError
-from padam_lightning.experiments.run_fields import (
-    SEMANTIC_FIELDS,
-    FieldValue,
-    format_value,
-    run_fields,
-    short_names,
-    sort_key,
-)
-from padam_lightning.experiments.run_logs import Curve, RunRecord
+from padam_lightning.experiments.run_logs import AxisValue, Curve, RunRecord
 
-_MISSING = "<missing>"
 VAL_ERR = "val/err"
-TRAIN_LOSS = "train/loss"
+#: ``--train-curve``: the tags of the training loss and error each definition reads.
+TRAIN_CURVES = {
+    # The running mean over the epoch's batches, as Lightning logs it (the reproduction study's).
+    "running": ("train/loss", "train/err"),
+    # A second pass over the training split after each epoch (the released code's, the paper's).
+    "pass": ("train_pass/loss", "train_pass/err"),
+}
+FIGURE_AXES = ("data", "dataset")
+PANEL_AXES = ("arch",)
+_MISSING = AxisValue("", "-", -1)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """How fields map onto the report."""
+    """Which axes make figures, panels and lines, and which training curve is shown."""
 
-    varying: tuple[str, ...]
+    axes: tuple[str, ...]
     figures: tuple[str, ...]
     panels: tuple[str, ...]
     lines: tuple[str, ...]
-    names: dict[str, str]
+    train_loss: str = TRAIN_CURVES["running"][0]
 
 
 @dataclass(frozen=True)
@@ -67,11 +64,10 @@ class Stat:
 
 
 @dataclass
-class RunSummary:
+class RunResult:
     """The numbers of one run."""
 
     record: RunRecord
-    fields: dict[str, FieldValue]
     final_err: float | None
     best_err: float | None
     best_epoch: int | None
@@ -84,11 +80,10 @@ class RunSummary:
 class RunGroup:
     """Runs that differ only in their seed, with their statistics and mean curves."""
 
-    fields: dict[str, FieldValue]
-    runs: list[RunSummary]
-    figure_key: tuple[FieldValue, ...]
-    panel_key: tuple[FieldValue, ...]
-    line_key: tuple[FieldValue, ...]
+    axes: dict[str, AxisValue]
+    runs: list[RunResult]
+    figure_key: tuple[str, ...]
+    panel_key: tuple[str, ...]
     label: str
     panel_title: str
     figure_title: str
@@ -132,19 +127,17 @@ class RunGroup:
         return None
 
 
-def summarize_run(record: RunRecord) -> RunSummary:
-    """Final and best test error, final training loss and progress of one run."""
+def summarize_run(record: RunRecord, train_loss: str = TRAIN_CURVES["running"][0]) -> RunResult:
+    """Final and best test error, final training loss (of tag ``train_loss``), progress."""
     err = record.curves.get(VAL_ERR)
-    loss = record.curves.get(TRAIN_LOSS)
+    loss = record.curves.get(train_loss)
     best_err = best_epoch = None
     if err is not None:
         best_index = min(range(len(err.values)), key=lambda i: (err.values[i], err.epochs[i]))
         best_err, best_epoch = err.values[best_index], err.epochs[best_index]
-    trainer = record.config.get("trainer") or {}
-    max_epochs = trainer.get("max_epochs") if isinstance(trainer, dict) else None
-    return RunSummary(
+    max_epochs = record.setting("trainer.max_epochs")
+    return RunResult(
         record=record,
-        fields=run_fields(record.config),
         final_err=err.last() if err is not None else None,
         best_err=best_err,
         best_epoch=best_epoch,
@@ -154,112 +147,44 @@ def summarize_run(record: RunRecord) -> RunSummary:
     )
 
 
-def _value(row: dict[str, FieldValue], key: str) -> FieldValue:
-    return row.get(key, _MISSING)
-
-
-def varying_fields(rows: Sequence[dict[str, FieldValue]]) -> list[str]:
-    """Fields whose value differs between runs: semantic ones first, then config keys."""
-    keys = {key for row in rows for key in row}
-    varying = [k for k in keys if len({_value(row, k) for row in rows}) > 1]
-    semantic = [k for k in SEMANTIC_FIELDS if k in varying]
-    return semantic + sorted(k for k in varying if k not in SEMANTIC_FIELDS)
-
-
-def is_determined(key: str, by: Sequence[str], rows: Sequence[dict[str, FieldValue]]) -> bool:
-    """Whether runs that agree on the ``by`` fields always agree on ``key`` too."""
-    seen: dict[tuple[FieldValue, ...], FieldValue] = {}
-    for row in rows:
-        group = tuple(_value(row, b) for b in by)
-        value = _value(row, key)
-        if seen.setdefault(group, value) != value:
-            return False
-    return True
-
-
-def is_cross(key: str, by: Sequence[str], rows: Sequence[dict[str, FieldValue]]) -> bool:
-    """Whether ``key`` and the ``by`` fields form a full grid (each with at least 2 values)."""
-    pairs = {(tuple(_value(row, b) for b in by), _value(row, key)) for row in rows}
-    groups = {group for group, _ in pairs}
-    values = {value for _, value in pairs}
-    return len(groups) > 1 and len(values) > 1 and len(pairs) == len(groups) * len(values)
-
-
 def choose_layout(
-    rows: Sequence[dict[str, FieldValue]],
+    records: Sequence[RunRecord],
     *,
     panels: Sequence[str] | None = None,
     lines: Sequence[str] | None = None,
+    train_loss: str = TRAIN_CURVES["running"][0],
 ) -> Layout:
-    """Infer figures, panels and line labels from the varying fields (see the module docstring).
-
-    Args:
-        rows: The fields of every run.
-        panels: Field names (as reports show them) to use as panels instead of the inferred ones.
-        lines: Field names to label lines with instead of the inferred ones.
+    """Figures, panels and lines from the runs' axes (see the module docstring).
 
     Raises:
-        UserError: If ``panels`` or ``lines`` names a field that does not vary.
+        UserError: If ``panels`` or ``lines`` names an axis that no run has.
     """
-    varying = varying_fields(rows)
-    names = short_names(varying)
-    by_name = {name: key for key, name in names.items()}
-
-    def resolve(requested: Sequence[str], option: str) -> list[str]:
-        unknown = [name for name in requested if name not in by_name]
+    axes = list(dict.fromkeys(axis for record in records for axis in record.axes))
+    varying = [
+        axis for axis in axes if len({r.axes.get(axis, _MISSING).label for r in records}) > 1
+    ]
+    for option, requested in (("--panels", panels), ("--lines", lines)):
+        unknown = [axis for axis in requested or () if axis not in axes]
         if unknown:
             raise UserError(
-                f"{option} {','.join(unknown)}: not a field that varies between the runs; "
-                f"varying fields: {', '.join(names.values()) or '(none)'}."
+                f"{option} {','.join(unknown)}: not an axis of these runs; their axes: "
+                f"{', '.join(axes)}."
             )
-        return [by_name[name] for name in requested]
-
-    figures = [k for k in varying if k == "dataset"]
-    rest = [k for k in varying if k not in figures]
-    panel_keys = resolve(panels, "--panels") if panels is not None else []
+    figures = [axis for axis in varying if axis in FIGURE_AXES]
+    rest = [axis for axis in varying if axis not in figures]
+    if lines is None:
+        others = [axis for axis in rest if axis not in (panels or PANEL_AXES)]
+        lines = others[:1]
     if panels is None:
-        panel_keys = [k for k in rest if k == "arch"]
-    if lines is not None:
-        line_keys = resolve(lines, "--lines")
-    else:
-        candidates = [k for k in rest if k not in panel_keys]
-        if "optimizer" in candidates:
-            candidates = ["optimizer"] + [
-                k
-                for k in candidates
-                if k != "optimizer" and not is_determined(k, ["optimizer"], rows)
-            ]
-        line_keys = []
-        for key in candidates:
-            if line_keys and panels is None and is_cross(key, line_keys, rows):
-                panel_keys.append(key)
-            else:
-                line_keys.append(key)
-    return Layout(
-        varying=tuple(varying),
-        figures=tuple(figures),
-        panels=tuple(panel_keys),
-        lines=tuple(line_keys),
-        names=names,
-    )
+        panels = [axis for axis in rest if axis not in lines]
+    return Layout(tuple(axes), tuple(figures), tuple(panels), tuple(lines), train_loss)
 
 
-def _label(keys: Sequence[str], values: Sequence[FieldValue], names: dict[str, str]) -> str:
-    parts = []
-    for key, value in zip(keys, values, strict=True):
-        if value is None or value == _MISSING:
-            continue
-        text = format_value(key, value)
-        if key in ("optimizer", "arch", "dataset"):
-            parts.append(text)
-        elif key == "p" and not isinstance(value, float):
-            parts.append(f"p {text}")
-        else:
-            parts.append(f"{names.get(key, key)}={text}")
-    return ", ".join(parts)
+def _title(axes: Sequence[str], values: dict[str, AxisValue]) -> str:
+    return ", ".join(values.get(axis, _MISSING).title for axis in axes)
 
 
-def _mean_curves(runs: Sequence[RunSummary]) -> tuple[dict[str, Curve], dict[str, Curve]]:
+def _mean_curves(runs: Sequence[RunResult]) -> tuple[dict[str, Curve], dict[str, Curve]]:
     """Per-epoch mean and std over the runs, on the epochs every run has logged."""
     means, stds = {}, {}
     tags = set.intersection(*(set(r.record.curves) for r in runs)) if runs else set()
@@ -276,42 +201,34 @@ def _mean_curves(runs: Sequence[RunSummary]) -> tuple[dict[str, Curve], dict[str
     return means, stds
 
 
-def group_runs(summaries: Sequence[RunSummary], layout: Layout) -> list[RunGroup]:
-    """Runs grouped by every varying field (so seeds pool), sorted for legends and tables."""
-    grouped: dict[tuple[FieldValue, ...], list[RunSummary]] = {}
-    for summary in summaries:
-        key = tuple(_value(summary.fields, k) for k in layout.varying)
-        grouped.setdefault(key, []).append(summary)
+def group_runs(results: Sequence[RunResult], layout: Layout) -> list[RunGroup]:
+    """Runs grouped by every axis label (so seeds pool), in the sweep file's order."""
+    grouped: dict[tuple[str, ...], list[RunResult]] = {}
+    for result in results:
+        key = tuple(result.record.axes.get(axis, _MISSING).label for axis in layout.axes)
+        grouped.setdefault(key, []).append(result)
     groups = []
-    for key, runs in grouped.items():
-        values = dict(zip(layout.varying, key, strict=True))
-        fields = {k: runs[0].fields.get(k) for k in layout.varying}
-        figure_key = tuple(values[k] for k in layout.figures)
-        panel_key = tuple(values[k] for k in layout.panels)
-        line_key = tuple(values[k] for k in layout.lines)
-        label = _label(layout.lines, line_key, layout.names) or str(
-            format_value("optimizer", runs[0].fields.get("optimizer"))
-        )
+    for runs in grouped.values():
+        axes = runs[0].record.axes
         means, stds = _mean_curves(runs)
         groups.append(
             RunGroup(
-                fields=fields,
+                axes=axes,
                 runs=sorted(runs, key=lambda r: (r.record.seed or 0, r.record.name)),
-                figure_key=figure_key,
-                panel_key=panel_key,
-                line_key=line_key,
-                label=label,
-                panel_title=_label(layout.panels, panel_key, layout.names),
-                figure_title=_label(layout.figures, figure_key, layout.names),
+                figure_key=tuple(axes.get(a, _MISSING).label for a in layout.figures),
+                panel_key=tuple(axes.get(a, _MISSING).label for a in layout.panels),
+                label=_title(layout.lines or layout.axes, axes),
+                panel_title=_title(layout.panels, axes),
+                figure_title=_title(layout.figures, axes),
                 mean_curves=means,
                 std_curves=stds,
             )
         )
 
     def order(group: RunGroup) -> tuple[Any, ...]:
+        axes = (*layout.figures, *layout.panels, *layout.lines, *layout.axes)
         return tuple(
-            sort_key(k, group.fields.get(k))
-            for k in (*layout.figures, *layout.panels, *layout.lines, *layout.varying)
+            (group.axes.get(a, _MISSING).index, group.axes.get(a, _MISSING).label) for a in axes
         )
 
     return sorted(groups, key=order)

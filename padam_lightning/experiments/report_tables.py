@@ -21,7 +21,7 @@ from padam_lightning.experiments.report_groups import (
     Stat,
     common_targets,
 )
-from padam_lightning.experiments.run_fields import format_value
+from padam_lightning.experiments.run_logs import AxisValue
 
 
 def _format(stat: Stat | None, scale: float = 1.0, digits: int = 4) -> str:
@@ -41,14 +41,8 @@ def _stat_json(stat: Stat | None) -> dict[str, float] | None:
     return None if stat is None else {"mean": stat.mean, "std": stat.std, "n": stat.n}
 
 
-def _plain(key: str, value: Any) -> Any:
-    """A field value for JSON: config values decoded from their JSON text."""
-    if key.startswith("config:") and isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+def _axes_json(axes: dict[str, AxisValue]) -> dict[str, dict[str, str]]:
+    return {axis: {"label": value.label, "title": value.title} for axis, value in axes.items()}
 
 
 def _count(number: int, noun: str) -> str:
@@ -80,7 +74,7 @@ def markdown_table(
     for key, members in sections.items():
         heading = " · ".join(t for t in (members[0].figure_title, members[0].panel_title) if t)
         lines += ["", f"## {heading or 'All runs'}", ""]
-        line_names = [layout.names.get(k, k) for k in layout.lines] or ["group"]
+        line_names = list(layout.lines) or ["group"]
         common_target = common.get(key)
         target_headers = [f"epochs to {100 * t:.2f}%" for t in targets]
         if common_target is not None:
@@ -91,16 +85,14 @@ def markdown_table(
             "epochs",
             "final test err %",
             "best test err %",
-            "final train loss",
+            "final train loss" + (" (pass)" if "pass" in layout.train_loss else ""),
             *target_headers,
         ]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for group in members:
-            if layout.lines:
-                cells = [format_value(k, group.fields.get(k)) for k in layout.lines]
-            else:
-                cells = [group.label]
+            cells = [group.axes[k].title if k in group.axes else "-" for k in layout.lines]
+            cells = cells or [group.label]
             epochs = f"{group.epochs}" + (f"/{group.max_epochs}" if group.max_epochs else "")
             reached = [group.epoch_to_reach(t) for t in targets]
             if common_target is not None:
@@ -132,7 +124,7 @@ def results_json(
                 "label": group.label,
                 "figure": group.figure_title,
                 "panel": group.panel_title,
-                "fields": {layout.names[k]: _plain(k, group.fields.get(k)) for k in layout.varying},
+                "axes": _axes_json(group.axes),
                 "runs": [r.record.name for r in group.runs],
                 "seeds": [r.record.seed for r in group.runs],
                 "epochs": group.epochs,
@@ -155,9 +147,7 @@ def results_json(
                     "group": group.label,
                     "seed": run.record.seed,
                     "finished": run.record.finished is not None,
-                    "fields": {
-                        layout.names[k]: _plain(k, run.fields.get(k)) for k in layout.varying
-                    },
+                    "axes": _axes_json(run.record.axes),
                     "epochs": run.epochs,
                     "max_epochs": run.max_epochs,
                     "final_val_err": run.final_err,
@@ -172,10 +162,11 @@ def results_json(
     return {
         "logdir": str(logdir),
         "layout": {
-            "varying": [layout.names[k] for k in layout.varying],
-            "figures": [layout.names[k] for k in layout.figures],
-            "panels": [layout.names[k] for k in layout.panels],
-            "lines": [layout.names[k] for k in layout.lines],
+            "axes": list(layout.axes),
+            "figures": list(layout.figures),
+            "panels": list(layout.panels),
+            "lines": list(layout.lines),
+            "train_loss": layout.train_loss,
         },
         "targets": list(targets),
         "groups": group_entries,
@@ -200,11 +191,10 @@ CSV_COLUMNS = (
 
 
 def write_csv(path: Path, groups: Sequence[RunGroup], layout: Layout) -> None:
-    """``results.csv``: one row per run with its varying fields and numbers."""
-    field_names = [layout.names[k] for k in layout.varying]
+    """``results.csv``: one row per run with its numbers and the title of each of its axes."""
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow([*CSV_COLUMNS, *field_names])
+        writer.writerow([*CSV_COLUMNS, *layout.axes])
         for group in groups:
             for run in group.runs:
                 writer.writerow(
@@ -221,7 +211,10 @@ def write_csv(path: Path, groups: Sequence[RunGroup], layout: Layout) -> None:
                         run.best_err,
                         run.best_epoch,
                         run.final_train_loss,
-                        *(format_value(k, run.fields.get(k)) for k in layout.varying),
+                        *(
+                            run.record.axes[k].title if k in run.record.axes else ""
+                            for k in layout.axes
+                        ),
                     ]
                 )
 

@@ -1,18 +1,33 @@
-"""Reading finished (or running) ``padam-fit`` runs back: config, epoch curves, completion.
+"""Reading ``padam-fit`` runs back: what each run is, its config, epoch curves and completion.
 
 A run folder is any folder with TensorBoard event files directly in it (``save_dir/name/version``
 of the TensorBoardLogger). Scalars are read with TensorBoard's own ``EventAccumulator``; a run
 that crashed and resumed in the same folder has several event files and may have written some
-steps twice, so for each tag and step the latest write (by wall time) wins. Epoch-level scalars
-are mapped from their global step to the epoch with the ``epoch`` scalar Lightning logs at the
-same steps, and numbered as epochs *completed*: the value logged at the end of epoch index ``e``
-belongs to epoch ``e + 1``.
+steps twice, so for each tag and step the latest write (by wall time) wins.
+
+Epoch-level scalars are numbered as epochs *completed*: the value logged at the end of epoch index
+``e`` belongs to epoch ``e + 1``. Two layouts of the event files are read:
+
+- older runs log each epoch's scalars at the global step of the epoch's last batch, with an
+  ``epoch`` scalar (the epoch index) at the same steps: the epoch is read from it;
+- newer runs log epoch-level scalars with the epoch index itself as the step.
+
+A tag whose steps each carry a distinct ``epoch`` value is read the first way, any other the second
+(where both apply they agree). Per-step tags (named ``*_step``, e.g. ``train/loss_step``) are not
+epoch curves and are left out.
+
+What a run is comes from its ``run.json`` (written by ``padam-sweep``: axis labels and titles,
+seed). A plain ``padam-fit`` run has none; it is then one group per run folder, named by the
+folder's path under the report's log folder with a trailing ``/version_N`` or ``-seedN`` taken
+off (so ``cifar10-wrn16_4-padam/version_0`` and ``.../version_1`` pool as two seeds of
+``cifar10-wrn16_4-padam``), and its seed is the config's ``seed_everything``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +38,11 @@ from padam_lightning.run_layout import CONFIG_FILE, FINISHED_FILE
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 EPOCH_TAG = "epoch"
+#: The file in each run folder that says what the run is (written by padam-sweep).
+RUN_FILE = "run.json"
+#: The axis of runs without a ``run.json``: one label per run folder (seeds stripped).
+FOLDER_AXIS = "run"
+_SEED_SUFFIX = re.compile(r"(/version_\d+|-seed\d+)$")
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,15 @@ class Curve:
         return [[e, v] for e, v in zip(self.epochs, self.values, strict=True)]
 
 
+@dataclass(frozen=True)
+class AxisValue:
+    """A run's choice on one sweep axis: its label, display title and position in the sweep."""
+
+    label: str
+    title: str
+    index: int = 0
+
+
 class UnreadableRunError(Exception):
     """A run folder whose ``config.yaml`` cannot be read; the message says why, in one line."""
 
@@ -50,6 +79,7 @@ class RunRecord:
     """What a run folder says about the run.
 
     Attributes:
+        axes: The run's value on each axis, in the sweep's axis order.
         notes: Files of the folder that could not be read and were passed over, one line each.
     """
 
@@ -57,20 +87,23 @@ class RunRecord:
     name: str
     config: dict[str, Any]
     finished: dict[str, Any] | None
+    axes: dict[str, AxisValue]
+    seed: int | None
     curves: dict[str, Curve] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def seed(self) -> int | None:
-        """The run's ``seed_everything``."""
-        seed = self.config.get("seed_everything")
-        return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
 
     @property
     def epochs_completed(self) -> int:
         """The last epoch with a logged test error (0 when none)."""
         curve = self.curves.get("val/err")
         return curve.epochs[-1] if curve and curve.epochs else 0
+
+    def setting(self, dotted: str) -> Any:
+        """A value of the run's ``config.yaml`` by dotted key (``None`` when absent)."""
+        value: Any = self.config
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
 
 
 def find_run_dirs(logdir: Path) -> list[Path]:
@@ -107,23 +140,34 @@ def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 
 
 def epoch_curves(scalars: dict[str, dict[int, float]]) -> dict[str, Curve]:
-    """Per-epoch curves of the epoch-level tags (at most one logged step per epoch).
-
-    Lightning logs ``epoch`` with every logging call, per-step ones too; a tag with several steps
-    in one epoch is a per-step scalar and is left out.
-    """
-    epoch_at_step = {step: round(value) + 1 for step, value in scalars.get(EPOCH_TAG, {}).items()}
+    """Per-epoch curves of the epoch-level tags (see the module docstring for the two layouts)."""
+    epoch_at_step = {step: round(value) for step, value in scalars.get(EPOCH_TAG, {}).items()}
     curves = {}
     for tag, by_step in scalars.items():
-        if tag == EPOCH_TAG or not by_step:
+        if tag == EPOCH_TAG or tag.endswith("_step") or not by_step:
             continue
-        epochs = [epoch_at_step.get(step) for step in by_step]
-        if any(e is None for e in epochs) or len(set(epochs)) != len(epochs):
-            continue
-        by_epoch = dict(zip(epochs, by_step.values(), strict=True))
-        ordered = tuple(sorted(e for e in by_epoch if e is not None))
+        indices = [epoch_at_step.get(step) for step in by_step]
+        if any(i is None for i in indices) or len(set(indices)) != len(indices):
+            indices = list(by_step)  # the step is the epoch index
+        by_epoch = {
+            int(i) + 1: v for i, v in zip(indices, by_step.values(), strict=True) if i is not None
+        }
+        ordered = tuple(sorted(by_epoch))
         curves[tag] = Curve(ordered, tuple(by_epoch[e] for e in ordered))
     return curves
+
+
+def read_json_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A JSON object file (``None`` when absent or unreadable) and a note when unreadable."""
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # ValueError: invalid JSON or UTF-8
+        return None, f"{path.name} is unreadable ({_one_line(err)})"
+    if not isinstance(data, dict):
+        return None, f"{path.name} is not a JSON object"
+    return data, None
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -145,19 +189,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_finished(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """A run's ``finished.json`` (``None`` when absent or unreadable) and a note when unreadable."""
-    if not path.is_file():
-        return None, None
-    try:
-        finished = json.loads(path.read_text())
-    except (OSError, ValueError) as err:  # ValueError: invalid JSON or UTF-8
-        return None, f"{path.name} is unreadable ({_one_line(err)}); taken as not finished"
-    if not isinstance(finished, dict):
-        return None, f"{path.name} is not a JSON object; taken as not finished"
-    return finished, None
-
-
 def _one_line(err: Exception) -> str:
     """An error's message in one line (YAML's span several: keep the problem and where it is)."""
     if isinstance(err, yaml.MarkedYAMLError) and err.problem and err.problem_mark:
@@ -167,27 +198,58 @@ def _one_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def _identity(
+    identity: dict[str, Any] | None, name: str, config: dict[str, Any]
+) -> tuple[dict[str, AxisValue], int | None]:
+    """The run's axes and seed from its ``run.json``, or by the folder rule without one."""
+    axes = identity.get("axes") if identity else None
+    if isinstance(axes, dict) and all(isinstance(v, dict) for v in axes.values()):
+        values = {
+            str(axis): AxisValue(
+                str(value.get("label")),
+                str(value.get("title") or value.get("label")),
+                int(value.get("index") or 0),
+            )
+            for axis, value in axes.items()
+        }
+        seed = identity.get("seed") if identity else None
+    else:
+        group = _SEED_SUFFIX.sub("", name)
+        values = {FOLDER_AXIS: AxisValue(group, group)}
+        seed = config.get("seed_everything")
+    return values, seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def read_run(run_dir: Path, logdir: Path) -> RunRecord | None:
     """The run in ``run_dir``, or ``None`` when it has no ``config.yaml`` (not a padam-fit run).
 
     A damaged ``finished.json`` (truncated by a full disk or a partial copy, edited by hand) does
-    not stop the run from being read: it counts as not finished and the record carries a note.
+    not stop the run from being read: it counts as not finished and the record carries a note. A
+    damaged ``run.json`` likewise: the run is grouped by its folder, with a note.
 
     Raises:
-        UnreadableRunError: If ``config.yaml`` cannot be read; the run cannot be grouped without
-            it.
+        UnreadableRunError: If ``config.yaml`` cannot be read.
     """
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         return None
     config = _read_config(config_path)
-    finished, note = _read_finished(run_dir / FINISHED_FILE)
+    notes = []
+    finished, note = read_json_object(run_dir / FINISHED_FILE)
+    if note is not None:
+        notes.append(f"{note}; taken as not finished")
+    identity, note = read_json_object(run_dir / RUN_FILE)
+    if note is not None:
+        notes.append(f"{note}; grouped by its folder name")
     name = run_dir.relative_to(logdir).as_posix() if run_dir != logdir else run_dir.name
+    axes, seed = _identity(identity, name, config)
     return RunRecord(
         path=run_dir,
         name=name,
         config=config,
         finished=finished,
+        axes=axes,
+        seed=seed,
         curves=epoch_curves(read_scalars(run_dir)),
-        notes=[note] if note is not None else [],
+        notes=notes,
     )

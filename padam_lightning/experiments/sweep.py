@@ -5,20 +5,19 @@ Examples::
     padam-sweep configs/sweeps/optimizers.yaml --dry-run        # print the runs' commands
     padam-sweep configs/sweeps/optimizers.yaml                  # run them (restartable)
     padam-sweep configs/sweeps/p_grid.yaml --only 'resnet18-*' -- --trainer.max_epochs 3
+    padam-sweep configs/sweeps/optimizers.yaml --runs-per-gpu 2     # two runs share each GPU
     padam-sweep configs/sweeps/optimizers.yaml --executor slurm --slurm-partition gpu
 
 The sweep file format is described in :mod:`padam_lightning.experiments.sweep_spec`. Every run logs
-to ``<save dir>/<sweep name>/<run name>``. Restarting the same command continues the sweep: a run
-with ``finished.json`` is skipped, a run with ``checkpoints/last.ckpt`` but no ``finished.json``
-resumes with ``--ckpt_path last``, the others start. A failed run does not stop the others; the
-failures are listed at the end and the exit status is 1.
-
-A finished run whose ``finished.json`` records fewer epochs than the sweep now configures (a
-trial with ``-- --trainer.max_epochs 2``) is continued from its checkpoint rather than skipped; the
-configured epochs are read from the run's configs and overrides and the arguments after ``--``,
-``--config`` files there included. So is a run whose ``finished.json`` is damaged.
-A run that resumes with other arguments than its last attempt (see ``fit.log``) gets a warning;
-run trials with other settings under their own ``--save-dir``.
+to ``<save dir>/<sweep name>/<run name>`` and gets a ``run.json`` there saying what it is (its
+axis labels, seed and ``padam-fit`` arguments). Restarting the same command continues the sweep:
+a run with ``finished.json`` from the same arguments is skipped, a run with
+``checkpoints/last.ckpt`` resumes with ``--ckpt_path last``, the others start. So a run finished by
+a trial with other arguments (``-- --trainer.max_epochs 2``) is continued rather than skipped, and
+one whose ``finished.json`` is damaged is resumed. A failed run does not stop the others; the
+failures are listed at the end and the exit status is 1. A run that resumes with other arguments
+than its last attempt (epochs aside) gets a warning; run trials with other settings under their
+own ``--save-dir``.
 """
 
 from __future__ import annotations
@@ -33,17 +32,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from padam_lightning.errors import UserError
+from padam_lightning.experiments.run_logs import RUN_FILE
 from padam_lightning.experiments.sweep_jobs import (
     FitJob,
     Outcome,
     RunState,
     SlurmOptions,
-    run_in_turn,
+    run_local,
     run_slurm,
-    run_submitit_local,
     slurm_executor,
 )
 from padam_lightning.experiments.sweep_spec import (
@@ -56,6 +53,7 @@ from padam_lightning.experiments.sweep_spec import (
 from padam_lightning.run_layout import DEFAULT_LOG_DIR
 
 PROG = "padam-sweep"
+#: ``auto`` and ``submitit-local`` (the name of an earlier version's local executor) mean ``local``.
 EXECUTORS = ("auto", "local", "submitit-local", "slurm")
 #: Lines of a failed run's log shown in the final summary.
 LOG_TAIL_LINES = 15
@@ -81,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
             "command restarts a sweep after a crash. Arguments after `--` go to every run."
         ),
         epilog=(
-            "executors: local runs one run after another in this terminal (default without a "
-            "GPU); submitit-local runs one run per GPU at once through submitit (default with "
-            "GPUs; --max-parallel N CPU runs without); slurm submits one job per run (one GPU "
-            "each) through submitit. Each run's output is appended to fit.log in its folder."
+            "executors: local (the default; auto and submitit-local mean the same) runs on this "
+            "machine: one run per GPU at once, each seeing only its GPU, or one run after "
+            "another in this terminal without GPUs; --runs-per-gpu K runs K at once per GPU (K "
+            "at once without GPUs). slurm submits one job per run (one GPU each) through "
+            "submitit. Each run's output is appended to fit.log in its folder."
         ),
     )
     parser.add_argument("sweep", help="sweep YAML file, e.g. configs/sweeps/optimizers.yaml")
@@ -95,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--executor",
         choices=EXECUTORS,
         default="auto",
-        help="how to run (default auto: submitit-local with GPUs, else local)",
+        help="where to run (default: local, this machine)",
     )
     parser.add_argument(
         "--save-dir",
@@ -113,28 +112,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="training command to call instead of padam-fit (split like a shell would)",
     )
-    local = parser.add_argument_group("submitit-local")
+    local = parser.add_argument_group("local")
     local.add_argument(
         "--gpus",
         metavar="IDS",
-        help="comma-separated GPU ids to use, one run per GPU "
-        "(default: all visible, from CUDA_VISIBLE_DEVICES or torch)",
+        help="comma-separated GPU ids to use (default: all visible, from CUDA_VISIBLE_DEVICES "
+        "or torch)",
+    )
+    local.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K runs share each GPU at once (small CIFAR networks leave a large GPU mostly "
+        "idle); without GPUs, K runs at once on the CPUs (default 1)",
     )
     local.add_argument(
         "--max-parallel",
         type=int,
         metavar="N",
-        help="at most N runs at once (default: the number of GPUs, 1 without GPUs)",
+        help="at most N runs at once (default: GPUs x K, or K without GPUs)",
     )
-    parser.add_argument(
+    slurm = parser.add_argument_group("slurm")
+    slurm.add_argument(
         "--timeout-min",
         type=int,
         default=72 * 60,
         metavar="MIN",
-        help="time limit per run in minutes for submitit-local and slurm "
-        "(default 4320; a run stopped by it is requeued and resumes)",
+        help="time limit per run in minutes (default 4320; a run stopped by it is requeued "
+        "and resumes)",
     )
-    slurm = parser.add_argument_group("slurm")
     slurm.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
     slurm.add_argument(
         "--slurm-gpus-per-run", type=int, default=1, metavar="N", help="GPUs per run (default 1)"
@@ -183,66 +190,6 @@ def default_fit_command() -> list[str]:
     return [str(installed)]
 
 
-#: The ``padam-fit`` flags among the extra arguments that can set ``trainer.max_epochs``.
-_CONFIG_FLAG = "--config"
-_MAX_EPOCHS_FLAG = "--trainer.max_epochs"
-
-
-def _config_max_epochs(config: str, cwd: Path, default: object) -> object:
-    """``trainer.max_epochs`` of a config file, or ``default`` when it sets none or is unreadable.
-
-    An unreadable file is padam-fit's to report; here it only leaves the value as it was.
-    """
-    path = Path(config) if Path(config).is_absolute() else cwd / config
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return default
-    trainer = data.get("trainer") if isinstance(data, dict) else None
-    if isinstance(trainer, dict) and "max_epochs" in trainer:
-        return trainer["max_epochs"]
-    return default
-
-
-def _flag_values(args: Sequence[str], flags: Sequence[str]) -> list[tuple[str, str]]:
-    """``(flag, value)`` of each of ``flags`` in ``args``, in order.
-
-    A flag may be given as ``--flag value`` or as ``--flag=value``, as jsonargparse accepts both.
-    """
-    found = []
-    for index, arg in enumerate(args):
-        flag, sep, value = arg.partition("=")
-        if flag not in flags:
-            continue
-        if sep:
-            found.append((flag, value))
-        elif index + 1 < len(args):
-            found.append((flag, args[index + 1]))
-    return found
-
-
-def configured_max_epochs(run: PlannedRun, cwd: Path, extra_args: Sequence[str] = ()) -> int | None:
-    """``trainer.max_epochs`` as the run's configs, overrides and extra arguments set it.
-
-    A plain reading of the YAML files and flags in the order padam-fit applies them (the run's
-    ``--config`` files, its overrides, then the extra arguments after ``--``, where a later
-    ``--config`` file or ``--trainer.max_epochs`` wins over an earlier one); ``None`` when unset or
-    not a number. Enough to tell a run finished by a short trial from a run finished for real.
-    """
-    value: object = None
-    for config in run.configs:
-        value = _config_max_epochs(config, cwd, value)
-    for key, override in run.overrides:
-        if key == "trainer.max_epochs":
-            value = override
-    for flag, arg in _flag_values(extra_args, (_CONFIG_FLAG, _MAX_EPOCHS_FLAG)):
-        value = _config_max_epochs(arg, cwd, value) if flag == _CONFIG_FLAG else arg
-    try:
-        return int(str(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
 def plan_runs(
     spec: SweepSpec,
     *,
@@ -251,7 +198,6 @@ def plan_runs(
     fit_command: Sequence[str],
     extra_args: Sequence[str] = (),
     only: Sequence[str] | None = None,
-    echo: bool = False,
 ) -> list[SweepRun]:
     """The sweep's runs (filtered by ``only`` globs) with their folders, states and jobs.
 
@@ -284,8 +230,7 @@ def plan_runs(
             command=command,
             run_dir=str(run_dir),
             cwd=str(cwd),
-            echo=echo,
-            max_epochs=configured_max_epochs(run, cwd, extra_args),
+            identity=run.identity(spec.name, command[len(fit_command) :]),
         )
         planned.append(SweepRun(run, run_dir, job.state(), job))
     return planned
@@ -385,18 +330,18 @@ def run_sweep(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(own_args)
     if args.no_wait and args.executor != "slurm":
         raise UserError("--no-wait is for --executor slurm only.")
-    if args.max_parallel is not None and args.max_parallel < 1:
-        raise UserError("--max-parallel must be at least 1.")
+    for flag, value in (
+        ("--max-parallel", args.max_parallel),
+        ("--runs-per-gpu", args.runs_per_gpu),
+    ):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1.")
+    if args.executor == "slurm" and args.runs_per_gpu != 1:
+        raise UserError("--runs-per-gpu is for the local executor; SLURM gives each run its GPU.")
     spec = load_sweep(args.sweep)
     fit_command = shlex.split(args.fit_command) if args.fit_command else default_fit_command()
     if not fit_command:
         raise UserError("--fit-command is empty; give the training command, e.g. padam-fit.")
-    executor = args.executor
-    gpus: list[int] = []
-    if not args.dry_run and executor in ("auto", "submitit-local"):
-        gpus = parse_gpus(args.gpus) if args.gpus else visible_gpus()
-        if executor == "auto":
-            executor = "submitit-local" if gpus else "local"
     cwd = Path.cwd()
     runs = plan_runs(
         spec,
@@ -405,7 +350,6 @@ def run_sweep(argv: Sequence[str]) -> int:
         fit_command=fit_command,
         extra_args=extra_args,
         only=args.only,
-        echo=executor == "local",
     )
     print(f"{PROG}: {describe(spec, runs, args.save_dir)}", flush=True)
     for changed in (
@@ -413,8 +357,8 @@ def run_sweep(argv: Sequence[str]) -> int:
     ):
         print(
             f"{PROG}: warning: {changed.run.name} resumes with other settings than it started "
-            f"with (compare the last lines starting with ### in {changed.job.log_path}); delete "
-            "its folder to start it over with the new ones.",
+            f"with (its last attempt's are in {changed.run_dir / RUN_FILE}); delete its folder "
+            "to start it over with the new ones.",
             file=sys.stderr,
         )
     if args.dry_run:
@@ -429,17 +373,14 @@ def run_sweep(argv: Sequence[str]) -> int:
     def announce(line: str) -> None:
         print(f"{PROG}: {line}", flush=True)
 
-    submitit_folder = cwd / args.save_dir / spec.name / ".submitit" / "%j"
-    if executor == "local":
-        outcomes = run_in_turn(todo, announce)
-    elif executor == "submitit-local":
-        slots: list[int | None] = list(gpus) if gpus else [None]
-        if args.max_parallel is not None:
-            slots = list(gpus[: args.max_parallel]) if gpus else [None] * args.max_parallel
-        outcomes = run_submitit_local(
-            todo, announce, folder=submitit_folder, slots=slots, timeout_min=args.timeout_min
-        )
+    if args.executor != "slurm":
+        gpus = parse_gpus(args.gpus) if args.gpus else visible_gpus()
+        # Round-robin over the GPUs, so the first runs spread over all of them.
+        slots: list[int | None] = [g for _ in range(args.runs_per_gpu) for g in gpus]
+        slots = slots or [None] * (args.max_parallel or args.runs_per_gpu)
+        outcomes = run_local(todo, announce, slots[: args.max_parallel or len(slots)])
     else:
+        submitit_folder = cwd / args.save_dir / spec.name / ".submitit" / "%j"
         slurm = slurm_executor(submitit_folder, _slurm_options(args), job_name=spec.name)
         outcomes = run_slurm(todo, announce, executor=slurm, wait=not args.no_wait)
         if args.no_wait:

@@ -1,29 +1,32 @@
-"""Running the ``padam-fit`` commands of a sweep: one job per run, through submitit or in turn.
+"""Running the ``padam-fit`` commands of a sweep: one job per run, on this machine or on SLURM.
 
 A :class:`FitJob` is the unit of work every executor runs: it decides at start time whether the
 run is new or resumes (so a job requeued by SLURM after a timeout continues from its last
-checkpoint), runs ``padam-fit`` in a subprocess with its output appended to ``fit.log`` in the run
-folder, and raises :class:`RunFailedError` when the fit fails or stops before its last epoch.
+checkpoint), writes the run's ``run.json``, runs ``padam-fit`` in a subprocess with its output
+appended to ``fit.log`` in the run folder, and raises :class:`RunFailedError` when the fit fails or
+stops before its last epoch.
 
 Executors:
 
-- :func:`run_in_turn`: one run after another in subprocesses of this process, output shown live.
-- :func:`run_submitit_local`: submitit's ``LocalExecutor``, several runs at once, one per slot (a
-  GPU id, made visible to its run alone, or a CPU slot).
+- :func:`run_local`: subprocesses of this process, as many at once as there are slots (each GPU
+  ``K`` times with ``--runs-per-gpu K``, or ``K`` CPU slots); one slot shows the output live.
 - :func:`run_slurm`: submitit's SLURM executor, one job per run in a job array.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -32,6 +35,7 @@ from typing import Any, BinaryIO
 import submitit
 
 from padam_lightning.errors import UserError
+from padam_lightning.experiments.run_logs import RUN_FILE, read_json_object
 from padam_lightning.run_layout import FINISHED_FILE, LAST_CHECKPOINT_PATH
 
 LOG_FILE = "fit.log"
@@ -41,7 +45,7 @@ LOG_HEADER = "### padam-sweep"
 _RESUME_FLAGS = ("--ckpt_path", "--trainer.max_epochs")
 
 
-def _comparable(arguments: list[str]) -> list[str]:
+def _comparable(arguments: Sequence[str]) -> list[str]:
     """``arguments`` without the flags (and values) that :data:`_RESUME_FLAGS` name."""
     kept: list[str] = []
     skip = False
@@ -63,39 +67,30 @@ class RunState(Enum):
     DONE = "done"
 
 
-def run_state(run_dir: Path, max_epochs: int | None = None) -> RunState:
-    """Where the run in ``run_dir`` stands.
+def recorded_arguments(run_dir: Path) -> list[str] | None:
+    """The ``padam-fit`` arguments of the run's last attempt, from its ``run.json``."""
+    identity, _ = read_json_object(run_dir / RUN_FILE)
+    arguments = identity.get("arguments") if identity else None
+    return [str(a) for a in arguments] if isinstance(arguments, list) else None
 
-    ``DONE`` with ``finished.json``, ``RESUME`` with ``checkpoints/last.ckpt`` only, else ``NEW``.
-    A run that finished with fewer epochs than ``max_epochs`` (a quick check with
-    ``-- --trainer.max_epochs 3`` before the real sweep) is not done: it resumes and trains on. So
-    is a run whose ``finished.json`` cannot be read (damaged or truncated): resuming a finished run
-    from its last checkpoint costs no training and writes the file again.
+
+def run_state(run_dir: Path, arguments: Sequence[str] | None = None) -> RunState:
+    """Where the run in ``run_dir`` stands, for an attempt with ``arguments``.
+
+    ``DONE`` with a readable ``finished.json`` written by an attempt with the same arguments
+    (or by one that recorded none), ``RESUME`` with ``checkpoints/last.ckpt``, else ``NEW``. So a
+    run finished by a trial with other arguments (``-- --trainer.max_epochs 2``) resumes and
+    trains on to what the sweep now asks, and a damaged ``finished.json`` is written again by a
+    resume that costs no training.
     """
-    finished = run_dir / FINISHED_FILE
-    checkpoint = run_dir / LAST_CHECKPOINT_PATH
-    if finished.is_file():
-        summary = _read_finished(finished)
-        if summary is not None:
-            finished_epochs = summary.get("max_epochs")
-            if (
-                max_epochs is None
-                or not isinstance(finished_epochs, int)
-                or finished_epochs >= max_epochs
-            ):
-                return RunState.DONE
-    if checkpoint.is_file():
+    finished, _ = read_json_object(run_dir / FINISHED_FILE)
+    if finished is not None:
+        previous = recorded_arguments(run_dir)
+        if previous is None or arguments is None or previous == list(arguments):
+            return RunState.DONE
+    if (run_dir / LAST_CHECKPOINT_PATH).is_file():
         return RunState.RESUME
     return RunState.NEW
-
-
-def _read_finished(path: Path) -> dict[str, Any] | None:
-    """The summary in a ``finished.json``; ``None`` when it is unreadable or not a JSON object."""
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):  # ValueError: invalid JSON or UTF-8
-        return None
-    return summary if isinstance(summary, dict) else None
 
 
 class RunFailedError(RuntimeError):
@@ -106,27 +101,27 @@ class RunFailedError(RuntimeError):
 class FitJob(submitit.helpers.Checkpointable):
     """One sweep run: a picklable callable that runs ``padam-fit`` for it.
 
-    When submitit stops the job before its time limit runs out (SLURM preemption or timeout,
-    the local executor's timeout), :meth:`checkpoint` stops ``padam-fit`` and submitit requeues
-    the job, which then resumes from the run's ``last.ckpt``.
+    When submitit stops the job before its time limit runs out (SLURM preemption or timeout),
+    :meth:`checkpoint` stops ``padam-fit`` and submitit requeues the job, which then resumes from
+    the run's ``last.ckpt``.
 
     Attributes:
         name: The run's name.
         command: ``padam-fit`` and its arguments, without ``--ckpt_path`` (added when resuming).
         run_dir: The run's log folder (``save_dir/sweep/run``).
         cwd: Directory to run in (relative config paths are resolved from it).
-        echo: Also copy the output to this process's stdout (runs in turn).
+        identity: What the run is, written to ``run.json`` at each start.
+        echo: Also copy the output to this process's stdout.
         env: Extra environment variables for ``padam-fit``.
-        max_epochs: The epochs the run is configured for, when known (see :func:`run_state`).
     """
 
     name: str
     command: list[str]
     run_dir: str
     cwd: str
+    identity: dict[str, Any] = field(default_factory=dict)
     echo: bool = False
     env: dict[str, str] = field(default_factory=dict)
-    max_epochs: int | None = None
     _process: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -136,34 +131,19 @@ class FitJob(submitit.helpers.Checkpointable):
         """The file that collects the output of every attempt of this run."""
         return Path(self.run_dir) / LOG_FILE
 
+    @property
+    def arguments(self) -> list[str]:
+        """The ``padam-fit`` arguments from ``fit`` on (the command's path left out)."""
+        return self.command[self.command.index("fit") :] if "fit" in self.command else []
+
     def state(self) -> RunState:
         """The run's state now, read from its folder."""
-        return run_state(Path(self.run_dir), self.max_epochs)
-
-    def previous_arguments(self) -> list[str] | None:
-        """The ``fit`` arguments of this run's last attempt, from ``fit.log`` (``None``: none)."""
-        if not self.log_path.is_file():
-            return None
-        headers = [
-            line
-            for line in self.log_path.read_text(errors="replace").splitlines()
-            if line.startswith(LOG_HEADER)
-        ]
-        if not headers:
-            return None
-        try:
-            argv = shlex.split(headers[-1].split(": ", 1)[1])
-        except (IndexError, ValueError):
-            return None
-        return argv[argv.index("fit") :] if "fit" in argv else None
+        return run_state(Path(self.run_dir), self.arguments)
 
     def changed_since_last_attempt(self) -> bool:
         """Whether this run resumes with other arguments than it ran with (epochs aside)."""
-        previous = self.previous_arguments()
-        if previous is None or "fit" not in self.command:
-            return False
-        current = self.command[self.command.index("fit") :]
-        return _comparable(previous) != _comparable(current)
+        previous = recorded_arguments(Path(self.run_dir))
+        return previous is not None and _comparable(previous) != _comparable(self.arguments)
 
     def argv(self) -> list[str]:
         """The command to run now: resumes from ``last.ckpt`` when the run was interrupted."""
@@ -178,6 +158,7 @@ class FitJob(submitit.helpers.Checkpointable):
             return self.name
         argv = self.argv()
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_FILE).write_text(json.dumps(self.identity, indent=2) + "\n")
         started = datetime.datetime.now().isoformat(timespec="seconds")
         with open(self.log_path, "ab") as log:
             log.write(f"{LOG_HEADER} {started}: {shlex.join(argv)}\n".encode())
@@ -214,8 +195,8 @@ class FitJob(submitit.helpers.Checkpointable):
             finally:
                 self._process = None
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Stop ``padam-fit`` (it resumes from ``last.ckpt``) and requeue this job."""
+    def stop(self) -> None:
+        """Stop a running ``padam-fit`` (it resumes from ``last.ckpt`` next time)."""
         process = self._process
         if process is not None and process.poll() is None:
             process.terminate()
@@ -223,6 +204,10 @@ class FitJob(submitit.helpers.Checkpointable):
                 process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Stop ``padam-fit`` and requeue this job (submitit calls this before a time limit)."""
+        self.stop()
         return super().checkpoint(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -233,7 +218,7 @@ class FitJob(submitit.helpers.Checkpointable):
 
 @dataclass
 class Outcome:
-    """How a submitted run ended."""
+    """How a run ended."""
 
     name: str
     ok: bool
@@ -260,34 +245,72 @@ def _failure_reason(error: BaseException) -> str:
 Announce = Callable[[str], None]
 
 
-def run_in_turn(jobs: Sequence[FitJob], announce: Announce) -> list[Outcome]:
-    """Run the jobs one after another in this process's subprocesses; failures do not stop it."""
-    outcomes = []
-    for index, job in enumerate(jobs, start=1):
-        announce(f"[{index}/{len(jobs)}] {job.name}: {shlex.join(job.argv())}")
-        start = time.monotonic()
-        try:
-            job()
-            outcome = Outcome(job.name, True, log_path=job.log_path)
-        except (RunFailedError, OSError) as err:
-            outcome = Outcome(job.name, False, _failure_reason(err), job.log_path)
-        outcome.seconds = time.monotonic() - start
-        announce(_outcome_line(index, len(jobs), outcome))
-        outcomes.append(outcome)
-    return outcomes
-
-
 def _outcome_line(index: int, count: int, outcome: Outcome) -> str:
-    took = _duration(outcome.seconds)
+    minutes, secs = divmod(round(outcome.seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    took = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
     if outcome.ok:
         return f"[{index}/{count}] {outcome.name}: finished in {took}"
     return f"[{index}/{count}] {outcome.name}: FAILED after {took}: {outcome.reason}"
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+def run_local(
+    jobs: Sequence[FitJob], announce: Announce, slots: Sequence[int | None]
+) -> list[Outcome]:
+    """Run the jobs in subprocesses of this process, at most one per slot at a time.
+
+    Failures do not stop the others. With a single slot the runs' output is shown live; with
+    several it goes to each run's ``fit.log`` only.
+
+    Args:
+        jobs: The runs, started in this order.
+        announce: Prints a progress line (called from worker threads).
+        slots: One entry per run that may run at once: a GPU id (the run sees only that GPU,
+            through ``CUDA_VISIBLE_DEVICES``; repeat an id to share the GPU) or ``None`` for a
+            CPU slot.
+
+    Returns:
+        One outcome per job, in the order they finished.
+    """
+    free: queue.Queue[int | None] = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+    running: list[FitJob] = []
+    lock = threading.Lock()
+
+    def work(index: int, job: FitJob) -> Outcome:
+        slot = free.get()
+        try:
+            env = {**job.env} if slot is None else {**job.env, "CUDA_VISIBLE_DEVICES": str(slot)}
+            job = dataclasses.replace(job, env=env, echo=len(slots) == 1)
+            with lock:
+                running.append(job)
+            where = "" if len(slots) == 1 else (" on CPU" if slot is None else f" on GPU {slot}")
+            announce(f"[{index}/{len(jobs)}] {job.name}{where}: {shlex.join(job.argv())}")
+            start = time.monotonic()
+            try:
+                job()
+                outcome = Outcome(job.name, True, log_path=job.log_path)
+            except (RunFailedError, OSError) as err:
+                outcome = Outcome(job.name, False, _failure_reason(err), job.log_path)
+            outcome.seconds = time.monotonic() - start
+            announce(_outcome_line(index, len(jobs), outcome))
+            return outcome
+        finally:
+            free.put(slot)
+
+    pool = ThreadPoolExecutor(max_workers=len(slots))
+    try:
+        futures = [pool.submit(work, i, job) for i, job in enumerate(jobs, start=1)]
+        return [future.result() for future in as_completed(futures)]
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        with lock:
+            for job in running:
+                job.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _job_outcome(job: FitJob, submitted: submitit.Job[Any], seconds: float) -> Outcome:
@@ -299,73 +322,6 @@ def _job_outcome(job: FitJob, submitted: submitit.Job[Any], seconds: float) -> O
     if error is None:
         return Outcome(job.name, True, log_path=job.log_path, seconds=seconds)
     return Outcome(job.name, False, _failure_reason(error), job.log_path, seconds)
-
-
-def run_submitit_local(
-    jobs: Sequence[FitJob],
-    announce: Announce,
-    *,
-    folder: Path,
-    slots: Sequence[int | None],
-    timeout_min: int,
-    poll_s: float = 1.0,
-) -> list[Outcome]:
-    """Run the jobs with submitit's ``LocalExecutor``, at most one per slot at a time.
-
-    Args:
-        jobs: The runs.
-        announce: Prints a progress line.
-        folder: submitit's folder for its own logs and pickles.
-        slots: One entry per run that may run at once: a GPU id (the run sees only that GPU) or
-            ``None`` for a CPU slot.
-        timeout_min: Wall-clock limit per run.
-        poll_s: Seconds between checks for finished runs.
-
-    Returns:
-        One outcome per job, in the order they finished.
-    """
-    executor = submitit.LocalExecutor(folder=folder)
-    pending = deque(enumerate(jobs, start=1))
-    free = list(slots)
-    running: list[tuple[int, FitJob, submitit.Job[Any], int | None, float]] = []
-    outcomes: list[Outcome] = []
-    try:
-        while pending or running:
-            while pending and free:
-                index, job = pending.popleft()
-                slot = free.pop(0)
-                if slot is None:
-                    executor.update_parameters(timeout_min=timeout_min, gpus_per_node=0)
-                else:
-                    executor.update_parameters(
-                        timeout_min=timeout_min, gpus_per_node=1, visible_gpus=[slot]
-                    )
-                submitted = executor.submit(job)
-                where = "CPU" if slot is None else f"GPU {slot}"
-                announce(
-                    f"[{index}/{len(jobs)}] {job.name}: started on {where} "
-                    f"(submitit job {submitted.job_id}, log {job.log_path})"
-                )
-                running.append((index, job, submitted, slot, time.monotonic()))
-            still_running = []
-            for entry in running:
-                index, job, submitted, slot, start = entry
-                if submitted.done():
-                    outcome = _job_outcome(job, submitted, time.monotonic() - start)
-                    announce(_outcome_line(index, len(jobs), outcome))
-                    outcomes.append(outcome)
-                    free.append(slot)
-                else:
-                    still_running.append(entry)
-            running = still_running
-            if running and (not pending or not free):
-                time.sleep(poll_s)
-    except KeyboardInterrupt:
-        for _, job, submitted, _, _ in running:
-            announce(f"cancelling {job.name} (submitit job {submitted.job_id})")
-            submitted.cancel(check=False)
-        raise
-    return outcomes
 
 
 @dataclass(frozen=True)
@@ -390,9 +346,7 @@ def slurm_executor(folder: Path, options: SlurmOptions, job_name: str) -> submit
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     except RuntimeError as err:
-        raise UserError(
-            f"--executor slurm: {err} Use --executor local or submitit-local off a cluster."
-        ) from err
+        raise UserError(f"--executor slurm: {err} Use --executor local off a cluster.") from err
     parameters: dict[str, Any] = {
         "name": job_name,
         "timeout_min": options.timeout_min,

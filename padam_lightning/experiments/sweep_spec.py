@@ -15,6 +15,10 @@ A sweep file is YAML::
           config: configs/optim/padam.yaml
           overrides: {model.optimizer.init_args.partial: 0.125}
         adam-lr3e-4: {model.optimizer.init_args.lr: 3.0e-4}  # or overrides alone
+      p:
+        p0.125:                                         # a title names it in reports
+          overrides: {model.optimizer.init_args.partial: 0.125}
+          title: p = 1/8
     seeds: [0, 1, 2]                  # optional (default [0]): every grid point once per seed
     overrides:                        # optional: dotted keys for every run
       trainer.max_epochs: 200
@@ -27,6 +31,12 @@ version}``: later values win, so a choice's override beats a sweep-wide one, and
 that place the run come last. A run is named by its labels and seed, ``resnet18-padam-seed0``, and
 logs to ``<save_dir>/<sweep name>/<run name>``. Relative config paths are read from the directory
 padam-sweep runs in (the project root for the shipped sweeps).
+
+What a run is, is written into its folder as ``run.json`` (:meth:`PlannedRun.identity`): the sweep,
+each axis's label, title and position in the file, the seed, and the ``padam-fit`` arguments.
+``padam-report`` groups and labels runs by it. A choice's title defaults to the display name of
+a known label (``sgdm`` -> ``SGDM``, ``resnet18`` -> ``ResNet-18``, see :func:`default_title`),
+else to the label itself.
 """
 
 from __future__ import annotations
@@ -46,8 +56,21 @@ from padam_lightning.errors import UserError
 
 #: Keys a sweep file may have at the top level.
 TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "seeds", "overrides", "exclude")
-#: Keys of a choice given as a mapping with config files and overrides.
-CHOICE_KEYS = ("config", "overrides")
+#: Keys of a choice given as a mapping with config files, overrides and a title.
+CHOICE_KEYS = ("config", "overrides", "title")
+#: Display names of the labels the shipped sweeps use for optimizers, networks and datasets.
+KNOWN_TITLES = {
+    "sgdm": "SGDM",
+    "adam": "Adam",
+    "amsgrad": "AMSGrad",
+    "padam": "Padam",
+    "adamw": "AdamW",
+    "radam": "RAdam",
+    "yogi": "Yogi",
+    "adabound": "AdaBound",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 _DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -62,6 +85,7 @@ class Choice:
     label: str
     configs: tuple[str, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,13 +112,44 @@ class SweepSpec:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a sweep: its name, the labels that make it, and what ``padam-fit`` gets."""
+    """One run of a sweep: its name, the choices that make it, and what ``padam-fit`` gets.
+
+    Attributes:
+        choices: ``(axis name, choice index in the file, choice)`` per axis, in axis order.
+    """
 
     name: str
-    labels: tuple[tuple[str, str], ...]
+    choices: tuple[tuple[str, int, Choice], ...]
     seed: int
     configs: tuple[str, ...]
     overrides: tuple[tuple[str, Any], ...]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """``{axis name: choice label}``."""
+        return {axis: choice.label for axis, _, choice in self.choices}
+
+    def identity(self, sweep_name: str, arguments: Sequence[str]) -> dict[str, Any]:
+        """What the run is, as written to its ``run.json``.
+
+        Args:
+            sweep_name: The sweep's name.
+            arguments: The ``padam-fit`` arguments of this attempt (from ``fit`` on).
+        """
+        return {
+            "sweep": sweep_name,
+            "run": self.name,
+            "axes": {
+                axis: {
+                    "label": choice.label,
+                    "title": choice.title or default_title(choice.label),
+                    "index": index,
+                }
+                for axis, index, choice in self.choices
+            },
+            "seed": self.seed,
+            "arguments": list(arguments),
+        }
 
     def fit_arguments(
         self, *, sweep_name: str, save_dir: str, extra_args: Sequence[str] = ()
@@ -139,6 +194,25 @@ def format_override_value(value: Any) -> str:
     if isinstance(value, int | str):
         return str(value)
     return json.dumps(value)
+
+
+def default_title(label: str) -> str:
+    """A label as reports show it: a known optimizer, network or dataset name, else the label.
+
+    ``padam`` -> ``Padam``, ``resnet18`` -> ``ResNet-18``, ``vgg16`` -> ``VGG-16``, ``wrn16_4`` ->
+    ``WRN-16-4``, ``p0.125`` -> ``p0.125``.
+    """
+    if label in KNOWN_TITLES:
+        return KNOWN_TITLES[label]
+    for pattern, template in (
+        (r"resnet(\d+)", "ResNet-{}"),
+        (r"vgg(\d+)", "VGG-{}"),
+        (r"wrn(\d+)_(\d+)", "WRN-{}-{}"),
+    ):
+        match = re.fullmatch(pattern, label)
+        if match:
+            return template.format(*match.groups())
+    return label
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -244,20 +318,24 @@ def _parse_choice(label: Any, value: Any, where: str) -> Choice:
     if isinstance(value, str | list):
         return Choice(label, configs=_config_list(value, here))
     if isinstance(value, dict):
+        title = ""
         if any(key in CHOICE_KEYS for key in value):
             unknown = sorted(set(value) - set(CHOICE_KEYS))
             if unknown:
                 raise UserError(
-                    f"{here}: a choice with config/overrides takes only those two keys; "
+                    f"{here}: a choice with config/overrides/title takes only those keys; "
                     f"move {', '.join(map(str, unknown))} under overrides."
                 )
             configs = _config_list(value.get("config"), f"{here}.config")
             overrides = _parse_overrides(value.get("overrides"), f"{here}.overrides")
+            title = value.get("title") or ""
+            if not isinstance(title, str):
+                raise UserError(f"{here}.title: expected a string, got {title!r}.")
         else:
             configs, overrides = (), _parse_overrides(value, here)
         if not configs and not overrides:
             raise UserError(f"{here}: the choice is empty; give a config file or overrides.")
-        return Choice(label, configs=configs, overrides=overrides)
+        return Choice(label, configs=configs, overrides=overrides, title=title)
     raise UserError(
         f"{here}: a choice is a config file, a list of config files, a mapping of overrides, "
         f"or {{config: ..., overrides: ...}}; got {value!r}."
@@ -346,19 +424,21 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
     runs = []
     names: set[str] = set()
     axis_choices = [axis.choices for axis in spec.axes]
-    for combination in itertools.product(*axis_choices):
-        labels = tuple(
-            (axis.name, choice.label) for axis, choice in zip(spec.axes, combination, strict=True)
+    for combination in itertools.product(*(enumerate(choices) for choices in axis_choices)):
+        chosen = tuple(
+            (axis.name, index, choice)
+            for axis, (index, choice) in zip(spec.axes, combination, strict=True)
         )
+        labels = {axis: choice.label for axis, _, choice in chosen}
         if any(
-            all(dict(labels)[axis_name] in wanted for axis_name, wanted in rule.items())
+            all(labels[axis_name] in wanted for axis_name, wanted in rule.items())
             for rule in spec.exclude
         ):
             continue
-        configs = spec.base + tuple(c for choice in combination for c in choice.configs)
-        overrides = spec.overrides + tuple(o for choice in combination for o in choice.overrides)
+        configs = spec.base + tuple(c for _, _, choice in chosen for c in choice.configs)
+        overrides = spec.overrides + tuple(o for _, _, choice in chosen for o in choice.overrides)
         for seed in spec.seeds:
-            name = "-".join([*(label for _, label in labels), f"seed{seed}"])
+            name = "-".join([*labels.values(), f"seed{seed}"])
             if name in names:
                 raise UserError(
                     f"{spec.source}: two runs would both be named {name}; make the labels of "
@@ -367,7 +447,7 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
             names.add(name)
             runs.append(
                 PlannedRun(
-                    name=name, labels=labels, seed=seed, configs=configs, overrides=overrides
+                    name=name, choices=chosen, seed=seed, configs=configs, overrides=overrides
                 )
             )
     return runs

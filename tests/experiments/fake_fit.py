@@ -8,7 +8,10 @@ overrides it was given:
   ``max_epochs`` of its configs and flags), exit 0;
 - ``--fake.crash_once true``: without ``--ckpt_path`` writes only ``last.ckpt`` and exits 1 (an
   interrupted run); with ``--ckpt_path last`` finishes;
-- ``--fake.fail true``: prints an error and exits 3 without writing anything else.
+- ``--fake.fail true``: prints an error and exits 3 without writing anything else;
+- ``--fake.rendezvous DIR --fake.parties N``: marks its arrival in DIR, then waits (up to a
+  minute) until N runs have arrived, so it finishes only if N runs ran at the same time; exit 4
+  when they never do.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -50,6 +54,16 @@ def main(argv: list[str]) -> int:
     if options.get("fake.fail") == "true":
         print("RuntimeError: the fake run failed on purpose", file=sys.stderr)
         return 3
+    if "fake.rendezvous" in options:
+        meeting = Path(options["fake.rendezvous"])
+        meeting.mkdir(parents=True, exist_ok=True)
+        (meeting / run_dir.name).touch()
+        deadline = time.monotonic() + 60
+        while len(list(meeting.iterdir())) < int(options["fake.parties"]):
+            if time.monotonic() > deadline:
+                print("the other runs never came", file=sys.stderr)
+                return 4
+            time.sleep(0.05)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"fake")
     if options.get("fake.crash_once") == "true" and options.get("ckpt_path") != "last":

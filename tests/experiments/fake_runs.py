@@ -1,13 +1,17 @@
-"""Helpers for report tests: run folders with a config.yaml and TensorBoard event files.
+"""Helpers for report tests: run folders with a config.yaml, a run.json and event files.
 
-The event files are written with ``torch.utils.tensorboard.SummaryWriter`` the way Lightning's
-TensorBoardLogger lays out epoch-level metrics: each epoch's scalars at the global step of the
-epoch's last batch, together with an ``epoch`` scalar (0-based) at the same step. Scalars are read
-back independently of the report with TensorBoard's raw event-file loader.
+The event files are written with ``torch.utils.tensorboard.SummaryWriter`` in either layout
+Lightning's TensorBoardLogger produces for epoch-level metrics: each epoch's scalars at the global
+step of the epoch's last batch, together with an ``epoch`` scalar (0-based) at the same step
+(``epoch_as_step=False``, older runs), or at the epoch index as the step (newer runs, which log
+``step``). Per-step scalars (``train/loss_step`` with an ``epoch`` scalar, twice an epoch) are
+written beside them in both. Scalars are read back independently of the report with
+TensorBoard's raw event-file loader.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +86,39 @@ def write_run(
     wall_time: float = 1000.0,
     suffix: str = "",
     finished: bool = True,
+    axes: dict[str, tuple[str, str] | tuple[str, str, int]] | None = None,
+    epoch_as_step: bool = False,
 ) -> None:
-    """Write ``curves`` (tag -> value per epoch, from ``first_epoch``) as one event file."""
+    """Write ``curves`` (tag -> value per epoch, from ``first_epoch``) as one event file.
+
+    ``axes`` (axis -> (label, title[, index of the choice in the sweep file])) writes a
+    ``run.json`` as padam-sweep does, with the config's seed; without it the folder is a plain
+    padam-fit run.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(run_config))
+    if axes is not None:
+        identity = {
+            "axes": {
+                axis: {"label": value[0], "title": value[1], "index": (*value, 0)[2]}
+                for axis, value in axes.items()
+            },
+            "seed": run_config["seed_everything"],
+        }
+        (run_dir / "run.json").write_text(json.dumps(identity))
     writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=suffix)
     length = len(next(iter(curves.values())))
     for index in range(length):
         epoch = first_epoch + index
         step = epoch * STEPS_PER_EPOCH - 1
         when = wall_time + epoch
-        writer.add_scalar("epoch", epoch - 1, step, walltime=when)
-        for tag, values in curves.items():
-            writer.add_scalar(tag, values[index], step, walltime=when)
+        if epoch_as_step:
+            for tag, values in curves.items():
+                writer.add_scalar(tag, values[index], epoch - 1, walltime=when)
+        else:
+            writer.add_scalar("epoch", epoch - 1, step, walltime=when)
+            for tag, values in curves.items():
+                writer.add_scalar(tag, values[index], step, walltime=when)
         # Per-step scalars (several per epoch, each with an epoch scalar) are not epoch curves.
         for earlier in (step - 2, step - 1):
             writer.add_scalar("train/loss_step", 1.0, earlier, walltime=when)
@@ -112,8 +136,10 @@ def read_scalars_independently(run_dir: Path) -> dict[str, dict[int, float]]:
             for value in event.summary.value:
                 if value.HasField("simple_value"):
                     number = value.simple_value
-                else:
+                elif value.metadata.plugin_data.plugin_name == "scalars":
                     number = float(tensor_util.make_ndarray(value.tensor))
+                else:
+                    continue  # not a scalar, e.g. the custom-scalars layout of TensorBoard
                 previous = scalars.setdefault(value.tag, {}).get(event.step)
                 if previous is None or event.wall_time >= previous[0]:
                     scalars[value.tag][event.step] = (event.wall_time, number)

@@ -34,7 +34,14 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
             {
                 "name": "tiny",
                 "base": [str(CONFIGS / "wrn.yaml"), str(CONFIGS / "tiny.yaml")],
-                "grid": {"p": {"sched": str(CONFIGS / "experiments" / "p_schedule.yaml")}},
+                "grid": {
+                    "p": {
+                        "sched": {
+                            "config": str(CONFIGS / "experiments" / "p_schedule.yaml"),
+                            "title": "p 1/4→1/16",
+                        }
+                    }
+                },
             }
         )
     )
@@ -59,6 +66,9 @@ def test_sweep_run_finishes_and_a_resumed_run_continues_in_its_folder(real_sweep
     ]
     assert len(attempts) == 2
     assert "--ckpt_path" not in attempts[0] and attempts[1].endswith("--ckpt_path last")
+    identity = json.loads((sched_run / "run.json").read_text())
+    assert identity["axes"] == {"p": {"label": "sched", "title": "p 1/4→1/16", "index": 0}}
+    assert identity["seed"] == 0
     config = yaml.safe_load((sched_run / "config.yaml").read_text())
     assert config["seed_everything"] == 0
     assert config["trainer"]["max_epochs"] == 3
@@ -92,19 +102,25 @@ def test_report_on_real_runs_matches_the_logged_scalars(real_sweep: Path, tmp_pa
     finished = json.loads((run_dir / "finished.json").read_text())
     assert run["final_val_err"] == pytest.approx(finished["metrics"]["val/err"], abs=1e-6)
     assert run["epochs"] == finished["max_epochs"] == 3
-    figures = build_figures(report.build_report(real_sweep)[0])
+    groups, layout, _ = report.build_report(real_sweep)
+    figures = build_figures(groups, layout)
     assert set(figures) == {"curves", "schedule"}
     test_error_axes = figures["curves"].axes[1]
     legend = test_error_axes.get_legend()
     assert legend is not None
-    assert [text.get_text() for text in legend.get_texts()] == ["Padam"]
+    assert [text.get_text() for text in legend.get_texts()] == ["p 1/4→1/16"]
     (line,) = test_error_axes.get_lines()
-    assert np.asarray(line.get_ydata()).tolist() == pytest.approx(errors, abs=1e-7)
+    assert np.asarray(line.get_ydata()).tolist() == pytest.approx(
+        [100 * e for e in errors], abs=1e-5
+    )
+    assert figures["curves"].get_suptitle() == "WRN-10-1 · synthetic · 3 epochs · seed 0"
     (p_line,) = figures["schedule"].axes[0].get_lines()
     assert np.asarray(p_line.get_ydata()).tolist() == pytest.approx(
         [value for _, value in sorted(scalars["optim/partial"].items())], abs=1e-7
     )
     markdown = (out / "results.md").read_text()
-    assert f"| Padam | 1 | 3/3 | {100 * errors[-1]:.2f} | {100 * min(errors):.2f} |" in markdown
+    assert (
+        f"| p 1/4→1/16 | 1 | 3/3 | {100 * errors[-1]:.2f} | {100 * min(errors):.2f} |" in markdown
+    )
     for name in ("curves.png", "curves.svg", "schedule.png", "results.csv"):
         assert (out / name).is_file()

@@ -1,4 +1,4 @@
-"""padam-report on synthetic logs: layout inference, statistics, figures, tables, errors."""
+"""padam-report on synthetic logs: grouping by run.json, statistics, figures, tables, errors."""
 
 from __future__ import annotations
 
@@ -10,18 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_runs import STEPS_PER_EPOCH, config, read_scalars_independently, write_run
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from padam_lightning.experiments.report import build_report, main
 from padam_lightning.experiments.report_figures import build_figures
 from padam_lightning.experiments.run_logs import read_run
 
-
-def _legend(fig: Figure, row: int, column: int) -> list[str]:
-    ax = fig.axes[row * _columns(fig) + column]
-    legend = ax.get_legend()
-    assert legend is not None
-    return [text.get_text() for text in legend.get_texts()]
+OPTIMIZERS = {"sgdm": "SGDM", "adam": "Adam", "amsgrad": "AMSGrad", "padam": "Padam"}
+ARCHS = {"vgg16": "VGG-16", "resnet18": "ResNet-18"}
 
 
 def _columns(fig: Figure) -> int:
@@ -30,9 +27,18 @@ def _columns(fig: Figure) -> int:
     return gridspec.ncols
 
 
+def _ax(fig: Figure, row: int, column: int) -> Axes:
+    return fig.axes[row * _columns(fig) + column]
+
+
+def _legend(fig: Figure, row: int, column: int) -> list[str]:
+    legend = _ax(fig, row, column).get_legend()
+    assert legend is not None
+    return [text.get_text() for text in legend.get_texts()]
+
+
 def _line(fig: Figure, row: int, column: int, label: str) -> tuple[list[float], list[float]]:
-    ax = fig.axes[row * _columns(fig) + column]
-    (line,) = [line for line in ax.get_lines() if line.get_label() == label]
+    (line,) = [line for line in _ax(fig, row, column).get_lines() if line.get_label() == label]
     return np.asarray(line.get_xdata()).tolist(), np.asarray(line.get_ydata()).tolist()
 
 
@@ -42,18 +48,18 @@ def _err(start: float, step: float, n: int = 5) -> list[float]:
 
 @pytest.fixture
 def optimizer_logs(tmp_path: Path) -> Path:
-    """2 networks x (SGDM, Adam, Padam), 5 epochs each: the optimizer comparison's shape."""
+    """2 networks x 4 optimizers, 5 epochs each, as padam-sweep lays them out (run.json)."""
     logdir = tmp_path / "optimizers"
-    settings = {"sgdm": 0.1, "adam": 0.001, "padam": 0.1}
-    for a, arch in enumerate(("vgg16", "resnet18")):
-        for o, (optimizer, lr) in enumerate(settings.items()):
+    for a, (arch, arch_title) in enumerate(ARCHS.items()):
+        for o, (optimizer, title) in enumerate(OPTIMIZERS.items()):
             write_run(
                 logdir / f"{arch}-{optimizer}-seed0",
-                config(arch=arch, optimizer=optimizer, lr=lr),
+                config(arch=arch, optimizer=optimizer),
                 {
                     "val/err": _err(0.5 - 0.01 * o - 0.02 * a, 0.05),
                     "train/loss": _err(2.0 - 0.1 * o, 0.3),
                 },
+                axes={"arch": (arch, arch_title, a), "optimizer": (optimizer, title, o)},
             )
     return logdir
 
@@ -64,18 +70,43 @@ def test_optimizer_comparison_gives_a_panel_per_network_and_a_line_per_optimizer
     groups, layout, notes = build_report(optimizer_logs)
     assert notes == []
     assert layout.panels == ("arch",) and layout.lines == ("optimizer",)
-    # lr, p and the optimizers' own arguments follow from the optimizer: not in the labels.
-    assert [g.label for g in groups] == ["SGDM", "Adam", "Padam"] * 2
-    assert [g.panel_title for g in groups[::3]] == ["VGG-16", "ResNet-18"]
-    fig = build_figures(groups)["curves"]
+    # The sweep file's order and titles (run.json), not an alphabetical or inferred one.
+    assert [g.label for g in groups] == ["SGDM", "Adam", "AMSGrad", "Padam"] * 2
+    assert [g.panel_title for g in groups[::4]] == ["VGG-16", "ResNet-18"]
+    fig = build_figures(groups, layout)["curves"]
     assert _columns(fig) == 2 and len(fig.axes) == 4
-    assert _legend(fig, 0, 0) == ["SGDM", "Adam", "Padam"]
-    assert fig.axes[0].get_title() == "VGG-16" and fig.axes[1].get_title() == "ResNet-18"
-    epochs, errors = _line(fig, 1, 1, "Adam")  # test error, ResNet-18
+    assert _legend(fig, 0, 0) == ["SGDM", "Adam", "AMSGrad", "Padam"]
+    assert _ax(fig, 0, 0).get_title() == "VGG-16" and _ax(fig, 0, 1).get_title() == "ResNet-18"
+    epochs, errors = _line(fig, 1, 1, "Adam")  # test error, ResNet-18, in percent
     assert epochs == [1, 2, 3, 4, 5]
-    assert errors == pytest.approx(_err(0.5 - 0.01 - 0.02, 0.05))
+    assert errors == pytest.approx([100 * e for e in _err(0.5 - 0.01 - 0.02, 0.05)])
     _, losses = _line(fig, 0, 0, "Padam")
-    assert losses == pytest.approx(_err(2.0 - 0.2, 0.3))
+    assert losses == pytest.approx(_err(2.0 - 0.3, 0.3))
+
+
+def test_figure_is_readable_at_a_glance(optimizer_logs: Path, tmp_path: Path) -> None:
+    groups, layout, _ = build_report(optimizer_logs)
+    fig = build_figures(groups, layout)["curves"]
+    fig.canvas.draw()
+    # Lines that may coincide (Adam and AMSGrad) differ in colour, line style and marker.
+    lines = {line.get_label(): line for line in _ax(fig, 1, 0).get_lines()}
+    looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines.values()]
+    for part in range(3):
+        assert len({look[part] for look in looks}) == len(looks)
+    # Test error in percent, whole epochs on the x axis, plain numbers on the log loss axis.
+    assert _ax(fig, 1, 0).get_ylabel() == "test error (%)"
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    loss_ax = _ax(fig, 0, 0)
+    assert loss_ax.get_yscale() == "log"
+    labels = [t.get_text() for t in loss_ax.get_yticklabels(minor=True)]
+    labels += [t.get_text() for t in loss_ax.get_yticklabels()]
+    shown = [label for label in labels if label]
+    assert shown and not any("10^" in label or "times" in label for label in shown)
+    assert all(float(label) > 0 for label in shown)
+    # The title says what ran.
+    assert fig.get_suptitle() == "VGG-16, ResNet-18 · CIFAR-10 · 5 epochs · seed 0"
 
 
 def test_report_files_hold_the_logged_values(
@@ -83,7 +114,7 @@ def test_report_files_hold_the_logged_values(
 ) -> None:
     out = tmp_path / "report"
     assert main([str(optimizer_logs), "--out", str(out), "--target-err", "0.35"]) == 0
-    assert "6 run(s) in 6 group(s)" in capsys.readouterr().out
+    assert "8 run(s) in 8 group(s)" in capsys.readouterr().out
     for name in ("curves.png", "curves.svg", "results.md", "results.json", "results.csv"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
@@ -98,6 +129,7 @@ def test_report_files_hold_the_logged_values(
         assert [e for e, _ in run["curves"]["val/err"]] == [1, 2, 3, 4, 5]
         assert "train/loss_step" not in run["curves"]  # per-step scalars are not epoch curves
     adam = next(g for g in results["groups"] if g["label"] == "Adam" and g["panel"] == "VGG-16")
+    assert adam["axes"]["optimizer"] == {"label": "adam", "title": "Adam"}
     # Adam on VGG: 0.49, 0.44, 0.39, 0.34 -> first at most 0.35 after epoch 4.
     assert adam["epoch_to_target"] == {"0.35": 4}
     # The worst group in the VGG panel (SGDM) ends at 0.30: every group's epoch to reach it.
@@ -109,7 +141,7 @@ def test_report_files_hold_the_logged_values(
     assert "| Adam | 1 | 5/5 | 29.00 | 29.00 | 0.7000 | 4 | 5 |" in markdown
     with open(out / "results.csv") as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == 6 and {"arch", "optimizer"} <= set(rows[0])
+    assert len(rows) == 8 and rows[1]["optimizer"] == "Adam" and rows[1]["arch"] == "VGG-16"
 
 
 def test_seeds_pool_into_mean_and_std(tmp_path: Path) -> None:
@@ -120,8 +152,14 @@ def test_seeds_pool_into_mean_and_std(tmp_path: Path) -> None:
             logdir / f"padam-seed{seed}",
             config(seed=seed, max_epochs=3),
             {"val/err": errors, "train/loss": [1.0, 0.8, 0.5 + seed / 10]},
+            axes={"optimizer": ("padam", "Padam", 1)},
         )
-    write_run(logdir / "sgdm-seed0", config(optimizer="sgdm", max_epochs=3), {"val/err": [0.5] * 3})
+    write_run(
+        logdir / "sgdm-seed0",
+        config(optimizer="sgdm", max_epochs=3),
+        {"val/err": [0.5] * 3},
+        axes={"optimizer": ("sgdm", "SGDM")},
+    )
     groups, layout, _ = build_report(logdir)
     assert layout.lines == ("optimizer",)
     padam = next(g for g in groups if g.label == "Padam")
@@ -135,59 +173,113 @@ def test_seeds_pool_into_mean_and_std(tmp_path: Path) -> None:
     mean_curve = padam.mean_curves["val/err"].values
     assert mean_curve == pytest.approx([0.40, 0.30333333, 0.23], rel=1e-6)
     assert padam.epoch_to_reach(0.30) == 3  # the seed mean is 0.3033 after epoch 2
-    fig = build_figures(groups)["curves"]
+    fig = build_figures(groups, layout)["curves"]
     assert len(fig.axes[1].collections) == 1  # one ±std band: Padam's three seeds
+    assert fig.get_suptitle().endswith("3 epochs · seeds 0, 1, 2 (mean ± 1 std)")
 
 
 def test_p_by_lr_grid_becomes_a_grid_of_panels(tmp_path: Path) -> None:
     logdir = tmp_path / "p_lr_grid"
-    for p in (0.25, 0.125):
-        for lr in (0.1, 0.01):
+    for i, (p, p_title) in enumerate(((0.25, "p = 1/4"), (0.125, "p = 1/8"))):
+        for j, lr in enumerate((0.1, 0.01)):
             write_run(
                 logdir / f"p{p}-lr{lr}-seed0",
                 config(p=p, lr=lr, max_epochs=2),
                 {"val/err": [0.5, 0.4 - p / 10 - lr], "train/loss": [1.0, 0.5]},
+                axes={"p": (f"p{p}", p_title, i), "lr": (f"lr{lr}", f"lr = {lr}", j)},
             )
     groups, layout, _ = build_report(logdir)
     assert layout.panels == ("lr",) and layout.lines == ("p",)
-    fig = build_figures(groups)["curves"]
-    assert [ax.get_title() for ax in fig.axes[:2]] == ["lr=0.1", "lr=0.01"]
-    assert _legend(fig, 1, 0) == ["p=1/4", "p=1/8"]
-    _, errors = _line(fig, 1, 1, "p=1/8")
-    assert errors == pytest.approx([0.5, 0.4 - 0.0125 - 0.01])
+    fig = build_figures(groups, layout)["curves"]
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["lr = 0.1", "lr = 0.01"]
+    assert _legend(fig, 1, 0) == ["p = 1/4", "p = 1/8"]
+    _, errors = _line(fig, 1, 1, "p = 1/8")
+    assert errors == pytest.approx([50.0, 100 * (0.4 - 0.0125 - 0.01)])
     # Asked for explicitly: p as panels, lr as lines.
     _, layout, _ = build_report(logdir, panels=["p"], lines=["lr"])
     assert layout.panels == ("p",) and layout.lines == ("lr",)
 
 
-def test_p_schedule_runs_are_labelled_by_their_schedule(tmp_path: Path) -> None:
+def test_p_schedule_runs_get_a_schedule_figure(tmp_path: Path) -> None:
     logdir = tmp_path / "p_schedule"
-    schedule = {
-        "p_start": 0.25,
-        "p_end": 0.0625,
-        "shape": "linear",
-        "interval": "epoch",
-        "total": 3,
-        "lr_start_scale": 0.1,
-        "lr_end_scale": 1.0,
-    }
     write_run(
         logdir / "sched-seed0",
-        config(schedule=schedule, max_epochs=3),
+        config(max_epochs=3),
         {"val/err": [0.5, 0.4, 0.3], "optim/partial": [0.25, 0.15625, 0.0625]},
+        axes={"p": ("sched", "p 1/4→1/16")},
     )
     write_run(
         logdir / "p0.0625-seed0",
         config(p=0.0625, max_epochs=3),
         {"val/err": [0.6, 0.5, 0.35], "optim/partial": [0.0625] * 3},
+        axes={"p": ("p0.0625", "p = 1/16", 1)},
     )
     groups, layout, _ = build_report(logdir)
-    assert layout.lines == ("p",)
-    assert [g.label for g in groups] == ["p=1/16", "p 1/4→1/16 linear, lr×0.1→1"]
-    figures = build_figures(groups)
+    assert [g.label for g in groups] == ["p 1/4→1/16", "p = 1/16"]
+    figures = build_figures(groups, layout)
     assert set(figures) == {"curves", "schedule"}
-    _, partials = _line(figures["schedule"], 0, 0, "p 1/4→1/16 linear, lr×0.1→1")
+    _, partials = _line(figures["schedule"], 0, 0, "p 1/4→1/16")
     assert partials == pytest.approx([0.25, 0.15625, 0.0625])
+
+
+def test_plain_padam_fit_runs_are_grouped_by_their_folder(tmp_path: Path) -> None:
+    # padam-fit's own layout: <name>/version_N, no run.json; versions are seeds of one group.
+    logdir = tmp_path / "lightning_logs"
+    for version, seed in ((0, 0), (1, 7)):
+        write_run(
+            logdir / "cifar10-wrn16_4-padam" / f"version_{version}",
+            config(arch="wrn16_4", seed=seed, max_epochs=2),
+            {"val/err": [0.5, 0.3 + seed / 100]},
+        )
+    write_run(
+        logdir / "cifar10-wrn16_4-sgdm" / "version_0",
+        config(arch="wrn16_4", optimizer="sgdm", max_epochs=2),
+        {"val/err": [0.4, 0.2]},
+    )
+    groups, layout, _ = build_report(logdir)
+    assert layout.lines == ("run",)
+    assert [g.label for g in groups] == ["cifar10-wrn16_4-padam", "cifar10-wrn16_4-sgdm"]
+    assert [r.record.seed for r in groups[0].runs] == [0, 7]
+    assert groups[0].final_err is not None
+    assert groups[0].final_err.mean == pytest.approx(0.335)
+
+
+def test_epoch_curves_read_both_step_layouts(tmp_path: Path) -> None:
+    # Older runs: epoch-level scalars at global steps with an epoch scalar; newer runs: the
+    # epoch index as the step. Both beside per-step train/loss_step scalars.
+    values = {"val/err": [0.5, 0.4, 0.35, 0.3], "train/loss": [2.0, 1.5, 1.2, 1.0]}
+    for name, epoch_as_step in (("old", False), ("new", True)):
+        write_run(tmp_path / name, config(max_epochs=4), values, epoch_as_step=epoch_as_step)
+        record = read_run(tmp_path / name, tmp_path)
+        assert record is not None
+        assert set(record.curves) == {"val/err", "train/loss"}, name
+        for tag, expected in values.items():
+            assert record.curves[tag].epochs == (1, 2, 3, 4), name
+            assert record.curves[tag].values == pytest.approx(expected), name
+
+
+def test_train_curve_pass_draws_the_end_of_epoch_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "logs"
+    curves = {"val/err": [0.5, 0.4], "train/loss": [2.0, 1.5], "train_pass/loss": [1.8, 1.2]}
+    write_run(logdir / "a-seed0", config(max_epochs=2), curves, axes={"o": ("a", "A")})
+    groups, layout, _ = build_report(logdir, train_curve="pass")
+    fig = build_figures(groups, layout)["curves"]
+    assert _line(fig, 0, 0, "A")[1] == pytest.approx([1.8, 1.2])
+    assert fig.axes[0].get_ylabel() == "train loss (end-of-epoch pass)"
+    assert groups[0].final_train_loss is not None
+    assert groups[0].final_train_loss.mean == pytest.approx(1.2)
+    # The default is the running mean, as Lightning logs it.
+    groups, layout, _ = build_report(logdir)
+    assert build_figures(groups, layout)["curves"].axes[0].get_ylabel().endswith("(running mean)")
+    # A run without the pass's tags: one clear line.
+    write_run(logdir / "b-seed0", config(max_epochs=2), {"val/err": [0.5, 0.4]})
+    assert main([str(logdir), "--out", str(tmp_path / "out"), "--train-curve", "pass"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("padam-report: error: --train-curve pass: 1 of 2 runs (e.g. b-seed0)")
+    assert "released_metrics.yaml" in err
 
 
 def test_a_resumed_run_keeps_the_latest_write_of_each_step(tmp_path: Path) -> None:
@@ -223,19 +315,20 @@ def test_damaged_run_files_are_passed_over_with_a_note(
 ) -> None:
     logdir = tmp_path / "logs"
     damaged = ("cut-finished", "list-finished", "cut-config", "binary-config", "list-config")
-    for name in ("good", *damaged):
-        write_run(logdir / name, config(), {"val/err": [0.5, 0.4]})
+    for name in ("good", *damaged, "cut-identity"):
+        write_run(logdir / name, config(), {"val/err": [0.5, 0.4]}, axes={"x": (name, name)})
     (logdir / "cut-finished" / "finished.json").write_text('{"epoch": 4, "global_st')
     (logdir / "list-finished" / "finished.json").write_text("[4]")
     (logdir / "cut-config" / "config.yaml").write_text("model: {arch: resnet18, optimi")
     (logdir / "binary-config" / "config.yaml").write_bytes(b"\xff\xfe\x00model")
     (logdir / "list-config" / "config.yaml").write_text("- model\n")
+    (logdir / "cut-identity" / "run.json").write_text('{"axes": {"x": {"lab')
     out = tmp_path / "report"
 
     assert main([str(logdir), "--out", str(out)]) == 0
 
     notes = capsys.readouterr().err.splitlines()
-    assert len(notes) == len(damaged), notes  # one line per damaged file, no traceback
+    assert len(notes) == len(damaged) + 1, notes  # one line per damaged file, no traceback
     assert all(note.startswith(f"padam-report: {logdir}/") for note in notes)
     (note,) = [n for n in notes if "/cut-config: " in n]
     assert note.endswith(
@@ -250,11 +343,16 @@ def test_damaged_run_files_are_passed_over_with_a_note(
     assert "finished.json is unreadable (" in note and note.endswith("taken as not finished")
     (note,) = [n for n in notes if "/list-finished: " in n]
     assert note.endswith("finished.json is not a JSON object; taken as not finished")
+    (note,) = [n for n in notes if "/cut-identity: " in n]
+    assert "run.json is unreadable (" in note and note.endswith("grouped by its folder name")
     runs = {run["name"]: run for run in json.loads((out / "results.json").read_text())["runs"]}
-    assert sorted(runs) == ["cut-finished", "good", "list-finished"]
+    assert sorted(runs) == ["cut-finished", "cut-identity", "good", "list-finished"]
     assert runs["good"]["finished"] and not runs["cut-finished"]["finished"]
     assert not runs["list-finished"]["finished"]
     assert runs["cut-finished"]["final_val_err"] == pytest.approx(0.4)
+    assert runs["cut-identity"]["axes"] == {
+        "run": {"label": "cut-identity", "title": "cut-identity"}
+    }
 
 
 def test_user_errors_print_one_line_and_exit_2(
@@ -268,6 +366,6 @@ def test_user_errors_print_one_line_and_exit_2(
     assert "no runs with a logged test error" in capsys.readouterr().err
     assert main([str(optimizer_logs), "--out", out, "--panels", "depth"]) == 2
     err = capsys.readouterr().err
-    assert "--panels depth: not a field that varies" in err and "arch, optimizer" in err
+    assert "--panels depth: not an axis of these runs; their axes: arch, optimizer" in err
     assert main([str(optimizer_logs), "--out", out, "--target-err", "10"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err

@@ -30,9 +30,9 @@ def _covering_runs(runs: list[PlannedRun]) -> list[PlannedRun]:
     chosen: list[PlannedRun] = []
     covered: set[tuple[str, str]] = set()
     for run in runs:
-        if run.seed == runs[0].seed and not set(run.labels) <= covered:
+        if run.seed == runs[0].seed and not set(run.labels.items()) <= covered:
             chosen.append(run)
-            covered |= set(run.labels)
+            covered |= set(run.labels.items())
     return chosen
 
 
@@ -74,7 +74,7 @@ def test_every_choice_of_a_shipped_sweep_parses(
             expected = yaml.safe_load(data_configs[-1].read_text())["data"]["dataset"]
         assert config.data.dataset == expected
         schedules = [c for c in config.trainer.callbacks or [] if c.class_path == SCHEDULE]
-        if dict(run.labels).get("p") == "sched":
+        if run.labels.get("p") == "sched":
             (schedule,) = schedules
             init = schedule.init_args
             assert (init.p_start, init.p_end) == (0.25, 0.0625)

@@ -110,6 +110,12 @@ def test_local_sweep_skips_finished_runs_and_resumes_interrupted_ones(
     assert len(resumed) == 2 and resumed[1]["argv"][-2:] == ["--ckpt_path", "last"]
     log = (runs / "crash-seed0" / "fit.log").read_text()
     assert log.count("### padam-sweep") == 2 and "--ckpt_path last" in log
+    # What the run is, written by the sweep beside the run's files.
+    identity = json.loads((runs / "crash-seed0" / "run.json").read_text())
+    assert identity["sweep"] == "demo" and identity["run"] == "crash-seed0"
+    assert identity["axes"] == {"cfg": {"label": "crash", "title": "crash", "index": 1}}
+    assert identity["seed"] == 0
+    assert identity["arguments"] == resumed[0]["argv"]  # without the resume flag
 
     assert main(args) == 0
     assert "nothing to do" in capsys.readouterr().out
@@ -124,7 +130,7 @@ def test_a_run_finished_by_a_short_trial_resumes_for_the_configured_epochs(
     assert main([*args, "--", "--trainer.max_epochs", "1"]) == 0
     assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 1
     # The trial is finished for a 1-epoch sweep, so the same command skips it...
-    assert main([*args, "--", "--trainer.max_epochs=1"]) == 0
+    assert main([*args, "--", "--trainer.max_epochs", "1"]) == 0
     assert len(_calls(run_dir)) == 1
     capsys.readouterr()
     # ...but the real sweep (2 epochs) continues it from its checkpoint.
@@ -136,7 +142,7 @@ def test_a_run_finished_by_a_short_trial_resumes_for_the_configured_epochs(
     assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 2
 
 
-def test_a_config_passed_through_decides_the_epochs_a_run_is_finished_for(
+def test_a_run_finished_with_other_arguments_resumes_and_with_the_same_is_skipped(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The README's way: padam-sweep SWEEP.yaml -- --config configs/experiments/reproduction.yaml
@@ -146,19 +152,17 @@ def test_a_config_passed_through_decides_the_epochs_a_run_is_finished_for(
     run_dir = project / "lightning_logs" / "demo" / "b-seed0"
     assert main([*args, "--", "--config", "short.yaml"]) == 0
     assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 1
-    # Finished for the epochs short.yaml sets: a restart skips it rather than resume it again.
+    # The same arguments again: finished, skipped (padam-sweep reads no config to decide it).
     assert main([*args, "--", "--config", "short.yaml"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert len(_calls(run_dir)) == 1
-    # Later arguments win, as in padam-fit: a --config file or --trainer.max_epochs after it.
-    for passthrough, state in [
-        (["--config=short.yaml"], "finished (skipped)"),
-        (["--config", "short.yaml", "--trainer.max_epochs", "2"], "resume"),
-        (["--trainer.max_epochs=2", "--config", "short.yaml"], "finished (skipped)"),
-        (["--config", "short.yaml", "--config", "b.yaml"], "resume"),
-    ]:
-        assert main([*args, "--dry-run", "--", *passthrough]) == 0
-        assert f"# b-seed0: {state}" in capsys.readouterr().out, passthrough
+    # Other arguments: the run resumes from its checkpoint, and padam-fit trains on (or, when
+    # the epochs are already done, only writes finished.json again).
+    longer = ["--config", "short.yaml", "--trainer.max_epochs", "2"]
+    assert main([*args, "--dry-run", "--", *longer]) == 0
+    assert "# b-seed0: resume" in capsys.readouterr().out
+    assert main([*args, "--", *longer]) == 0
+    assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 2
 
 
 @pytest.mark.parametrize(
@@ -194,11 +198,11 @@ def test_resuming_with_other_settings_warns(
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
     started = (
-        "padam-fit fit --config a.yaml --seed_everything 0 --trainer.logger.init_args.save_dir "
+        "fit --config a.yaml --seed_everything 0 --trainer.logger.init_args.save_dir "
         "lightning_logs --trainer.logger.init_args.name demo "
         "--trainer.logger.init_args.version a-seed0"
     )
-    (run_dir / "fit.log").write_text(f"### padam-sweep 2026-01-01T00:00:00: {started}\nlog\n")
+    (run_dir / "run.json").write_text(json.dumps({"arguments": started.split()}))
     dry_run = [str(sweep), "--dry-run", "--fit-command", "/elsewhere/padam-fit"]
     assert main(dry_run) == 0
     assert "warning" not in capsys.readouterr().err  # same settings; the command's path aside
@@ -207,14 +211,16 @@ def test_resuming_with_other_settings_warns(
     assert main([*dry_run, "--", "--model.optimizer.init_args.lr", "0.5"]) == 0
     err = capsys.readouterr().err
     assert "warning: a-seed0 resumes with other settings than it started with" in err
+    assert "run.json" in err
 
 
-def test_submitit_local_queues_runs_one_per_gpu_and_reports_failures(
+def test_gpu_runs_queue_one_per_gpu_and_report_failures(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep = _write_sweep(
         project, {"cfg": {"a": "a.yaml", "b": "b.yaml", "bad": {"fake.fail": True}}}
     )
+    # submitit-local: an earlier version's name of the local executor, still accepted.
     args = [str(sweep), "--executor", "submitit-local", "--gpus", "3,5"]
     code = main([*args, "--fit-command", FIT_COMMAND])
     out = capsys.readouterr().out
@@ -227,8 +233,42 @@ def test_submitit_local_queues_runs_one_per_gpu_and_reports_failures(
     assert "the fake run failed on purpose" in out  # the end of its fit.log
     # Two GPUs, three runs: the first two get one GPU each, the third waits for a free one.
     seen = [_calls(runs / f"{name}-seed0")[0]["cuda_visible_devices"] for name in ["a", "b", "bad"]]
-    assert seen[:2] == ["3", "5"] and seen[2] in ("3", "5")
-    assert out.count("started on GPU") == 3
+    assert sorted(seen[:2]) == ["3", "5"] and seen[2] in ("3", "5")
+    assert out.count(" on GPU ") == 3
+
+
+def _rendezvous_sweep(project: Path, runs: int) -> Path:
+    """A sweep of ``runs`` runs that finish only if all of them run at the same time."""
+    meeting = {"fake.rendezvous": str(project / "meeting"), "fake.parties": runs}
+    grid = {"cfg": {f"r{i}": {"config": "a.yaml", "overrides": meeting} for i in range(runs)}}
+    return _write_sweep(project, grid)
+
+
+def test_runs_per_gpu_runs_k_at_once_on_the_cpu(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a machine without GPUs
+    sweep = _rendezvous_sweep(project, 3)
+    args = [str(sweep), "--executor", "local", "--fit-command", FIT_COMMAND]
+    assert main([*args, "--runs-per-gpu", "3"]) == 0  # all three met: they ran at once
+    out = capsys.readouterr().out
+    assert "3 run(s) finished, 0 skipped (already finished), 0 failed" in out
+    assert out.count(" on CPU: ") == 3
+    for name in ("r0", "r1", "r2"):
+        (call,) = _calls(project / "lightning_logs" / "demo" / f"{name}-seed0")
+        assert call["cuda_visible_devices"] == ""
+
+
+def test_runs_per_gpu_shares_each_gpu_among_k_runs(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _rendezvous_sweep(project, 4)
+    args = [str(sweep), "--gpus", "3,5", "--runs-per-gpu", "2", "--fit-command", FIT_COMMAND]
+    assert main(args) == 0  # four runs at once on two GPUs
+    runs = project / "lightning_logs" / "demo"
+    seen = sorted(_calls(runs / f"r{i}-seed0")[0]["cuda_visible_devices"] for i in range(4))
+    assert seen == ["3", "3", "5", "5"]
+    assert "4 run(s) finished" in capsys.readouterr().out
 
 
 def test_user_errors_print_one_line_and_exit_2(
@@ -243,6 +283,10 @@ def test_user_errors_print_one_line_and_exit_2(
     assert "--only zzz* matches none" in capsys.readouterr().err
     assert main([str(sweep), "--no-wait"]) == 2
     assert "--no-wait is for --executor slurm only" in capsys.readouterr().err
+    assert main([str(sweep), "--dry-run", "--runs-per-gpu", "0"]) == 2
+    assert "--runs-per-gpu must be at least 1" in capsys.readouterr().err
+    assert main([str(sweep), "--executor", "slurm", "--runs-per-gpu", "2"]) == 2
+    assert "--runs-per-gpu is for the local executor" in capsys.readouterr().err
 
 
 def test_only_filters_runs(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -258,7 +302,7 @@ def test_help_describes_executors(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--executor {auto,local,submitit-local,slurm}" in text
-    assert "--slurm-partition" in text and "--dry-run" in text
+    assert "--slurm-partition" in text and "--dry-run" in text and "--runs-per-gpu K" in text
 
 
 def test_slurm_executor_writes_one_gpu_per_run_sbatch(

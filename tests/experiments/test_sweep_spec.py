@@ -54,8 +54,44 @@ def test_grid_expands_in_axis_order_with_seeds_and_exclusions() -> None:
         "wrn-padam-p0.25-seed0",
         "wrn-padam-p0.25-seed1",
     ]
-    assert runs[3].labels == (("arch", "resnet18"), ("optimizer", "padam-p0.25"))
+    assert runs[3].labels == {"arch": "resnet18", "optimizer": "padam-p0.25"}
     assert runs[3].seed == 1
+
+
+def test_identity_names_each_axis_with_its_title_and_place_in_the_file() -> None:
+    data = {
+        "name": "ids",
+        "grid": {
+            "arch": {"resnet18": "r.yaml", "wrn16_4": "w.yaml", "vgg16": "v.yaml"},
+            "optimizer": {"yogi": "y.yaml", "adabound": "a.yaml"},
+            "p": {
+                "p0.125": {
+                    "overrides": {"model.optimizer.init_args.partial": 0.125},
+                    "title": "p = 1/8",
+                },
+                "custom": {"k.a": 1},
+            },
+        },
+        "seeds": [4],
+    }
+    run = _spec(data)[-1]  # vgg16-adabound-custom-seed4
+    assert run.identity("ids", ["fit", "--x"]) == {
+        "sweep": "ids",
+        "run": "vgg16-adabound-custom-seed4",
+        "axes": {
+            "arch": {"label": "vgg16", "title": "VGG-16", "index": 2},
+            "optimizer": {"label": "adabound", "title": "AdaBound", "index": 1},
+            "p": {"label": "custom", "title": "custom", "index": 1},
+        },
+        "seed": 4,
+        "arguments": ["fit", "--x"],
+    }
+    titles = [
+        {axis: value["title"] for axis, value in r.identity("ids", [])["axes"].items()}
+        for r in _spec(data)
+    ]
+    assert titles[0] == {"arch": "ResNet-18", "optimizer": "Yogi", "p": "p = 1/8"}
+    assert titles[4]["arch"] == "WRN-16-4"
 
 
 def test_fit_arguments_order_configs_seed_overrides_extra_then_logger() -> None:
@@ -130,6 +166,7 @@ def test_override_values_round_trip_through_yaml(value: object, text: str) -> No
         ({"grid": {"arch": {"res net": "a.yaml"}}}, "label 'res net' must be a short"),
         ({"grid": {"arch": {"r": 3}}}, "a choice is a config file"),
         ({"grid": {"arch": {"r": {"config": "a.yaml", "lr": 1}}}}, "move lr under overrides"),
+        ({"grid": {"arch": {"r": {"config": "a.yaml", "title": 3}}}}, "r.title: expected a string"),
         ({"grid": {"arch": {}}}, "grid.arch must map labels to choices"),
         ({"exclude": [{"arch": "vgg"}]}, "exclude: axis arch has no label vgg"),
         ({"exclude": [{"depth": "x"}]}, "exclude names axis 'depth'"),
@@ -172,6 +209,8 @@ def test_load_sweep_reports_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         ("p_schedule.yaml", 12),
         ("cpu_optimizers.yaml", 4),
         ("cpu_optimizers_decay.yaml", 8),
+        ("cpu_p_schedule.yaml", 8),
+        ("optimizers_extended.yaml", 24),
     ],
 )
 def test_shipped_sweeps_expand_and_name_existing_configs(sweep: str, count: int) -> None:
