@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -76,9 +77,21 @@ def test_report_flags_epochs_outside_the_released_seed_range() -> None:
         _run("package", 0, [0.51, 0.44]),
         _run("package", 1, [0.53, 0.46]),  # epoch 2 mean 0.45 > 0.42
     ]
-    tables, failures = fidelity.report_tables(runs)
+    tables, failures, significant = fidelity.report_tables(runs)
     assert failures == ["padam epoch 2 test_err"]
-    assert "| 1 | test_err | 0.5200 [0.5000, 0.5400] (2) | 0.5200 [0.5100, 0.5300] (2) | yes |" in (
-        tables
+    # t = (0.45 - 0.41) / (sqrt((0.0002 + 0.0002) / 2) * 1) = 2.83 < 4.30: not significant
+    assert significant == []
+    assert (
+        "| 1 | test_err | 0.5200 [0.5000, 0.5400] (2) | 0.5200 [0.5100, 0.5300] (2) | yes | +0.00 |"
+        in (tables)
     )
     assert fidelity.within([0.5], [0.5, 0.6]) and not fidelity.within([0.61], [0.5, 0.6])
+
+
+def test_t_statistic_against_a_hand_computed_value() -> None:
+    # means 2 and 5; squared deviations 0.25 + 0.25 + 1 + 1 = 2.5 over 2 df: pooled sd
+    # sqrt(1.25); standard error sqrt(1.25) * sqrt(1/2 + 1/2).
+    t = fidelity.t_statistic([1.5, 2.5], [4.0, 6.0])
+    assert t == pytest.approx(-3 / 1.25**0.5)
+    assert fidelity.t_critical([1.0, 2.0], [3.0, 4.0]) == pytest.approx(4.303)
+    assert fidelity.t_statistic([1.0], [2.0, 3.0]) is None
