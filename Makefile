@@ -9,7 +9,7 @@ SWEEP ?= configs/sweeps/optimizers.yaml
 CIFAR_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format bench bench-gpu fit demo tensorboard sweep report clean
+.PHONY: help install test lint format bench bench-gpu fit fit-cpu demo tensorboard sweep report clean
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --c
 	else \
 		$(BIN)/padam-fit fit --config $(CONFIG) $(ARGS); \
 	fi
+
+fit-cpu: $(STAMP) ## A CPU-scale run (WRN-10-1, 10 epochs, ~13 min on 2 cores): configs/cpu.yaml.
+	@$(MAKE) --no-print-directory fit CONFIG=configs/cpu.yaml ARGS="$(ARGS)"
 
 demo: $(STAMP) ## Offline demo: a short run on synthetic data with real TensorBoard logs.
 	$(BIN)/padam-fit fit --config configs/wrn.yaml --config configs/demo.yaml

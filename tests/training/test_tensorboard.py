@@ -1,0 +1,191 @@
+"""What a run leaves in TensorBoard: the Custom Scalars layout, HParams record, no empty runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from torch.utils.tensorboard import SummaryWriter
+
+from padam_lightning.cli import main
+from padam_lightning.data import CIFARDataModule
+from padam_lightning.training.classifier import ImageClassifier
+from padam_lightning.training.tensorboard import (
+    BEST_VAL_ERR_TAG,
+    LAYOUT,
+    TensorBoardDashboards,
+    holds_logged_data,
+    remove_empty_event_files,
+)
+
+
+def _accumulator(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def _session_hparams(accumulator: EventAccumulator) -> dict[str, Any]:
+    """The run's hyperparameters as the HParams plugin reads them."""
+    content = accumulator.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        content[hparams_metadata.SESSION_START_INFO_TAG]
+    )
+    values = {}
+    for name, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        values[name] = getattr(value, kind)
+    return values
+
+
+def test_fit_records_layout_hparams_and_best_error(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    main([*tiny_fit_args, "--trainer.max_epochs", "3"])
+    accumulator = _accumulator(tmp_path / "logs" / "run" / "version_0")
+
+    # The layout: the paper's curves first, training loss then test error, one line per run.
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(
+        accumulator.PluginTagToContent("custom_scalars")["custom_scalars__config__"]
+    )
+    first = layout.category[0]
+    assert first.title.startswith("Paper curves")
+    assert list(first.chart[0].multiline.tag) == [r"^train/loss$", r"^train_pass/loss$"]
+    assert list(first.chart[1].multiline.tag) == [r"^val/err$"]
+    assert [category.title for category in layout.category] == list(LAYOUT)
+
+    # Every setting that tells runs apart, read back through the HParams plugin's own parser.
+    hparams = _session_hparams(accumulator)
+    expected = {
+        "network": "wrn10_1",
+        "dataset": "synthetic",
+        "batch_size": 16.0,  # the plugin stores numbers as doubles
+        "eval_batch_size": 16.0,
+        "optimizer": "padam_lightning.optim.padam.Padam",
+        "optimizer/lr": 0.1,
+        "optimizer/partial": 0.125,
+        "optimizer/weight_decay": 0.0005,
+        "optimizer/betas": "[0.9, 0.999]",
+        "optimizer/amsgrad": True,
+        "scheduler": "torch.optim.lr_scheduler.MultiStepLR",
+        "scheduler/milestones": "[1]",
+        "scheduler/gamma": 0.1,
+        "p_schedule": "none",
+        "seed": "0",
+        "precision": "32-true",
+        "max_epochs": 3.0,
+    }
+    assert {name: hparams.get(name) for name in expected} == expected
+
+    # val/err_best is the running minimum of val/err, epoch by epoch, at the same steps.
+    val_err = [(event.step, event.value) for event in accumulator.Scalars("val/err")]
+    best = [(event.step, event.value) for event in accumulator.Scalars(BEST_VAL_ERR_TAG)]
+    running_min = [
+        (step, min(value for _, value in val_err[: index + 1]))
+        for index, (step, _) in enumerate(val_err)
+    ]
+    assert len(val_err) == 3
+    assert [value for _, value in best] == pytest.approx([value for _, value in running_min])
+
+
+def test_p_schedule_settings_are_recorded(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: padam_lightning.training.partial_schedule.PartialSchedule\n"
+        "      init_args: {p_start: 0.25, p_end: 0.0625, shape: linear, total: 2}\n"
+    )
+    main([*tiny_fit_args, "--config", str(schedule)])
+    hparams = _session_hparams(_accumulator(tmp_path / "logs" / "run" / "version_0"))
+    assert hparams["p_schedule"] == "linear"
+    assert hparams["p_schedule/p_start"] == 0.25
+    assert hparams["p_schedule/p_end"] == 0.0625
+    assert hparams["p_schedule/total"] == 2.0
+
+
+class _Fails(L.Callback):
+    """Raises at the first training batch: an attempt stopped before anything was logged."""
+
+    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("stopped before the first step")
+
+
+def _tiny_trainer(tmp_path: Path, callbacks: list[L.Callback]) -> tuple[L.Trainer, Path]:
+    logger = TensorBoardLogger(str(tmp_path), name="run", default_hp_metric=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=logger,
+        callbacks=[TensorBoardDashboards(), *callbacks],
+    )
+    return trainer, Path(logger.log_dir)
+
+
+def _tiny_fit(trainer: L.Trainer) -> None:
+    datamodule = CIFARDataModule(
+        dataset="synthetic", batch_size=8, eval_batch_size=8, synthetic_train_size=16,
+        synthetic_test_size=8,
+    )  # fmt: skip
+    trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=datamodule)
+
+
+def test_an_attempt_that_logged_nothing_leaves_no_event_file(tmp_path: Path) -> None:
+    trainer, run_dir = _tiny_trainer(tmp_path, [_Fails()])
+    with pytest.raises(RuntimeError, match="before the first step"):
+        _tiny_fit(trainer)
+    # The folder and what Lightning wrote there stay; only the empty event file went.
+    assert run_dir.is_dir() and (run_dir / "hparams.yaml").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*")) == []
+
+
+def test_a_run_that_logged_keeps_its_event_file(tmp_path: Path) -> None:
+    trainer, run_dir = _tiny_trainer(tmp_path, [])
+    _tiny_fit(trainer)
+    (event_file,) = run_dir.glob("events.out.tfevents.*")
+    assert holds_logged_data(event_file)
+
+
+def _event_file(folder: Path, pid: int, host: str, scalar: bool) -> Path:
+    """An event file as another process would have left it (its name carries host and pid)."""
+    writer = SummaryWriter(str(folder))
+    writer.add_custom_scalars(LAYOUT)
+    if scalar:
+        writer.add_scalar("val/err", 0.5, 1)
+    writer.close()
+    (written,) = [p for p in folder.glob("events.out.tfevents.*") if f".{os.getpid()}." in p.name]
+    stamp = written.name.split(".")[3]
+    target = folder / f"events.out.tfevents.{stamp}.{host}.{pid}.{'1' if scalar else '0'}"
+    written.rename(target)
+    return target
+
+
+def test_empty_event_files_of_exited_processes_are_removed(tmp_path: Path) -> None:
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid, live_pid, host = int(exited.stdout), os.getppid(), socket.gethostname()
+    empty_dead = _event_file(tmp_path, dead_pid, host, scalar=False)
+    with_data_dead = _event_file(tmp_path, dead_pid + 1_000_000, host, scalar=True)
+    empty_live = _event_file(tmp_path, live_pid, host, scalar=False)
+    empty_elsewhere = _event_file(tmp_path, dead_pid, "another-host", scalar=False)
+    assert not holds_logged_data(empty_dead) and holds_logged_data(with_data_dead)
+
+    assert remove_empty_event_files(tmp_path) == [empty_dead]
+    assert sorted(tmp_path.iterdir()) == sorted([with_data_dead, empty_live, empty_elsewhere])
