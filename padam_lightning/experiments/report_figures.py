@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,15 +52,28 @@ def _plain(value: float, _position: object = None) -> str:
     return f"{value:.3g}"
 
 
+def _plain_minor(value: float, _position: object = None) -> str:
+    """A minor log tick's label at 2, 3 and 5 times a power of ten (the others stay unlabelled)."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    return _plain(value) if any(abs(mantissa - m) < 1e-6 for m in (2, 3, 5)) else ""
+
+
 def _style_axes(ax: Axes, log_scale: bool) -> None:
     lines = ax.get_lines()
     if log_scale and lines and all(np.min(np.asarray(line.get_ydata())) > 0 for line in lines):
         ax.set_yscale("log")
         low, high = ax.get_ylim()
         ax.yaxis.set_major_formatter(FuncFormatter(_plain))
-        # Within one decade only minor ticks fall in range: label them too, plainly.
-        spans_decade = math.floor(math.log10(high)) > math.floor(math.log10(low))
-        ax.yaxis.set_minor_formatter(NullFormatter() if spans_decade else FuncFormatter(_plain))
+        # Training losses span a decade or two, so few powers of ten fall in range: within a
+        # decade, evenly spaced round values; over a few, the minor ticks at 2, 3 and 5 as well.
+        if high / low < 10:
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            minor = _plain_minor if high / low < 300 else None
+            ax.yaxis.set_minor_formatter(FuncFormatter(minor) if minor else NullFormatter())
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.grid(True, alpha=0.3)
@@ -114,7 +128,8 @@ def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> F
                 ax.set_title(titles[panel])
             if ax.get_lines():
                 ax.legend(fontsize="small")
-    fig.suptitle(title)
+    # Wrapped to the figure's width (a one-panel figure is narrow).
+    fig.suptitle(textwrap.fill(title, width=48 * len(panels)), fontsize="medium")
     return fig
 
 
