@@ -52,7 +52,11 @@ from padam_lightning.training.checkpointing import (
     LastCheckpoint,
     RunSummary,
 )
-from padam_lightning.training.classifier import DEFAULT_OPTIMIZER_ARGS, ImageClassifier
+from padam_lightning.training.classifier import (
+    DEFAULT_OPTIMIZER_ARGS,
+    ImageClassifier,
+    check_precision,
+)
 from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.resume import (
     check_callbacks,
@@ -265,6 +269,7 @@ class PadamCLI(LightningCLI):
         if trainer.get("precision") is None and _trains_on_cuda(trainer.get("accelerator")):
             # Mixed precision where the hardware has it; CPU runs stay in fp32.
             trainer.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        check_precision(trainer.get("precision"))  # before Lightning's own traceback
         if (
             trainer.get("benchmark") is None
             and not trainer.get("deterministic")

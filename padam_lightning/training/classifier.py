@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
+from padam_lightning.data.sampling import PADDING_LABEL
 from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.models import build_model
 from padam_lightning.optim import Padam
@@ -30,6 +36,153 @@ def _triton_available() -> bool:
     except ImportError:  # pragma: no cover - very old or unusual torch builds
         return False
     return bool(has_triton())
+
+
+#: ``trainer.precision`` values that need NVIDIA Transformer Engine, and what to use instead.
+_TRANSFORMER_ENGINE_PRECISIONS = ("transformer-engine", "transformer-engine-float16")
+
+
+def check_precision(precision: object) -> None:
+    """Refuse a ``trainer.precision`` that Lightning accepts but this package cannot train with.
+
+    Every other value Lightning accepts trains: ``32-true``/``32``, ``64-true``/``64``,
+    ``16-true``, ``bf16-true``, ``bf16-mixed``/``bf16`` and ``16-mixed``/``16`` (which Lightning
+    itself turns into ``bf16-mixed`` on the CPU, with a warning); the data module builds each
+    batch in the precision's dtype.
+
+    Raises:
+        UserError: For ``transformer-engine*``: its precision plugin converts only linear and
+            layer-norm layers (these networks are convolutional), needs the separately installed
+            NVIDIA Transformer Engine library and a Hopper-class GPU.
+    """
+    if str(precision) in _TRANSFORMER_ENGINE_PRECISIONS:
+        raise UserError(
+            f"trainer.precision {precision} is not supported: Transformer Engine converts only "
+            "linear layers (these networks are convolutional) and needs its own library and an "
+            "NVIDIA Hopper GPU; use bf16-mixed (or 16-mixed on GPUs without bf16)."
+        )
+
+
+class WeightedMean(Metric):
+    """The weighted mean of per-sample values, kept as two sums on the device.
+
+    Unlike torchmetrics' ``MeanMetric`` (whose default NaN check reads a value back to the host
+    at every update, and whose ``nan_strategy="disable"`` drops the weights), :meth:`update` is
+    two on-device additions: it never waits for the device nor copies anything to it. The sums
+    are reduced across DDP processes by torchmetrics when the epoch ends.
+    """
+
+    full_state_update = False
+    total: torch.Tensor
+    weight: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add per-sample ``values`` with ``weights`` (same shape; 0 leaves a sample out)."""
+        self.total += (values * weights).sum()
+        self.weight += weights.sum()
+
+    def compute(self) -> torch.Tensor:
+        """``sum(values * weights) / sum(weights)`` over everything since the last reset."""
+        return self.total / self.weight
+
+
+def _record_event(device: torch.device) -> Any:
+    """An event recorded on ``device``'s current stream (replaced by the fake-device tests)."""
+    event = torch.Event(device=device)
+    event.record()
+    return event
+
+
+@dataclass(frozen=True)
+class _PendingLoss:
+    """A training loss on its way to the host: ``host`` is valid once ``event`` has completed."""
+
+    host: torch.Tensor
+    event: Any  # torch.Event, or None when ``host`` is valid already (CPU training)
+    step: int
+    epoch: int
+    batch_idx: int
+
+
+class DeferredLossCheck:
+    """Check each training loss for NaN or infinity without making the step wait for the device.
+
+    :meth:`defer` starts a non-blocking copy of the loss to pinned host memory and records an
+    event behind it; :meth:`check` reads the copies whose events have completed (on the CPU, at
+    once) and raises at the first non-finite one, naming its step. On an accelerator a step thus
+    learns of a divergence some steps later, when the device has finished that step; before a
+    checkpoint is written the module calls ``check(wait=True)``, which waits for all of them.
+    """
+
+    def __init__(self) -> None:
+        self._pending: deque[_PendingLoss] = deque()
+
+    def defer(self, loss: torch.Tensor, step: int, epoch: int, batch_idx: int) -> None:
+        """Queue a training step's loss (a scalar tensor) for checking."""
+        loss = loss.detach()
+        if loss.device.type == "cpu":
+            self._pending.append(_PendingLoss(loss, None, step, epoch, batch_idx))
+            return
+        host = loss.to("cpu", non_blocking=True)  # into pinned memory, behind the step's kernels
+        self._pending.append(_PendingLoss(host, _record_event(loss.device), step, epoch, batch_idx))
+
+    def check(self, wait: bool = False) -> None:
+        """Check the queued losses in order, those already on the host or all if ``wait``.
+
+        Raises:
+            TrainingDivergedError: At the first loss that is NaN or infinite, with its step,
+                epoch and batch.
+        """
+        while self._pending:
+            pending = self._pending[0]
+            if pending.event is not None:
+                if wait:
+                    pending.event.synchronize()
+                elif not pending.event.query():
+                    return  # the device has not finished that step yet: look again next step
+            self._pending.popleft()
+            value = float(pending.host)
+            if not math.isfinite(value):
+                self._pending.clear()
+                raise TrainingDivergedError(
+                    f"the training loss became {value} at step {pending.step} (epoch "
+                    f"{pending.epoch}, batch {pending.batch_idx}). The usual cause is a learning "
+                    "rate too large for this optimizer (Adam-like methods want ~1e-3, Padam and "
+                    "SGD ~0.1) or fp16 overflow. Lower model.optimizer.init_args.lr (or use "
+                    "bf16-mixed / 32-true precision) and start the run again: a resumed run keeps "
+                    "the optimizer settings stored in its checkpoint. The checkpoint of the last "
+                    "completed epoch was kept."
+                )
+
+
+def _dynamo_counters() -> dict[str, int]:
+    """torch.compile's process-wide counts: frames compiled, graphs, graph breaks, recompiles."""
+    from torch._dynamo.utils import counters, guard_failures
+
+    return {
+        "frames": int(counters["frames"]["ok"]),
+        "graphs": int(counters["stats"]["unique_graphs"]),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+        "recompiles": int(sum(len(reasons) for reasons in guard_failures.values())),
+    }
+
+
+def _recompile_reasons(limit: int = 3) -> list[str]:
+    """The first ``limit`` distinct reasons dynamo recompiled (guard failures), one line each."""
+    from torch._dynamo.utils import guard_failures
+
+    reasons: list[str] = []
+    for failures in guard_failures.values():
+        for failure in failures:
+            line = " ".join(str(failure).split())
+            if line not in reasons:
+                reasons.append(line)
+    return reasons[:limit]
 
 
 #: The paper's Padam settings, used when no optimizer is configured (also padam-fit's default).
@@ -52,7 +205,18 @@ class ImageClassifier(L.LightningModule):
 
     Logged once per epoch: ``train/loss``, ``train/err`` (top-1 error, a fraction), ``val/loss``,
     ``val/err`` (``test/*`` under ``padam-fit test``), ``optim/lr`` and, for optimizers with a
-    partial exponent, ``optim/partial``.
+    partial exponent, ``optim/partial``; these are written at step = the epoch index (0, 1, ...),
+    so TensorBoard draws them over epochs, as the paper does (a logged ``step`` is the x-axis
+    Lightning gives a log call; ``epoch`` is logged with the same value). Logged every
+    ``trainer.log_every_n_steps`` steps, at the global step: ``train/loss_step``, the loss of that
+    step, so a run shows progress minutes after its start. Validation and test metrics are exact
+    over the split under DDP too (padding positions of a shard are weighed 0).
+
+    No training step waits for the device: the metrics are sums kept on the device
+    (:class:`WeightedMean`), the loss is checked for NaN or infinity asynchronously
+    (:class:`DeferredLossCheck`), and Lightning reads the per-step loss only at its logging steps.
+    A divergence stops training with the step it happened at; no checkpoint of diverged weights
+    is written (all pending losses are checked before any checkpoint).
 
     Args:
         arch: Network name for :func:`~padam_lightning.models.build_model`, e.g. ``vgg16``,
@@ -68,12 +232,16 @@ class ImageClassifier(L.LightningModule):
             bf16 precision, off otherwise (fp32 on the CPU, where it is not consistently
             faster). Outputs are the same up to round-off either way.
         compile: Compile the network with ``torch.compile`` (a one-time cost of about a minute
-            per shape and train/eval mode at the first steps). None (the default): on when
-            training on a CUDA device where Triton is installed, off otherwise (on the CPU,
-            compiling takes minutes per graph, and a step ran from 17% slower to 34% faster,
-            which pays off only in runs of hours; see docs/performance.md); when on
-            automatically, a compilation failure falls back to eager execution with a warning
-            (``torch._dynamo.config.suppress_errors``). The
+            per train/eval mode at the first steps; the batch dimension is dynamic, so the last,
+            smaller batch of an epoch and the evaluation batches reuse the graphs). None (the
+            default): on when training on a CUDA device where Triton is installed, off otherwise
+            (on the CPU, compiling takes minutes per graph, and a step ran from 17% slower to
+            34% faster, which pays off only in runs of hours; see docs/performance.md). When the
+            forward pass fails to compile, an explicit ``True`` stops the run with a
+            :class:`~padam_lightning.errors.UserError`; an automatic one warns with the reason
+            and runs the network eagerly from then on (``is_compiled`` becomes False). A failure
+            while compiling the backward pass stops the run either way. torch.compile's counters
+            (graphs, recompiles and their reasons) are logged once, when training ends. The
             network is compiled in place, so checkpoints are the same with and without it.
         compile_mode: ``torch.compile``'s ``mode`` (one of :data:`COMPILE_MODES`; None is its
             default), e.g. ``max-autotune-no-cudagraphs``.
@@ -115,12 +283,16 @@ class ImageClassifier(L.LightningModule):
         # (Keys get a suffix because nn.Module already has an attribute called ``train``.)
         self.metrics = nn.ModuleDict(
             {
-                f"{stage}_metrics": nn.ModuleDict({"loss": MeanMetric(), "err": MeanMetric()})
+                f"{stage}_metrics": nn.ModuleDict({"loss": WeightedMean(), "err": WeightedMean()})
                 for stage in STAGES
             }
         )
-        # (loss, step, epoch, batch) of a training step whose loss has not been checked yet.
-        self._unchecked_loss: tuple[torch.Tensor, int, int, int] | None = None
+        self.loss_check = DeferredLossCheck()
+        # torch.compile's counters when the network was compiled (logged as differences).
+        self._counters_at_compile: dict[str, int] | None = None
+        #: torch.compile's counts over this module's runs (set when training ends), e.g.
+        #: ``{"graphs": 2, "recompiles": 1, ...}``; None when the network was not compiled.
+        self.compile_stats: dict[str, int] | None = None
         # Optimizer classes recorded in the checkpoint being resumed (checked in on_train_start).
         self._checkpoint_optimizers: list[str] | None = None
         self._check_optimizer()
@@ -156,6 +328,15 @@ class ImageClassifier(L.LightningModule):
         trainer = self._trainer
         return str(trainer.precision) if trainer is not None else ""
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before any step, a precision this package cannot train with.
+
+        Raises:
+            UserError: See :func:`check_precision`.
+        """
+        if self._trainer is not None:
+            check_precision(self._trainer.precision)
+
     def configure_model(self) -> None:
         """Apply the automatic channels-last and compile settings for the training device.
 
@@ -171,10 +352,6 @@ class ImageClassifier(L.LightningModule):
             self._use_channels_last()
         if self.compile_network is None:
             compile_network = cuda and _triton_available()
-            if compile_network:
-                # Automatic compilation must never stop a run: where a compiler is missing or
-                # fails, dynamo then warns and runs the network eagerly instead of raising.
-                torch._dynamo.config.suppress_errors = True
         else:
             compile_network = self.compile_network
         if compile_network and not self.is_compiled:
@@ -182,21 +359,83 @@ class ImageClassifier(L.LightningModule):
             # names, so a checkpoint loads the same with compilation on or off.
             self.net.compile(mode=self.compile_mode)
             self.is_compiled = True
+            self._counters_at_compile = _dynamo_counters()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the logits for a batch of normalised images."""
+        """Return the logits for a batch of normalised images.
+
+        Raises:
+            UserError: If ``compile=True`` and torch.compile fails on the network.
+        """
         if self.uses_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if not self.is_compiled:
+            return self.net(images)
+        # One graph for every batch size: without this the last, smaller batch of an epoch
+        # (80 of 50,000) and the evaluation batch (100) would each compile the network again.
+        # ("maybe": a batch of 1 may still specialise, instead of failing the run.)
+        torch._dynamo.maybe_mark_dynamic(images, 0)
+        try:
+            return self.net(images)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            self._compile_failed(err)
         return self.net(images)
 
+    def _compile_failed(self, err: Exception) -> None:
+        """Report a failed compilation: stop if it was asked for, else go on eagerly.
+
+        Raises:
+            UserError: If ``compile=True`` was set explicitly.
+        """
+        reason = " ".join(str(err).split())[:300]
+        if self.compile_network:
+            raise UserError(
+                f"torch.compile failed on the network ({type(err).__name__}: {reason}); train "
+                "without it: --model.compile false"
+            ) from err
+        warnings.warn(
+            f"torch.compile failed on the network, which now runs eagerly (uncompiled): "
+            f"{type(err).__name__}: {reason}",
+            stacklevel=2,
+        )
+        self.net._compiled_call_impl = None  # nn.Module.compile's hook: back to plain calls
+        self.is_compiled = False
+
+    def on_fit_end(self) -> None:
+        """Log torch.compile's counters once per run: graphs compiled, recompiles and why."""
+        if self._counters_at_compile is None:
+            return
+        now = _dynamo_counters()
+        self.compile_stats = {k: now[k] - self._counters_at_compile.get(k, 0) for k in now}
+        stats = self.compile_stats
+        message = (
+            f"torch.compile (network{'' if self.is_compiled else ', fell back to eager'}): "
+            f"{stats['graphs']} graphs compiled from {stats['frames']} frames, "
+            f"{stats['graph_breaks']} graph breaks, {stats['recompiles']} recompiles"
+        )
+        reasons = _recompile_reasons()
+        if stats["recompiles"] and reasons:
+            message += "; recompiled because: " + " | ".join(reasons)
+        rank_zero_info(message)
+
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        """The batch's mean loss; updates the stage's metrics over the counted samples.
+
+        Labels equal to ``PADDING_LABEL`` (positions that pad a DDP evaluation shard) are
+        ignored by the loss and weigh 0 in the metrics.
+        """
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        # Per sample (0 where the label is PADDING_LABEL, cross_entropy's ignore_index).
+        losses = F.cross_entropy(logits, labels, reduction="none", ignore_index=PADDING_LABEL)
+        counted = (labels != PADDING_LABEL).to(losses.dtype)
+        # The mean over counted samples (a batch of padding only, possible in evaluation,
+        # gives NaN here but adds nothing to the metrics).
+        loss = losses.sum() / counted.sum()
         metrics: Any = self.metrics[f"{stage}_metrics"]
-        batch_size = labels.numel()
-        metrics["loss"].update(loss.detach(), weight=batch_size)
-        metrics["err"].update((logits.detach().argmax(dim=1) != labels).float())
+        metrics["loss"].update(losses.detach(), counted)
+        errors = (logits.detach().argmax(dim=1) != labels).to(losses.dtype)
+        metrics["err"].update(errors, counted)
         if metrics["loss"].update_count == 1:
             # Handed to Lightning once per epoch, at the first update after its epoch-end reset,
             # not every step: Lightning keeps the Metric object and computes, syncs and resets
@@ -213,36 +452,22 @@ class ImageClassifier(L.LightningModule):
         """One optimisation step's loss; stops training at the first non-finite loss.
 
         On the CPU the loss is checked at once. On an accelerator, reading it back every step
-        would stall the device, so each step checks the previous step's loss (long finished by
-        then): training stops one step later, and no checkpoint of diverged weights is written
-        (see :meth:`on_save_checkpoint` and :meth:`on_train_epoch_end`).
+        would stall the device, so the loss is copied to the host asynchronously and each step
+        checks the losses whose copies have arrived (:class:`DeferredLossCheck`): training stops
+        a few steps later, naming the step that diverged, and no checkpoint of diverged weights
+        is written (see :meth:`on_save_checkpoint` and :meth:`on_train_epoch_end`).
         """
-        self._raise_if_diverged()
+        self.loss_check.check()
         loss = self._shared_step(batch, "train")
-        self._unchecked_loss = (loss.detach(), self.global_step, self.current_epoch, batch_idx)
-        if loss.device.type == "cpu":
-            self._raise_if_diverged()
+        self.loss_check.defer(loss, self.global_step, self.current_epoch, batch_idx)
+        self.loss_check.check()
+        # Read by Lightning only at its logging steps (every trainer.log_every_n_steps).
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         return loss
 
-    def _raise_if_diverged(self) -> None:
-        """Raise if the last unchecked training loss is NaN or infinite."""
-        if self._unchecked_loss is None:
-            return
-        loss, step, epoch, batch_idx = self._unchecked_loss
-        self._unchecked_loss = None
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"the training loss became {loss.item()} at step {step} (epoch {epoch}, batch "
-                f"{batch_idx}). The usual cause is a learning rate too large for this optimizer "
-                "(Adam-like methods want ~1e-3, Padam and SGD ~0.1) or fp16 overflow. Lower "
-                "model.optimizer.init_args.lr (or use bf16-mixed / 32-true precision) and start "
-                "the run again: a resumed run keeps the optimizer settings stored in its "
-                "checkpoint. The checkpoint of the last completed epoch was kept."
-            )
-
     def on_train_epoch_end(self) -> None:
-        """Check the epoch's last loss before the epoch's checkpoint is written."""
-        self._raise_if_diverged()
+        """Check the epoch's pending losses before the epoch's checkpoint is written."""
+        self.loss_check.check(wait=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Loss and error on one evaluation batch."""
@@ -252,8 +477,28 @@ class ImageClassifier(L.LightningModule):
         """Loss and error on one test batch."""
         self._shared_step(batch, "test")
 
+    def _log_epoch_axis(self) -> None:
+        """Put this stage's epoch-level values at step = epoch index on TensorBoard's x-axis.
+
+        Lightning writes a log call's metrics at the logged ``step`` when there is one (instead
+        of the global step), and then adds no ``epoch`` of its own; ``epoch`` is logged with it
+        so that readers mapping steps to epochs (padam-report) find it at those steps.
+        """
+        epoch = float(self.current_epoch)
+        self.log("step", epoch, on_step=False, on_epoch=True)
+        self.log("epoch", epoch, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_start(self) -> None:
+        """Put the epoch's validation values at step = epoch on TensorBoard."""
+        self._log_epoch_axis()
+
+    def on_test_epoch_start(self) -> None:
+        """Put the test values at step = epoch on TensorBoard."""
+        self._log_epoch_axis()
+
     def on_train_epoch_start(self) -> None:
         """Log the learning rate and partial exponent used during this epoch."""
+        self._log_epoch_axis()
         group = self.trainer.optimizers[0].param_groups[0]
         self.log("optim/lr", float(group["lr"]), on_step=False, on_epoch=True)
         if "partial" in group:
@@ -261,6 +506,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to write diverged weights over the last good checkpoint; record the optimizer."""
+        self.loss_check.check(wait=True)
         bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise TrainingDivergedError(

@@ -397,7 +397,7 @@ def test_a_deferred_loss_check_still_stops_before_the_epoch_checkpoint() -> None
     # On accelerators each step checks the previous step's loss; the epoch's last loss is
     # checked in on_train_epoch_end, which Lightning runs before the checkpoint callbacks.
     model = ImageClassifier(arch="wrn10_1")
-    model._unchecked_loss = (torch.tensor(float("nan")), 7, 0, 3)
+    model.loss_check.defer(torch.tensor(float("nan")), step=7, epoch=0, batch_idx=3)
     with pytest.raises(TrainingDivergedError, match=r"nan at step 7 \(epoch 0, batch 3\)"):
         model.on_train_epoch_end()
     model.on_train_epoch_end()  # checked once: nothing left to raise
