@@ -177,10 +177,10 @@ def run_report(argv: Sequence[str]) -> int:
     written = save_figures(build_figures(groups, layout), args.out)
     markdown = args.out / "results.md"
     markdown.write_text(markdown_table(groups, layout, targets, title))
-    json_path = args.out / "results.json"
-    write_json(json_path, results_json(groups, layout, targets, args.logdir))
-    csv_path = args.out / "results.csv"
-    write_csv(csv_path, groups, layout)
+    json_path, csv_path = args.out / "results.json", args.out / "results.csv"
+    results = results_json(groups, layout, targets, args.logdir)
+    write_json(json_path, results)
+    write_csv(csv_path, results)
     written += [markdown, json_path, csv_path]
     runs = sum(len(g.runs) for g in groups)
     print(f"{PROG}: {runs} run(s) in {len(groups)} group(s); wrote {', '.join(map(str, written))}")

@@ -145,6 +145,8 @@ def results_json(
                     "name": run.record.name,
                     "path": str(run.record.path),
                     "group": group.label,
+                    "figure": group.figure_title,
+                    "panel": group.panel_title,
                     "seed": run.record.seed,
                     "finished": run.record.finished is not None,
                     "axes": _axes_json(run.record.axes),
@@ -174,8 +176,9 @@ def results_json(
     }
 
 
+#: The columns of ``results.csv`` (keys of ``results.json``'s runs), then one per axis.
 CSV_COLUMNS = (
-    "run",
+    "name",
     "group",
     "figure",
     "panel",
@@ -190,33 +193,15 @@ CSV_COLUMNS = (
 )
 
 
-def write_csv(path: Path, groups: Sequence[RunGroup], layout: Layout) -> None:
-    """``results.csv``: one row per run with its numbers and the title of each of its axes."""
+def write_csv(path: Path, results: dict[str, Any]) -> None:
+    """``results.csv``: one row per run of ``results.json``, with each of its axes' titles."""
+    axes = results["layout"]["axes"]
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow([*CSV_COLUMNS, *layout.axes])
-        for group in groups:
-            for run in group.runs:
-                writer.writerow(
-                    [
-                        run.record.name,
-                        group.label,
-                        group.figure_title,
-                        group.panel_title,
-                        run.record.seed,
-                        run.record.finished is not None,
-                        run.epochs,
-                        run.max_epochs,
-                        run.final_err,
-                        run.best_err,
-                        run.best_epoch,
-                        run.final_train_loss,
-                        *(
-                            run.record.axes[k].title if k in run.record.axes else ""
-                            for k in layout.axes
-                        ),
-                    ]
-                )
+        writer.writerow(["run", *CSV_COLUMNS[1:], *axes])
+        for run in results["runs"]:
+            titles = [run["axes"].get(axis, {}).get("title", "") for axis in axes]
+            writer.writerow([*(run[column] for column in CSV_COLUMNS), *titles])
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
