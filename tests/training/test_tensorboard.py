@@ -55,10 +55,10 @@ def test_fit_records_layout_hparams_and_best_error(
     accumulator = _accumulator(tmp_path / "logs" / "run" / "version_0")
 
     # The layout: the paper's curves first, training loss then test error, one line per run.
+    # (The layout is the summary's tensor value, which is where TensorBoard's plugin reads it.)
+    (event,) = accumulator.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout()
-    layout.ParseFromString(
-        accumulator.PluginTagToContent("custom_scalars")["custom_scalars__config__"]
-    )
+    layout.ParseFromString(event.tensor_proto.string_val[0])
     first = layout.category[0]
     assert first.title.startswith("Paper curves")
     assert list(first.chart[0].multiline.tag) == [r"^train/loss$", r"^train_pass/loss$"]
