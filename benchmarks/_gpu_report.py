@@ -116,7 +116,7 @@ def measurement_lines(work: Path) -> list[str]:
 def parse_epochs(text: str) -> list[dict[str, float | str]]:
     """The EpochReport records of a padam-fit run's stdout, with ``partial`` set on short epochs.
 
-    An epoch cut short by ``--trainer.max_time`` trained on fewer images than the others.
+    An epoch cut short (e.g. by ``--trainer.max_time``) trained on fewer images than the others.
     """
     walls = {int(e): float(w) for e, w in WALL_LINE.findall(text)}
     epochs: list[dict[str, float | str]] = []
@@ -148,7 +148,7 @@ def training_lines(work: Path) -> tuple[list[str], float | None]:
         lines.append(f"  settings: {settings.group(1)}")
     if not epochs:
         return [*lines, "  no epoch finished"], None
-    lines.append("  epoch, train + eval seconds, test error (val/err); * cut short by max_time")
+    lines.append("  epoch, train + eval s, test error (val/err); * fewer images than the others")
     cells = [
         f"{int(r['epoch']):3d} {float(r['train']) + float(r['eval']):6.2f}s "
         f"{r.get('val/err', '-'):<6}{'*' if r['partial'] else ' '}"

@@ -41,7 +41,7 @@
 # Environment: PYTHON (the interpreter; default: the first of .venv/bin/python, python3 that has
 # torch), CIFAR_TARBALL (the tarball), GPU_DATA_DIR (where to extract it; default
 # ${TMPDIR:-/tmp}/padam-gpu-data), GPU_SH_WHEELS (default .gpu_data/wheels), GPU_SH_BUDGET_S (the
-# whole run's seconds: 420 on a GPU, 1500 for the dry run), GPU_SH_ROWS (comma-separated rows to
+# whole run's seconds: 420 on a GPU, 2400 for the dry run), GPU_SH_ROWS (comma-separated rows to
 # run instead of the default plan, or "all"; the environment row always runs), GPU_SH_SKIP
 # (comma-separated rows to leave out), GPU_SH_SMOKE (1: CPU dry run).
 
@@ -103,8 +103,8 @@ SMOKE=${GPU_SH_SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
     DEVICE=cpu
     ACCELERATOR=cpu
-    BUDGET=${GPU_SH_BUDGET_S:-1500} # a small, busy CPU; compiling alone takes minutes
-    CAP_FACTOR=4                    # each row's time cap, times this
+    BUDGET=${GPU_SH_BUDGET_S:-2400} # a small, busy CPU: compiling and starting padam-fit
+    CAP_FACTOR=6                    # processes take minutes; each row's time cap, times this
     ARCH=wrn10_1                    # the network of every ResNet-18 row
     OTHER_NETWORKS=wrn10_1          # throughput_others
     BATCH=8

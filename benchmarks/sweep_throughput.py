@@ -171,7 +171,7 @@ def main() -> None:
             seconds, rates, status = run_sweep(args, k, Path(tmp), env)
             images = k * args.epochs * args.batches * args.batch_size
             line = (
-                f"runs per GPU {k}: sweep {seconds:6.1f} s wall, {images / seconds:9,.0f} images/s "
+                f"runs per GPU {k}: sweep {seconds:6.1f} s wall, {images / seconds:9,.1f} images/s "
                 "over the wall time"
             )
             if status != 0:
@@ -179,7 +179,7 @@ def main() -> None:
             if len(rates) == k:
                 steady = sum(rates)
                 steady_one = steady if k == 1 else steady_one
-                line += f"; steady (last epochs, summed) {steady:9,.0f} images/s"
+                line += f"; steady (last epochs, summed) {steady:9,.1f} images/s"
                 if steady_one:
                     line += f" ({steady / steady_one:.2f}x K=1)"
             else:
