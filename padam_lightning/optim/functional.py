@@ -1,52 +1,32 @@
 """Functional Padam: one entry point, three implementations that agree to round-off.
 
 :func:`padam` advances the step counters, computes each tensor's step size once, and dispatches
-to one of three implementations with one signature:
+to one of three implementations with one signature, as :mod:`torch.optim.adam` does:
 
 * :func:`_single_tensor_padam`: a readable for-loop over tensors, the paper's released code
   (``denom ** (2 * partial)``); the reference the others are tested against.
-* :func:`_multi_tensor_padam`: ``torch._foreach_*`` operations over all tensors, with the power
-  computed by square roots for ``p = 2^-k``; works on every device.
-* :func:`_fused_padam`: one pass over memory per step. On the CPU a native C++ kernel
-  (:mod:`._native`, built once and cached on disk); on other devices a ``torch.compile``'d graph
-  (:mod:`._compiled`). Falls back to the multi-tensor path, with one warning, where neither is
-  available.
+* :func:`_multi_tensor_padam`: ``torch._foreach_*`` operations over the tensors of each device and
+  dtype, with the power computed by square roots for ``p = 2^-k``; the default.
+* :func:`_fused_padam`: the update as one ``torch.compile``'d graph per device and dtype, on every
+  device (Inductor's C++ backend on the CPU, Triton on GPUs).
+
+The state of a float16 or bfloat16 parameter is float32 (see :class:`padam_lightning.Padam`);
+every implementation computes such a parameter's update in float32 and rounds the result once.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+import types
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from padam_lightning.optim import _compiled, _native
-
-# Power plans shared with the native kernel and the compiled graph.
-PLAN_ONE = -1  # p = 0: the denominator is 1
-PLAN_POW = -2  # any other p: a general power
-MAX_SQRT_PLAN = 7  # plans 0..7 are p = 1/2 ... 1/256
-
-
-def power_plan(partial: float) -> int:
-    """How ``(sqrt(vhat) + eps) ** (2 * partial)`` is computed for this ``partial``.
-
-    Args:
-        partial: The partially adaptive parameter p in [0, 1/2].
-
-    Returns:
-        :data:`PLAN_ONE` for ``p = 0``; ``k >= 0`` when ``p = 2^-(k+1)`` (then the power is ``k``
-        square roots of ``sqrt(vhat) + eps``); :data:`PLAN_POW` otherwise.
-    """
-    if partial == 0:
-        return PLAN_ONE
-    for plan in range(MAX_SQRT_PLAN + 1):
-        if partial == 2.0 ** -(plan + 1):
-            return plan
-    return PLAN_POW
+#: Up to this many square roots replace a general power (p = 1/2 ... 1/32); beyond, pow is cheaper.
+_MAX_EXTRA_SQRTS = 4
 
 
 class _Implementation(Protocol):
@@ -94,21 +74,20 @@ def padam(
     """Perform one Padam step on lists of tensors, in place.
 
     See :class:`padam_lightning.Padam` for the algorithm. Each state step counter is advanced by
-    one first. The implementation is chosen as follows: ``fused=True`` takes the fused one,
-    ``foreach=True`` the multi-tensor one, ``foreach=False`` (with ``fused`` not True) the
-    for-loop, ``fused=False`` alone the multi-tensor one, and neither (the default) the fastest
-    for each device: fused on the CPU, multi-tensor elsewhere.
+    one. ``fused=True`` takes the compiled implementation, ``foreach=False`` (with ``fused``
+    not True) the for-loop, anything else the multi-tensor one.
 
     Args:
         params: Parameters with gradients.
-        grads: Their gradients (not modified).
-        exp_avgs: First moments ``m``.
+        grads: Their gradients (not modified), each of its parameter's dtype.
+        exp_avgs: First moments ``m``, float32 for float16/bfloat16 parameters, else the
+            parameter's dtype (all state tensors follow this rule).
         exp_avg_sqs: Second moments ``v``.
         max_exp_avg_sqs: Running maxima ``vhat`` of ``v``; ignored (may be empty) without
             AMSGrad.
-        state_steps: Step counters, scalar tensors (on the CPU for speed).
-        foreach: Use the multi-tensor implementation.
-        fused: Use the fused implementation.
+        state_steps: Step counters, scalar tensors (on the CPU, so reading them never waits).
+        foreach: False for the for-loop implementation.
+        fused: True for the compiled implementation.
         amsgrad: Divide by the running maximum of ``v`` instead of ``v``.
         beta1: First-moment decay.
         beta2: Second-moment decay.
@@ -121,36 +100,29 @@ def padam(
 
     Raises:
         ValueError: If ``foreach`` and ``fused`` are both True.
+        Exception: With ``fused=True``, whatever ``torch.compile`` raises where it cannot compile
+            the update (no C++ compiler, an unsupported device, dynamo's recompile limit); there
+            is no fallback to another implementation, as with torch's ``fused=True``.
     """
     if foreach and fused:
         raise ValueError("Padam: `foreach` and `fused` cannot both be True; choose one")
     if not params:
         return
-    torch._foreach_add_(state_steps, 1)
-    steps = [s.item() for s in state_steps]
-    sizes: dict[float, float] = {}
-    for t in steps:
-        if t not in sizes:
-            sizes[t] = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+    steps = [s.item() + 1 for s in state_steps]
+    sizes = {t: lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t) for t in set(steps)}
     step_sizes = [sizes[t] for t in steps]
 
-    implementation: _Implementation
+    implementation: _Implementation = _multi_tensor_padam
     if fused:
         implementation = _fused_padam
-    elif foreach:
-        implementation = _multi_tensor_padam
     elif foreach is False:
         implementation = _single_tensor_padam
-    elif fused is False:
-        implementation = _multi_tensor_padam
-    else:
-        implementation = _default_padam
     implementation(
         params,
         grads,
         exp_avgs,
         exp_avg_sqs,
-        max_exp_avg_sqs,
+        max_exp_avg_sqs if amsgrad else [],
         step_sizes,
         amsgrad=amsgrad,
         beta1=beta1,
@@ -162,6 +134,8 @@ def padam(
         maximize=maximize,
         decoupled_weight_decay=decoupled_weight_decay,
     )
+    # Counted once the update has run, so a step that raised (e.g. compiling) left no trace.
+    torch._foreach_add_(state_steps, 1)
 
 
 def _single_tensor_padam(
@@ -183,22 +157,38 @@ def _single_tensor_padam(
     decoupled_weight_decay: bool,
 ) -> None:
     for i, param in enumerate(params):
-        grad = -grads[i] if maximize else grads[i]
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
+        # The state's dtype is the computing dtype: a float32 copy of a half parameter.
+        theta = param.to(exp_avg.dtype)
+        grad = grads[i].to(exp_avg.dtype)
+        if maximize:
+            grad = -grad
         if weight_decay != 0:
             if decoupled_weight_decay:
-                param.mul_(1.0 - lr * weight_decay)
+                theta.mul_(1.0 - lr * weight_decay)
             else:
-                grad = grad.add(param, alpha=weight_decay)
+                grad = grad.add(theta, alpha=weight_decay)
         exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        vhat = exp_avg_sq
         if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            vhat = max_exp_avg_sqs[i]
-        else:
-            vhat = exp_avg_sq
-        denom = _at_least_float32(vhat).sqrt().add_(eps).pow_(2.0 * partial)
-        param.addcdiv_(exp_avg, denom, value=-step_sizes[i])
+            vhat = torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+        denom = vhat.sqrt().add_(eps).pow_(2.0 * partial)
+        theta.addcdiv_(exp_avg, denom, value=-step_sizes[i])
+        if theta is not param:
+            param.copy_(theta)
+
+
+def _extra_sqrts(partial: float) -> int | None:
+    """``k - 1`` when ``partial == 2^-k`` for ``1 <= k <= 5``, else None.
+
+    Then ``(sqrt(vhat) + eps) ** (2 * partial)`` is ``k - 1`` square roots of ``sqrt(vhat) +
+    eps``: exact to round-off and cheaper than a general power.
+    """
+    mantissa, exponent = math.frexp(partial)  # partial = mantissa * 2**exponent
+    if mantissa == 0.5 and 0 <= -exponent <= _MAX_EXTRA_SQRTS:
+        return -exponent
+    return None
 
 
 def _multi_tensor_padam(
@@ -219,22 +209,26 @@ def _multi_tensor_padam(
     maximize: bool,
     decoupled_weight_decay: bool,
 ) -> None:
-    for indices in _group_by_device_and_dtype(params).values():
+    extra_sqrts = _extra_sqrts(partial)
+    for indices in _group_by_device_and_dtype(params):
         device_params = [params[i] for i in indices]
-        device_grads: list[Tensor] | tuple[Tensor, ...] = [grads[i] for i in indices]
         device_exp_avgs = [exp_avgs[i] for i in indices]
         device_exp_avg_sqs = [exp_avg_sqs[i] for i in indices]
+        state_dtype = device_exp_avgs[0].dtype
+        # Half parameters: compute on float32 copies, written back once at the end.
+        thetas = device_params
+        device_grads: list[Tensor] | tuple[Tensor, ...] = [grads[i] for i in indices]
+        if device_params[0].dtype != state_dtype:
+            thetas = [p.to(state_dtype) for p in device_params]
+            device_grads = [g.to(state_dtype) for g in device_grads]
         if maximize:
             device_grads = torch._foreach_neg(device_grads)
         if weight_decay != 0:
             if decoupled_weight_decay:
-                torch._foreach_mul_(device_params, 1.0 - lr * weight_decay)
-            elif maximize:  # already a copy: add in place
-                torch._foreach_add_(device_grads, device_params, alpha=weight_decay)
+                torch._foreach_mul_(thetas, 1.0 - lr * weight_decay)
             else:
-                device_grads = torch._foreach_add(device_grads, device_params, alpha=weight_decay)
-        torch._foreach_mul_(device_exp_avgs, beta1)
-        torch._foreach_add_(device_exp_avgs, device_grads, alpha=1.0 - beta1)
+                device_grads = torch._foreach_add(device_grads, thetas, alpha=weight_decay)
+        torch._foreach_lerp_(device_exp_avgs, device_grads, 1.0 - beta1)
         torch._foreach_mul_(device_exp_avg_sqs, beta2)
         torch._foreach_addcmul_(device_exp_avg_sqs, device_grads, device_grads, 1.0 - beta2)
         vhat = device_exp_avg_sqs
@@ -242,22 +236,21 @@ def _multi_tensor_padam(
             vhat = [max_exp_avg_sqs[i] for i in indices]
             torch._foreach_maximum_(vhat, device_exp_avg_sqs)
         negative_sizes = [-step_sizes[i] for i in indices]
-        plan = power_plan(partial)
-        if plan == PLAN_ONE:
-            updates = torch._foreach_mul(device_exp_avgs, negative_sizes)
-            torch._foreach_add_(device_params, updates)
-            continue
-        denom = torch._foreach_sqrt([_at_least_float32(t) for t in vhat])
-        torch._foreach_add_(denom, eps)
-        if plan == PLAN_POW:
-            torch._foreach_pow_(denom, 2.0 * partial)
+        if partial == 0:  # the denominator is 1
+            torch._foreach_add_(thetas, torch._foreach_mul(device_exp_avgs, negative_sizes))
         else:
-            for _ in range(plan):
+            denom = torch._foreach_sqrt(vhat)
+            torch._foreach_add_(denom, eps)
+            if extra_sqrts is None:
+                torch._foreach_pow_(denom, 2.0 * partial)
+            for _ in range(extra_sqrts or 0):
                 torch._foreach_sqrt_(denom)
-        torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, negative_sizes)
+            torch._foreach_addcdiv_(thetas, device_exp_avgs, denom, negative_sizes)
+        if thetas is not device_params:
+            torch._foreach_copy_(device_params, thetas)
 
 
-def _run_fused(
+def _fused_padam(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
@@ -274,101 +267,91 @@ def _run_fused(
     partial: float,
     maximize: bool,
     decoupled_weight_decay: bool,
-    compile_off_cpu: bool,
 ) -> None:
-    plan = power_plan(partial)
     decoupled = decoupled_weight_decay and weight_decay != 0
-    scalars: dict[str, Any] = {
-        "beta1": beta1,
-        "beta2": beta2,
-        "eps": eps,
-        "weight_decay": 0.0 if decoupled else weight_decay,
-        "decay": 1.0 - lr * weight_decay if decoupled else 1.0,
-        "grad_sign": -1.0 if maximize else 1.0,
-        "two_p": 2.0 * partial,
-        "plan": plan,
-    }
-    leftover: list[int] = []
-    for (device, dtype), indices in _group_by_device_and_dtype(params).items():
-        step: Callable[..., bool | None]
-        if device.type == "cpu":
-            kernel = _native.native_kernel()
-            if kernel is None or dtype not in kernel.dtypes:
-                leftover += indices
-                continue
-            # The kernel treats each tensor as a flat array; odd layouts go the foreach way.
-            usable = [
-                i
-                for i in indices
-                if _native.native_supports(
-                    params[i],
-                    grads[i],
-                    (exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i])
-                    if amsgrad
-                    else (exp_avgs[i], exp_avg_sqs[i]),
-                )
-            ]
-            if len(usable) < len(indices):
-                leftover += sorted(set(indices) - set(usable))
-            indices, step = usable, kernel.step
-        elif compile_off_cpu:
-            step = _compiled.compiled_step
-        else:
-            leftover += indices
-            continue
-        if not indices:
-            continue
-        ran = step(
+    hyper = [
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        eps,
+        0.0 if decoupled else weight_decay,
+        1.0 - lr * weight_decay if decoupled else 1.0,
+        -1.0 if maximize else 1.0,
+        2.0 * partial,
+    ]
+    for indices in _group_by_device_and_dtype(params):
+        param, state_dtype = params[indices[0]], exp_avgs[indices[0]].dtype
+        update = _compiled_update((param.device, param.dtype, state_dtype, len(indices), amsgrad))
+        # Every value the step may change travels as data, so new values never recompile.
+        scalars = torch.tensor([*hyper, *(step_sizes[i] for i in indices)], dtype=state_dtype)
+        update(
             [params[i] for i in indices],
             [grads[i] for i in indices],
             [exp_avgs[i] for i in indices],
             [exp_avg_sqs[i] for i in indices],
-            [max_exp_avg_sqs[i] for i in indices] if amsgrad else None,
-            [step_sizes[i] for i in indices],
-            **scalars,
-        )
-        if ran is False:
-            leftover += indices
-    if leftover:
-        leftover.sort()
-        _multi_tensor_padam(
-            [params[i] for i in leftover],
-            [grads[i] for i in leftover],
-            [exp_avgs[i] for i in leftover],
-            [exp_avg_sqs[i] for i in leftover],
-            [max_exp_avg_sqs[i] for i in leftover] if amsgrad else [],
-            [step_sizes[i] for i in leftover],
-            amsgrad=amsgrad,
-            beta1=beta1,
-            beta2=beta2,
-            lr=lr,
-            weight_decay=weight_decay,
-            eps=eps,
-            partial=partial,
-            maximize=maximize,
-            decoupled_weight_decay=decoupled_weight_decay,
+            [max_exp_avg_sqs[i] for i in indices] if amsgrad else [],
+            scalars.to(param.device, non_blocking=True),
         )
 
 
-# The fused path everywhere: the native kernel on the CPU, torch.compile elsewhere (fused=True).
-_fused_padam: _Implementation = functools.partial(_run_fused, compile_off_cpu=True)
-# The default: fused where that needs no torch.compile (the CPU), multi-tensor elsewhere, because
-# compiling costs time up front that short runs and tests should not pay unless asked to.
-_default_padam: _Implementation = functools.partial(_run_fused, compile_off_cpu=False)
+def _update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    scalars: Tensor,
+) -> None:
+    """The update that :func:`_fused_padam` compiles; ``scalars`` as built there.
+
+    Written with ``torch._foreach_*`` operations, which Inductor fuses into a few kernels for all
+    tensors (as in torch's compiled optimizers). The power is a general ``pow`` for every p: in a
+    fused kernel it costs little, and one graph then serves every p.
+    """
+    beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, grad_sign, two_p = (
+        scalars[:9].unbind()
+    )
+    step_sizes = list(scalars[9:].unbind())
+    state_dtype = exp_avgs[0].dtype
+    half = params[0].dtype != state_dtype  # then compute on float32 copies (fused in the graph)
+    thetas = [p.to(state_dtype) for p in params] if half else params
+    # decay is exactly 1 and weight_decay exactly 0 when unused, so these are no-ops then.
+    torch._foreach_mul_(thetas, decay)
+    g = torch._foreach_mul([grad.to(state_dtype) for grad in grads], grad_sign)
+    torch._foreach_add_(g, torch._foreach_mul(thetas, weight_decay))
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, torch._foreach_mul(g, one_minus_beta1))
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(g, g), one_minus_beta2))
+    vhat = exp_avg_sqs
+    if max_exp_avg_sqs:
+        torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
+        vhat = max_exp_avg_sqs
+    # A list of eps: with one tensor scalar, Inductor's _foreach_add rounds it to float32.
+    roots = torch._foreach_add(torch._foreach_sqrt(vhat), [eps] * len(vhat))
+    denom = [torch.pow(root, two_p) for root in roots]
+    torch._foreach_sub_(thetas, torch._foreach_div(torch._foreach_mul(exp_avgs, step_sizes), denom))
+    if half:
+        torch._foreach_copy_(params, thetas)
 
 
-def _at_least_float32(tensor: Tensor) -> Tensor:
-    # In float16, eps = 1e-8 rounds to 0 and a small v to 0: the denominator is computed in
-    # float32 so that it stays positive (the fused paths compute everything in float32).
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        return tensor.float()
-    return tensor
+@functools.cache
+def _compiled_update(kind: tuple[Hashable, ...]) -> Callable[..., None]:
+    """The compiled update for one kind of call: (device, dtype, tensor count, AMSGrad).
+
+    Dynamo keeps its graphs per code object and raises (with ``fullgraph=True``) past its
+    recompile limit of 8 graphs. Each kind gets its own copy of :func:`_update`'s code, so that
+    parameter groups of many sizes and dtypes in one process never reach that limit. Shapes are
+    dynamic: one graph serves every size of the same kind.
+    """
+    code = _update.__code__.replace()  # a new code object: dynamo's cache starts empty
+    update = types.FunctionType(code, _update.__globals__, _update.__name__)
+    return torch.compile(update, dynamic=True, fullgraph=True)
 
 
-def _group_by_device_and_dtype(
-    tensors: Sequence[Tensor],
-) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+def _group_by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, tensor in enumerate(tensors):
         groups.setdefault((tensor.device, tensor.dtype), []).append(i)
-    return groups
+    return list(groups.values())

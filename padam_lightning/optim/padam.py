@@ -2,6 +2,7 @@ r"""The Padam optimizer (partially adaptive momentum estimation)."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -9,7 +10,6 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from padam_lightning.errors import UserError
 from padam_lightning.optim.functional import padam
 
 _DEFAULTS: dict[str, Any] = {
@@ -26,8 +26,10 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-class InvalidHyperparameterError(UserError, ValueError):
-    """A Padam hyperparameter outside its allowed range (a ValueError, as in torch.optim)."""
+#: Padam raises plain ``ValueError``s (torch's convention); this name stays for older callers.
+InvalidHyperparameterError = ValueError
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class Padam(Optimizer):
@@ -70,24 +72,31 @@ class Padam(Optimizer):
     :math:`\gamma \sqrt{1 - \beta_2^t} / (1 - \beta_1^t)`.
 
     Every hyperparameter may differ per parameter group and may be changed between steps through
-    :attr:`param_groups` (for instance a schedule on ``group["partial"]``); nothing is rebuilt
-    when it changes (the compiled path off the CPU compiles one graph for :math:`p = 0`, one for
-    each :math:`p = 2^{-k}` and one for all other values). For :math:`p = 0` and
-    :math:`p = 2^{-k}` (the paper's 1/4, 1/8, 1/16) the power is computed with square roots, which
-    is exact and cheap; other values use a general power, which costs more on the CPU (about 1.5x
-    the step time).
+    :attr:`param_groups` (for instance a schedule on ``group["partial"]``); nothing is rebuilt or
+    recompiled when it changes. Each may be given as any real number torch's optimizers accept: a
+    Python or NumPy int or float, or a one-element tensor (NumPy values are stored as Python
+    floats, so checkpoints load with ``weights_only=True``; tensors are kept and read each step).
 
-    Implementations: ``foreach=False`` runs a readable for-loop (the released code);
-    ``foreach=True`` uses ``torch._foreach_*`` operations; ``fused=True`` makes one pass over
-    memory per step: a native C++ kernel on the CPU (built on first use with the system's C++
-    compiler in a few seconds, then cached on disk) and a ``torch.compile``'d graph on other
-    devices. By default the fused implementation is used on the CPU and the multi-tensor one
-    elsewhere; where the fused one is unavailable, the multi-tensor one runs after one warning.
-    All agree to round-off.
+    Implementations, as in :mod:`torch.optim`: ``foreach=False`` runs a readable for-loop (the
+    released code); the default (``foreach`` None or True) uses ``torch._foreach_*`` operations,
+    computing the power for :math:`p = 2^{-k}` (the paper's 1/4, 1/8, 1/16) with square roots,
+    which is exact and cheap, and a general power otherwise; ``fused=True`` runs the update as a
+    ``torch.compile``'d graph on every device, the CPU included (Inductor's C++ backend needs a
+    C++ compiler). The first fused step compiles (tens of seconds on a CPU); one graph serves
+    each dtype, tensor count and ``amsgrad`` value, whatever the other hyperparameters, and dynamo
+    allows ``torch._dynamo.config.recompile_limit`` (8) such graphs. Compilation errors are
+    raised, as torch's ``fused=True`` raises where it is unsupported; nothing falls back to
+    another implementation. All agree to round-off.
 
-    Mixed precision: fp16/bf16 parameters are supported; the state has the parameters' dtype, and
-    the denominator is computed in fp32 (the fused paths compute everything in fp32), because in
-    fp16 ``eps = 1e-8`` would round to zero.
+    Low precision: the state of a float16 or bfloat16 parameter is float32, and every
+    implementation computes its update in float32 (from float32 copies of the parameter and its
+    gradient) and rounds the new parameter once. In half precision :math:`v` of a gradient of
+    1e-3 (1e-9) and ``eps = 1e-8`` round to zero, which would blow up the step. The cost: 4 bytes
+    per number for each state tensor instead of 2, so 12 bytes of state per parameter with
+    AMSGrad (as for a float32 parameter) instead of 6; the for-loop and multi-tensor paths also
+    hold float32 copies of a parameter (and its gradient) while updating it. Other dtypes keep
+    the parameter's dtype. ``load_state_dict`` keeps float32 state float32 (torch would cast it
+    to the parameter's dtype) and widens half state saved by older versions.
     With ``torch.amp.GradScaler`` (Lightning's ``precision="16-mixed"``), ``scaler.step(opt)``
     unscales the gradients first and skips the step, leaving the state untouched, when a gradient
     is not finite.
@@ -108,12 +117,12 @@ class Padam(Optimizer):
         decoupled_weight_decay: Decay the weights AdamW-style instead of adding
             :math:`\lambda\theta` to the gradient.
         maximize: Maximize the objective instead of minimizing it.
-        foreach: True for the multi-tensor implementation, False for the for-loop; None chooses.
-        fused: True for the fused implementation; None chooses.
+        foreach: False for the for-loop; True or None (the default) for the multi-tensor one.
+        fused: True for the compiled implementation.
 
     Raises:
-        InvalidHyperparameterError: A ``ValueError`` (and :class:`~padam_lightning.errors.
-            UserError`) naming the hyperparameter, its value and the allowed range.
+        ValueError: Naming the hyperparameter, its value and the allowed range, as torch.optim's
+            optimizers do (here and at each step, for values a schedule set).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -156,7 +165,7 @@ class Padam(Optimizer):
         super().add_param_group(param_group)
         try:
             check_hyperparameters(self.param_groups[-1])
-        except InvalidHyperparameterError:
+        except ValueError:
             self.param_groups.pop()
             raise
 
@@ -172,6 +181,24 @@ class Padam(Optimizer):
                     p_state["step"] = torch.tensor(
                         float(p_state.get("step", 0)), dtype=torch.float32
                     )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load the state as :class:`torch.optim.Optimizer` does, keeping half parameters' float32.
+
+        torch casts every state tensor to its parameter's dtype, which would round the float32
+        state of a float16/bfloat16 parameter to half precision (and a small ``v`` to zero);
+        that state is taken again from ``state_dict`` in float32 (half state saved by older
+        versions is widened).
+        """
+        super().load_state_dict(state_dict)
+        saved = state_dict["state"]
+        for saved_group, group in zip(state_dict["param_groups"], self.param_groups, strict=True):
+            for param_id, p in zip(saved_group["params"], group["params"], strict=True):
+                if p.dtype not in _HALF or param_id not in saved:
+                    continue
+                for key, value in saved[param_id].items():
+                    if key != "step" and torch.is_tensor(value):
+                        self.state[p][key] = value.to(p.device, torch.float32, copy=True)
 
     def _init_group(
         self,
@@ -189,19 +216,21 @@ class Padam(Optimizer):
             if grad is None:
                 continue
             if grad.is_sparse:
-                raise UserError(
+                raise RuntimeError(
                     f"Padam does not support sparse gradients (a parameter of shape "
                     f"{tuple(p.shape)} has one); make its gradient dense, e.g. with "
                     "torch.nn.Embedding(..., sparse=False)"
                 )
             state = self.state[p]
+            # Half parameters keep float32 state: in half, v and eps underflow (see the class).
+            dtype = torch.float32 if p.dtype in _HALF else p.dtype
             if not state:
                 # The counter lives on the CPU so that reading it never waits for a GPU.
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(p, dtype=dtype)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype)
             if amsgrad and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=dtype)
             step = state["step"]
             if not step.is_cpu:  # load_state_dict may have moved it
                 step = state["step"] = step.to("cpu", torch.float32)
@@ -280,50 +309,76 @@ class Padam(Optimizer):
 def check_hyperparameters(group: dict[str, Any]) -> None:
     """Check a parameter group's hyperparameters, in torch.optim's style.
 
+    Accepts what torch's optimizers accept for each real number: Python and NumPy ints and
+    floats, and one-element tensors. NumPy values are replaced in ``group`` by Python floats.
+
     Args:
         group: A dict with ``lr``, ``betas``, ``eps``, ``weight_decay``, ``partial`` and the
             boolean flags.
 
     Raises:
-        InvalidHyperparameterError: Naming the first bad value and its allowed range.
+        ValueError: Naming the first bad value and its allowed range.
     """
+    for key in ("lr", "eps", "weight_decay", "partial"):
+        group[key] = _from_numpy(group[key])
     lr = _real(group["lr"], "learning rate")
     if not lr >= 0.0:
-        raise InvalidHyperparameterError(f"Invalid learning rate: {lr} (expected lr >= 0)")
+        raise ValueError(f"Invalid learning rate: {lr} (expected lr >= 0)")
     eps = _real(group["eps"], "eps value")
     if not eps >= 0.0:
-        raise InvalidHyperparameterError(f"Invalid eps value: {eps} (expected eps >= 0)")
+        raise ValueError(f"Invalid eps value: {eps} (expected eps >= 0)")
     weight_decay = _real(group["weight_decay"], "weight_decay value")
     if not weight_decay >= 0.0:
-        raise InvalidHyperparameterError(
-            f"Invalid weight_decay value: {weight_decay} (expected weight_decay >= 0)"
-        )
+        raise ValueError(f"Invalid weight_decay value: {weight_decay} (expected weight_decay >= 0)")
     betas = group["betas"]
-    if not isinstance(betas, tuple | list) or len(betas) != 2:
-        raise InvalidHyperparameterError(
+    pair = None if isinstance(betas, str | bytes) else _pair(betas)
+    if pair is None:
+        raise ValueError(
             f"Invalid betas: {betas!r} (expected a pair (beta1, beta2) with 0 <= beta < 1)"
         )
-    for index, beta in enumerate(betas):
+    if _is_numpy(betas) or any(_is_numpy(beta) for beta in pair):
+        pair = [_from_numpy(beta) for beta in pair]
+        group["betas"] = tuple(pair)
+    for index, beta in enumerate(pair):
         value = _real(beta, f"beta parameter at index {index}")
         if not 0.0 <= value < 1.0:
-            raise InvalidHyperparameterError(
+            raise ValueError(
                 f"Invalid beta parameter at index {index}: {value} "
                 f"(expected 0 <= betas[{index}] < 1)"
             )
     partial = _real(group["partial"], "partial value")
     if not 0.0 <= partial <= 0.5:
-        raise InvalidHyperparameterError(
-            f"Invalid partial value: {partial} (expected 0 <= partial <= 0.5)"
-        )
+        raise ValueError(f"Invalid partial value: {partial} (expected 0 <= partial <= 0.5)")
     if group["foreach"] and group["fused"]:
-        raise InvalidHyperparameterError(
+        raise ValueError(
             "Invalid foreach and fused values: True, True (expected at most one of them True)"
         )
 
 
+def _is_numpy(value: Any) -> bool:
+    # NumPy scalars and arrays, without importing NumPy (torch does not require it).
+    return type(value).__module__ == "numpy"
+
+
+def _from_numpy(value: Any) -> Any:
+    """A one-element NumPy value as a Python number (checkpoints then need no NumPy)."""
+    if _is_numpy(value) and getattr(value, "size", 0) == 1:
+        return value.item()
+    return value
+
+
+def _pair(betas: Any) -> list[Any] | None:
+    try:
+        pair = list(betas)
+    except TypeError:  # not iterable (a number, a 0-dim tensor)
+        return None
+    return pair if len(pair) == 2 else None
+
+
 def _real(value: Any, what: str) -> float:
+    """The float value of a real number or one-element tensor; ValueError for anything else."""
     if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidHyperparameterError(f"Invalid {what}: {value!r} (expected a real number)")
+        value = value.item()  # a Python bool, int, float or complex, checked next
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Invalid {what}: {value!r} (expected a real number)")
     return float(value)

@@ -1,26 +1,22 @@
-"""Every Padam implementation matches the for-loop one on every state tensor."""
+"""Every Padam implementation matches the for-loop one on every state tensor.
+
+The fused path is compiled with torch.compile here on the CPU, as on a GPU: one graph per dtype,
+tensor count and AMSGrad flag, compiled once per process, whatever p and the other values.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 import torch
 
 from padam_lightning import Padam
-from padam_lightning.optim import _compiled, _native
-from padam_lightning.optim.functional import PLAN_ONE, PLAN_POW, _single_tensor_padam, power_plan
+from padam_lightning.optim import functional
 
 SHAPES = [(4, 3), (7,), (2, 3, 2, 2), (1,)]
 STEPS = 4
-STATE_LISTS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
-TensorLists = tuple[
-    list[torch.Tensor],
-    list[torch.Tensor],
-    list[torch.Tensor],
-    list[torch.Tensor],
-    list[torch.Tensor],
-]
 
 
 def run(
@@ -91,7 +87,7 @@ IMPLEMENTATIONS = pytest.mark.parametrize(
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("partial", [1 / 8, 1 / 4, 1 / 16, 1 / 2, 0.0, 0.3])
+@pytest.mark.parametrize("partial", [1 / 8, 1 / 4, 1 / 16, 1 / 2, 0.0, 0.3, 2.0**-6])
 @IMPLEMENTATIONS
 def test_float64_paths_match_for_loop(
     config: str, partial: float, implementation: dict[str, Any]
@@ -101,35 +97,6 @@ def test_float64_paths_match_for_loop(
     assert_same(run(implementation, **hyper), expected, rtol=1e-13, atol=1e-15)
 
 
-class _CompiledGraphSource:
-    """Stands in for the native kernel so that CPU tensors take the compiled (CUDA) path.
-
-    ``torch.compile`` is swapped for the function it compiles, run eagerly: this checks the
-    graph's math and the arguments Padam passes it, for every configuration, in milliseconds.
-    (Compiling it for real is checked once, in the slow tests below.)
-    """
-
-    dtypes = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-    step = staticmethod(_compiled.compiled_step)
-
-
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("partial", [1 / 8, 1 / 4, 1 / 16, 1 / 2, 0.0, 0.3])
-def test_compiled_graph_source_matches_for_loop(
-    config: str, partial: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hyper = {**CONFIGS[config], "partial": partial}
-    expected = run({"foreach": False}, **hyper)
-    monkeypatch.setattr(_native, "native_kernel", _CompiledGraphSource)
-    monkeypatch.setattr(_compiled, "_compiled_update", lambda: _compiled._update)
-    monkeypatch.setattr(_compiled, "compiled_step", _fail_if_called)  # must come via the kernel
-    assert_same(run({"fused": True}, **hyper), expected, rtol=1e-13, atol=1e-15)
-
-
-def _fail_if_called(*args: Any, **kwargs: Any) -> None:
-    raise AssertionError("the CPU must not call the compiled step directly")
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("partial", [1 / 8, 0.0, 0.3])
@@ -137,6 +104,7 @@ def _fail_if_called(*args: Any, **kwargs: Any) -> None:
 def test_cuda_paths_match_the_cpu_for_loop(
     config: str, partial: float, implementation: dict[str, Any]
 ) -> None:
+    # fused=True compiles on CUDA; a compile failure raises here (there is no fallback).
     hyper = {**CONFIGS[config], "partial": partial}
     expected = run({"foreach": False}, **hyper)
     actual = run(implementation, device="cuda", **hyper)
@@ -144,149 +112,97 @@ def test_cuda_paths_match_the_cpu_for_loop(
 
 
 @pytest.mark.parametrize("partial", [1 / 8, 0.3])
-def test_float32_fused_matches_for_loop(partial: float) -> None:
-    # The native kernel's general power is its own exp2/log2, accurate to a few ulp.
+@IMPLEMENTATIONS
+def test_float32_paths_match_for_loop(partial: float, implementation: dict[str, Any]) -> None:
     expected = run({"foreach": False}, dtype=torch.float32, partial=partial)
-    assert_same(run({"fused": True}, dtype=torch.float32, partial=partial), expected, 1e-5, 1e-7)
+    assert_same(run(implementation, dtype=torch.float32, partial=partial), expected, 1e-5, 1e-7)
 
 
-def test_channels_last_parameters_match_for_loop() -> None:
+@IMPLEMENTATIONS
+def test_channels_last_parameters_match_for_loop(implementation: dict[str, Any]) -> None:
     expected = run({"foreach": False}, channels_last=True)
-    assert_same(run({"fused": True}, channels_last=True), expected, rtol=1e-13, atol=1e-15)
+    assert_same(run(implementation, channels_last=True), expected, rtol=1e-13, atol=1e-15)
 
 
-def test_non_contiguous_gradient_takes_the_multi_tensor_path() -> None:
-    # The native kernel needs matching dense layouts; anything else must still be right.
+@IMPLEMENTATIONS
+def test_non_contiguous_gradient_matches_for_loop(implementation: dict[str, Any]) -> None:
     param = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
     twin = torch.nn.Parameter(param.detach().clone())
-    fused = Padam([param], fused=True)
+    tested = Padam([param], **implementation)
     loop = Padam([twin], foreach=False)
     for _ in range(3):
         grad = torch.randn(4, 3, dtype=torch.float64).t()
         param.grad, twin.grad = grad, grad.contiguous()
-        fused.step()
+        tested.step()
         loop.step()
     torch.testing.assert_close(param, twin, rtol=1e-13, atol=0)
 
 
-def test_unavailable_native_kernel_warns_once_and_falls_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def no_compiler() -> str:
-        raise _native.NativeKernelUnavailableError("no C++ compiler found (test)")
-
-    monkeypatch.setattr(_native, "_compiler", no_compiler)
-    monkeypatch.setattr(_native, "_kernel", None)
-    monkeypatch.setattr(_native, "_failure", None)
-    monkeypatch.setattr(_native, "_warned", False)
-    expected = run({"foreach": False}, partial=0.125)
-    with pytest.warns(RuntimeWarning, match="native CPU kernel is unavailable") as caught:
-        actual = run({"fused": True}, partial=0.125)
-    assert len(caught) == 1
-    assert_same(actual, expected, rtol=1e-13, atol=1e-15)
-
-
-def test_failed_compilation_warns_once_and_reports_not_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def broken(*args: Any) -> None:
-        raise RuntimeError("no backend (test)")
-
-    monkeypatch.setattr(_compiled, "_compiled", broken)
-    monkeypatch.setattr(_compiled, "_failure", None)
-    params = [torch.ones(3)]
-    arguments = dict.fromkeys(["beta1", "beta2", "eps", "weight_decay", "decay", "grad_sign"], 0.5)
-    with pytest.warns(RuntimeWarning, match="compiled .fused. step is unavailable") as caught:
-        for _ in range(2):
-            ran = _compiled.compiled_step(
-                params, params, params, params, None, [0.1], two_p=0.25, plan=1, **arguments
-            )
-            assert ran is False
-    assert len(caught) == 1
-    assert torch.equal(params[0], torch.ones(3))
-
-
-def test_power_plans() -> None:
-    assert power_plan(0.0) == PLAN_ONE
-    assert [power_plan(2.0**-k) for k in range(1, 9)] == list(range(8))
-    assert power_plan(0.3) == PLAN_POW
-    assert power_plan(2.0**-9) == PLAN_POW  # beyond the unrolled square-root chains
-
-
-def _state_lists(tensors: dict[str, list[torch.Tensor]]) -> TensorLists:
-    """The five tensor lists, in the order the step functions take them positionally."""
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (tensors[name] for name in STATE_LISTS)
-    return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
-
-
-@pytest.fixture(scope="module")
-def compiled_results() -> tuple[Any, Any]:
-    """One torch.compile'd graph (the fused path off the CPU), run here on the CPU."""
-    generator = torch.Generator().manual_seed(0)
-    tensors = {
-        name: [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in SHAPES]
-        for name in STATE_LISTS
-    }
-    for name in ("exp_avg_sqs", "max_exp_avg_sqs"):
-        tensors[name] = [t.abs() for t in tensors[name]]
-    reference = {name: [t.clone() for t in ts] for name, ts in tensors.items()}
-    step_sizes = [0.01, 0.02, 0.03, 0.04]
-    ran = _compiled.compiled_step(
-        *_state_lists(tensors),
-        step_sizes,
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-8,
-        weight_decay=0.01,
-        decay=1.0,
-        grad_sign=1.0,
-        two_p=0.25,
-        plan=power_plan(0.125),
-    )
-    assert ran, "torch.compile failed on the CPU"
-    _single_tensor_padam(
-        *_state_lists(reference),
-        step_sizes,
-        amsgrad=True,
-        beta1=0.9,
-        beta2=0.999,
-        lr=0.1,
-        weight_decay=0.01,
-        eps=1e-8,
-        partial=0.125,
-        maximize=False,
-        decoupled_weight_decay=False,
-    )
-    return tensors, reference
-
-
-@pytest.mark.slow
-def test_compiled_fused_graph_matches_for_loop(compiled_results: tuple[Any, Any]) -> None:
-    tensors, reference = compiled_results
-    for name in ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
-        for actual, expected in zip(tensors[name], reference[name], strict=True):
-            torch.testing.assert_close(actual, expected, rtol=1e-13, atol=1e-15, msg=name)
-
-
-@pytest.mark.slow
-def test_compiled_graph_is_reused_for_new_hyperparameters(
-    compiled_results: tuple[Any, Any],
-) -> None:
+def test_fused_compiles_once_and_not_again_for_new_hyperparameters() -> None:
     from torch._dynamo.utils import counters
 
-    tensors, _ = compiled_results
+    # Five float32 tensors: a kind of call no other test compiles.
+    params = [torch.nn.Parameter(torch.ones(2, i + 1)) for i in range(5)]
+    optimizer = Padam(params, fused=True)
     graphs = counters["stats"]["unique_graphs"]
-    for lr, beta2 in [(0.5, 0.99), (0.01, 0.9)]:
-        assert _compiled.compiled_step(
-            *_state_lists(tensors),
-            [lr] * len(SHAPES),
-            beta1=0.8,
-            beta2=beta2,
-            eps=1e-6,
-            weight_decay=0.0,
-            decay=1.0 - lr * 0.1,
-            grad_sign=-1.0,
-            two_p=0.25,
-            plan=power_plan(0.125),
-        )
-    assert counters["stats"]["unique_graphs"] == graphs
+    changes: list[dict[str, Any]] = [
+        {},
+        {"lr": 0.5, "betas": (0.8, 0.99), "partial": 0.3},
+        {"partial": 0.0, "eps": 1e-3, "weight_decay": 0.1, "maximize": True},
+        {"partial": 0.5, "decoupled_weight_decay": True},
+    ]
+    for change in changes:
+        optimizer.param_groups[0].update(change)
+        for p in params:
+            p.grad = torch.full_like(p, 0.5)
+        optimizer.step()
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+
+
+def test_compilation_failure_raises_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Any:
+        raise RuntimeError("no C++ compiler (test)")
+
+    def compile_with_broken_backend(kind: tuple[Any, ...]) -> Any:
+        return torch.compile(functional._update, backend=broken_backend, fullgraph=True)
+
+    monkeypatch.setattr(functional, "_compiled_update", compile_with_broken_backend)
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.ones(3)
+    optimizer = Padam([param], fused=True)
+    with pytest.raises(Exception, match=r"no C\+\+ compiler \(test\)"):
+        optimizer.step()
+    assert torch.equal(param.detach(), torch.ones(3))
+    state = optimizer.state[param]
+    assert state["step"].item() == 0 and torch.count_nonzero(state["exp_avg"]) == 0
+
+
+def test_many_kinds_of_call_stay_under_dynamo_recompile_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Dynamo allows recompile_limit (8) graphs per function: parameter groups of more sizes than
+    # that must all compile. Here the limit is 2 and the backend "eager" (the limit is dynamo's,
+    # whatever the backend), in a cache of the test's own, to keep this fast.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    fresh = functools.cache(functional._compiled_update.__wrapped__)
+    monkeypatch.setattr(functional, "_compiled_update", fresh)
+    sizes = range(1, 5)
+    groups = [{"params": [torch.nn.Parameter(torch.ones(2)) for _ in range(n)]} for n in sizes]
+    optimizer = Padam(groups, fused=True, amsgrad=False, partial=0.0)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.ones(2)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        optimizer.step()
+    assert fresh.cache_info().currsize == len(sizes)
+    # p = 0, first step: theta -= lr * sqrt(1 - beta2) / (1 - beta1) * (1 - beta1) * g.
+    moved = 1 - 0.1 * (1 - 0.999) ** 0.5
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert p.detach().tolist() == pytest.approx([moved] * 2, rel=1e-6)
+
+
+def test_sqrt_chain_covers_p_one_half_to_one_thirty_second() -> None:
+    assert [functional._extra_sqrts(2.0**-k) for k in range(1, 7)] == [0, 1, 2, 3, 4, None]
+    assert functional._extra_sqrts(0.3) is None
+    assert functional._extra_sqrts(0.375) is None  # 3/8: a mantissa other than 1/2
