@@ -11,7 +11,7 @@ Not a benchmark itself.
   :func:`released_epoch` do the same.
 - The plain loop (:func:`plain_training_steps`) does the work of one ``padam-fit`` training step
   without Lightning: the same network, batches from the same ``make_batch``, the same optimizer,
-  cross-entropy and the same torchmetrics, under the same precision.
+  per-sample cross-entropy and the same metrics (``WeightedMean``), under the same precision.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from _timing import synchronize
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics import MeanMetric
 
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.data.splits import ImageSplit
 from padam_lightning.optim import Padam
+from padam_lightning.training.classifier import WeightedMean
 
 #: The released code's normalisation constants (CIFAR-10).
 RELEASED_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -206,17 +206,17 @@ def plain_training_steps(
 
     Each step: index batch from the training loader, moved to the device; ``make_batch``; forward
     and cross-entropy under the precision's autocast; backward (through a ``GradScaler`` for
-    ``16-mixed``); a Padam step; the mean loss and error updated in torchmetrics; and a
-    divergence flag (``not isfinite(loss)``) or-ed into a tensor on the device.
+    ``16-mixed``); a Padam step; the per-sample losses and errors added to padam-fit's own
+    metrics (``WeightedMean``, two on-device sums); and a divergence flag
+    (``not isfinite(loss)``) or-ed into a tensor on the device.
 
     Nothing in a step waits for the device, so that the ratio to padam-fit's step shows any wait
-    padam-fit adds: the metrics skip torchmetrics' NaN check (``nan_strategy="disable"``, whose
-    default check reads a value back every update), the loss enters its metric as one value per
-    image instead of with a ``weight=`` number (which would be copied to the device every step;
-    and torchmetrics 1.9 drops the weight when the NaN check is off), and the divergence flag is
-    read once, after the clock stops. The clock itself synchronises the device only before the
-    first and after the last timed step. (With ``16-mixed`` the ``GradScaler`` reads its
-    overflow flag back every step, in padam-fit as here.)
+    padam-fit adds. torchmetrics' ``MeanMetric`` would: its default NaN check reads a value back
+    at every update, and a ``weight=`` number is copied to the device every step (its
+    ``nan_strategy="disable"`` avoids the read but, in torchmetrics 1.9, drops the weights). The
+    divergence flag is read once, after the clock stops; the clock itself synchronises the
+    device only before the first and after the last timed step. (With ``16-mixed`` the
+    ``GradScaler`` reads its overflow flag back every step, in padam-fit as here.)
 
     Args:
         net: The network, on ``device`` (compiled or not, channels-last or not).
@@ -236,8 +236,7 @@ def plain_training_steps(
     net.train()
     optimizer = Padam(net.parameters(), **PADAM_SETTINGS)
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
-    loss_metric = MeanMetric(nan_strategy="disable").to(device)
-    err_metric = MeanMetric(nan_strategy="disable").to(device)
+    loss_metric, err_metric = WeightedMean().to(device), WeightedMean().to(device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     batches = cycle_indices(data)
     start = 0.0
@@ -251,7 +250,8 @@ def plain_training_steps(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_for(precision, device):
             logits = net(images)
-            loss = F.cross_entropy(logits, labels)
+            losses = F.cross_entropy(logits, labels, reduction="none")
+            loss = losses.mean()
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -260,10 +260,10 @@ def plain_training_steps(
         else:
             loss.backward()
             optimizer.step()
-        loss = loss.detach()
-        loss_metric.update(loss.expand(labels.shape[0]))
-        err_metric.update((logits.detach().argmax(dim=1) != labels).float())
-        nonfinite |= ~torch.isfinite(loss)
+        weights = torch.ones_like(losses)  # a fill on the device, no copy
+        loss_metric.update(losses.detach(), weights)
+        err_metric.update((logits.detach().argmax(dim=1) != labels).to(losses.dtype), weights)
+        nonfinite |= ~torch.isfinite(loss.detach())
         if read_back_each_step and bool(nonfinite):  # bool() waits for the device
             break
     synchronize(device)
