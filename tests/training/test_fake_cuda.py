@@ -33,6 +33,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from padam_lightning.data import CIFARDataModule
+from padam_lightning.errors import TrainingDivergedError
 from padam_lightning.optim import Padam
 from padam_lightning.training import classifier as classifier_module
 from padam_lightning.training.classifier import ImageClassifier
@@ -174,3 +175,42 @@ def test_a_training_step_on_fake_cuda_never_waits_for_the_device(
     for step_transfers in per_step[1:]:
         assert step_transfers == [("aten._to_copy.default", "cuda", "cpu", True)]
     assert model.loss_check._pending, "the busy device's losses were read"
+
+
+class Event:
+    """A stand-in CUDA event that completes when the test says so."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.waited = False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waited = self.done = True
+
+
+def test_the_deferred_loss_check_reads_a_loss_only_once_its_copy_has_arrived() -> None:
+    events: list[Event] = []
+
+    def record(device: torch.device) -> Event:
+        events.append(Event())
+        return events[-1]
+
+    check = classifier_module.DeferredLossCheck()
+    # A loss on a (fake) accelerator: copied without blocking, its event recorded.
+    with (
+        mock.patch.object(classifier_module, "_record_event", record),
+        mock.patch.object(torch.Tensor, "to", lambda self, *a, **k: self),
+        mock.patch.object(torch.Tensor, "device", torch.device("cuda")),
+    ):
+        check.defer(torch.tensor(1.5), step=10, epoch=2, batch_idx=0)
+        check.defer(torch.tensor(float("inf")), step=11, epoch=2, batch_idx=1)
+    check.check()  # the device is still busy with both steps: nothing is read, nothing waits
+    assert not any(event.waited for event in events)
+    events[0].done = True
+    check.check()  # step 10 is finite; step 11 has not arrived yet
+    with pytest.raises(TrainingDivergedError, match=r"became inf at step 11 \(epoch 2, batch 1\)"):
+        check.check(wait=True)  # before a checkpoint: waits for every pending step
+    assert events[1].waited

@@ -1,0 +1,47 @@
+"""What TensorBoard shows: epoch-level curves over epochs, the per-step loss over global steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from padam_lightning.cli import main
+from padam_lightning.experiments.run_logs import epoch_curves, read_scalars
+
+EPOCH_LEVEL = ("train/loss", "train/err", "val/loss", "val/err", "optim/lr", "optim/partial")
+
+
+def test_epoch_curves_are_at_step_epoch_and_the_step_loss_at_global_steps(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    # The tiny config: 2 epochs of 3 steps of 16 images, log_every_n_steps 1.
+    main(tiny_fit_args)
+    run_dir = tmp_path / "logs" / "run" / "version_0"
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+
+    def steps(tag: str) -> list[int]:
+        return [event.step for event in accumulator.Scalars(tag)]
+
+    for tag in EPOCH_LEVEL:
+        assert steps(tag) == [0, 1], tag  # TensorBoard's x-axis: the epoch
+    assert steps("train/loss_step") == [0, 1, 2, 3, 4, 5]  # the global step
+    # Equal batches: an epoch's mean loss is the mean of its steps' losses.
+    step_losses = [event.value for event in accumulator.Scalars("train/loss_step")]
+    epoch_losses = [event.value for event in accumulator.Scalars("train/loss")]
+    for epoch, logged in enumerate(epoch_losses):
+        assert logged == pytest.approx(sum(step_losses[3 * epoch : 3 * epoch + 3]) / 3, rel=1e-5)
+    # padam-report's reader numbers them as epochs completed, 1 and 2, and leaves the per-step
+    # loss out of the epoch curves.
+    curves = epoch_curves(read_scalars(run_dir))
+    assert all(curves[tag].epochs == (1, 2) for tag in EPOCH_LEVEL)
+    assert "train/loss_step" not in curves
+
+
+def test_the_step_loss_follows_log_every_n_steps(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    main([*tiny_fit_args, "--trainer.log_every_n_steps", "2", "--trainer.max_epochs", "1"])
+    accumulator = EventAccumulator(str(tmp_path / "logs" / "run" / "version_0"))
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Scalars("train/loss_step")] == [1]
