@@ -3,8 +3,8 @@
 #
 # Once, on a machine with network access and the project's .venv (fills the git-ignored .gpu_data/
 # folder: the CIFAR-10 JPEG tarball and pure-Python wheels of what the GPU image lacks:
-# jsonargparse[signatures] for padam-fit, submitit for padam-sweep, pytorch_optimizer where the
-# project uses it):
+# jsonargparse[signatures] for padam-fit, submitit for padam-sweep, pytorch_optimizer for the
+# Yogi and AdaBound configs):
 #
 #     bash benchmarks/gpu.sh prepare
 #
@@ -50,12 +50,11 @@ set -uo pipefail # no -e: a failed row is reported and the next one runs
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 REPO=$(pwd)
 WHEELS=${GPU_SH_WHEELS:-.gpu_data/wheels}
-# What padam-fit and padam-sweep import beyond the GPU image's torch, Lightning, torchmetrics,
-# tensorboard, PyYAML, typing-extensions and cloudpickle: jsonargparse with its [signatures]
-# extra (docstring_parser, typeshed_client), and submitit. All pure Python.
-WHEEL_PACKAGES=(jsonargparse docstring_parser typeshed_client submitit)
-# Carried too when the project's .venv has them (the GPU image does not).
-OPTIONAL_WHEEL_PACKAGES=(pytorch_optimizer)
+# The project's dependencies that the GPU image lacks (it has torch, torchvision, Lightning,
+# torchmetrics, tensorboard, matplotlib, PyYAML, typing-extensions, cloudpickle, numpy):
+# jsonargparse with its [signatures] extra (docstring_parser, typeshed_client), submitit and
+# pytorch_optimizer. All pure Python; their own requirements are on the image.
+WHEEL_PACKAGES=(jsonargparse docstring_parser typeshed_client submitit pytorch_optimizer)
 
 # -- prepare: fill .gpu_data/ (run where there is network, not on the GPU machine) ---------------
 
@@ -75,14 +74,13 @@ if [[ ${1:-} == prepare ]]; then
         echo "gpu.sh prepare: no CIFAR-10 JPEG tarball found (CIFAR_TARBALL=...); gpu.sh will use synthetic data"
     # The versions of the project's venv, as pure-Python wheels for the GPU image's Python 3.12.
     specs=()
-    for name in "${WHEEL_PACKAGES[@]}" "${OPTIONAL_WHEEL_PACKAGES[@]}"; do
+    for name in "${WHEEL_PACKAGES[@]}"; do
         version=$("$py" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')
-        if [[ -n $version ]]; then
-            specs+=("$name==$version")
-        elif [[ " ${WHEEL_PACKAGES[*]} " == *" $name "* ]]; then
+        if [[ -z $version ]]; then
             echo "gpu.sh prepare: $name is not installed in $py (make install first, or PYTHON=...)"
             exit 1
         fi
+        specs+=("$name==$version")
     done
     rm -f "$WHEELS"/*.whl # one version of each: two would stop the install
     "$py" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
@@ -266,8 +264,9 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
     timeout 60 "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps \
         --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl >>"$LOG" 2>&1 ||
         die "installing the wheels of $WHEELS into $SITE failed (see $LOG)."
-elif ! "$PY" -c "import jsonargparse, docstring_parser, typeshed_client, submitit" >/dev/null 2>&1; then
-    die "$PY lacks jsonargparse[signatures] (padam-fit) or submitit (padam-sweep), and" \
+elif ! "$PY" -c "import jsonargparse, docstring_parser, typeshed_client, submitit, pytorch_optimizer" \
+    >/dev/null 2>&1; then
+    die "$PY lacks jsonargparse[signatures] (padam-fit), submitit (padam-sweep) or pytorch_optimizer, and" \
         "$WHEELS holds no wheels. Run 'bash benchmarks/gpu.sh prepare' where there is network" \
         "(it downloads them into .gpu_data/wheels), then carry .gpu_data along."
 fi
@@ -282,7 +281,7 @@ say "gpu.sh: budget ${BUDGET} s; rows: ${PLAN// /,}${GPU_SH_SKIP:+; skipping $GP
 
 row environment 45 "$PY" -c "
 import os, platform
-import jsonargparse, lightning, submitit, torch, torchmetrics, torchvision
+import jsonargparse, lightning, pytorch_optimizer, submitit, torch, torchmetrics, torchvision
 from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE
 assert _JSONARGPARSE_SIGNATURES_AVAILABLE, 'Lightning does not see jsonargparse[signatures]'
 import padam_lightning.cli  # padam-fit's CLI, with all it imports
@@ -291,7 +290,7 @@ print(f'python {platform.python_version()}, torch {torch.__version__} (CUDA {tor
       f'torchvision {torchvision.__version__}, lightning {lightning.__version__}, '
       f'torchmetrics {torchmetrics.__version__}, {os.cpu_count()} CPUs')
 print(f'jsonargparse {jsonargparse.__version__} from {os.path.dirname(jsonargparse.__file__)}; '
-      f'submitit {submitit.__version__}')
+      f'submitit {submitit.__version__}; pytorch_optimizer from {os.path.dirname(pytorch_optimizer.__file__)}')
 if torch.cuda.is_available():
     props = torch.cuda.get_device_properties(0)
     print(f'GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, '
