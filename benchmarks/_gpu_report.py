@@ -36,10 +36,11 @@ MAX_LINES = 40
 #: An epoch is in the CIFAR-10 goal's terms: 50,000 training plus 10,000 test images.
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000
 
-#: An EpochReport line: "epoch   3: train    1.52 s (   32,895 images/s), eval   0.21 s, ...".
+#: An EpochReport line: "epoch   3: train    1.52 s (50,000 images,    32,895 images/s), eval
+#: 0.21 s, ... | train/loss ...".
 EPOCH_LINE = re.compile(
-    r"^epoch +(\d+): train +([\d.]+) s \( *([\d,.]+|nan) images/s\), eval +([\d.]+) s,"
-    r".*\| (.*)$",
+    r"^epoch +(\d+): train +([\d.]+) s \(([\d,]+) images, +([\d,.]+|nan) images/s\), "
+    r"eval +([\d.]+) s,.*\| (.*)$",
     re.M,
 )
 WALL_LINE = re.compile(r"^epoch +(\d+): +([\d.]+) s with checkpointing", re.M)
@@ -120,12 +121,12 @@ def parse_epochs(text: str) -> list[dict[str, float | str]]:
     """
     walls = {int(e): float(w) for e, w in WALL_LINE.findall(text)}
     epochs: list[dict[str, float | str]] = []
-    for epoch, train, rate, evaluation, metrics in EPOCH_LINE.findall(text):
+    for epoch, train, images, _rate, evaluation, metrics in EPOCH_LINE.findall(text):
         record: dict[str, float | str] = {
             "epoch": int(epoch),
             "train": float(train),
             "eval": float(evaluation),
-            "images": float(train) * float(rate.replace(",", "")),
+            "images": float(images.replace(",", "")),
             "wall": walls.get(int(epoch), float("nan")),
         }
         record.update(dict(METRIC.findall(metrics)))

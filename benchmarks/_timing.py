@@ -309,7 +309,7 @@ class EpochReport(L.Callback):
         self.records.append(record)
         print(
             f"{self.prefix}epoch {trainer.current_epoch:3d}: train {train_seconds:7.2f} s "
-            f"({rate:9,.0f} images/s), eval {val_seconds:6.2f} s, "
+            f"({self._train_images:,} images, {rate:9,.0f} images/s), eval {val_seconds:6.2f} s, "
             f"epoch {end - marks.get('train_start', end):7.2f} s, "
             f"since start {end - self._fit_start:7.1f} s | "
             f"train/loss {metric('train/loss')} train/err {metric('train/err')} "

@@ -38,8 +38,10 @@ from pathlib import Path
 import yaml
 from _timing import CUDNN_BENCHMARK, REPO_ROOT
 
-#: An EpochReport line: "epoch   1: train    1.52 s (   32,895 images/s), eval ...".
-EPOCH_LINE = re.compile(r"^epoch +(\d+): train +([\d.]+) s \( *([\d,.]+|nan) images/s\)", re.M)
+#: An EpochReport line: "epoch   1: train    1.52 s (50,000 images,    32,895 images/s), eval ...".
+EPOCH_LINE = re.compile(
+    r"^epoch +(\d+): train +([\d.]+) s \(([\d,]+) images, +([\d,.]+|nan) images/s\)", re.M
+)
 SWEEP = [sys.executable, "-m", "padam_lightning.experiments.sweep"]
 
 
@@ -96,7 +98,8 @@ def last_epoch_rates(save_dir: Path) -> list[float]:
     for log in sorted(save_dir.glob("*/*/fit.log")):
         epochs = EPOCH_LINE.findall(log.read_text(errors="replace"))
         if epochs:
-            rates.append(float(epochs[-1][2].replace(",", "")))
+            _, seconds, images, _ = epochs[-1]
+            rates.append(float(images.replace(",", "")) / float(seconds))
     return rates
 
 
