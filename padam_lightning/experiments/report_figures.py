@@ -83,8 +83,18 @@ def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> F
     panels = list(dict.fromkeys(g.panel_key for g in groups))
     titles = {g.panel_key: g.panel_title for g in groups}
     labels = list(dict.fromkeys(g.label for g in groups))
+    # Lines that coincide (Adam and AMSGrad often do) must stay visible: each line has its own
+    # colour, dash pattern and hollow marker shape, and earlier lines are drawn wider with larger
+    # markers, so a later line on top of an earlier one leaves it showing around its edges.
+    last = max(len(labels) - 1, 1)
     styles = {
-        label: {"color": f"C{i % 10}", "linestyle": style, "marker": marker}
+        label: {
+            "color": f"C{i % 10}",
+            "linestyle": style,
+            "marker": marker,
+            "linewidth": 2.4 - 1.2 * i / last,
+            "markersize": 8.0 - 4.0 * i / last,
+        }
         for i, (label, style, marker) in enumerate(
             zip(labels, itertools.cycle(LINE_STYLES), itertools.cycle(MARKERS), strict=False)
         )
@@ -109,8 +119,7 @@ def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> F
                     mean.epochs,
                     values,
                     label=group.label,
-                    linewidth=1.4,
-                    markersize=4,
+                    markerfacecolor="none",
                     markevery=max(1, len(values) // 12),
                     **style,
                 )
