@@ -17,8 +17,11 @@ the run has finished, ``finished.json``.
 from __future__ import annotations
 
 import logging
+import shlex
+import signal
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from padam_lightning.run_layout import (
 )
 from padam_lightning.training.checkpointing import (
     AtomicCheckpointIO,
+    Interruption,
     LastCheckpoint,
     RunSummary,
 )
@@ -69,6 +73,15 @@ from padam_lightning.training.resume import (
 )
 from padam_lightning.training.run_estimate import RunTimeEstimate
 from padam_lightning.training.tensorboard import TensorBoardDashboards
+
+#: What ``padam-fit`` without arguments prints (to stderr, exit status 2).
+USAGE = """\
+usage: padam-fit {fit,validate,test,predict} --config FILE [--config FILE ...] [--KEY VALUE ...]
+
+  padam-fit fit --config configs/wrn.yaml --config configs/tiny.yaml   # a few-second CPU check
+  padam-fit fit --config configs/wrn.yaml                             # the paper's WRN-16-4 run
+
+padam-fit --help and padam-fit fit --help list every option."""
 
 #: The subcommands that evaluate a checkpoint; they log to ``<run>/eval/<stage>-<N>``.
 EVALUATION_STAGES = ("validate", "test", "predict")
@@ -164,6 +177,43 @@ def _evaluation_folder(run_dir: Path, stage: str) -> tuple[Path, str]:
     return run_dir, f"{stage}-{number}"
 
 
+def resume_command(args: Sequence[str] | None, last: Path) -> str:
+    """The ``padam-fit`` command that continues a stopped run from its ``last.ckpt``.
+
+    The run's own arguments with ``--ckpt_path`` set to the file, which also makes the resumed
+    run log into the same run folder (``--ckpt_path last`` picks the latest run of the config,
+    which is the same one unless another was started since).
+
+    Args:
+        args: The stopped command's arguments (after ``padam-fit``); None when not known.
+        last: The run's ``last.ckpt``.
+    """
+    kept: list[str] = []
+    skip_value = False
+    for arg in args or ["fit", "--config", "<the run's config files>"]:
+        if skip_value:
+            skip_value = False
+        elif arg == "--ckpt_path":
+            skip_value = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["padam-fit", *kept, "--ckpt_path", str(last)])
+
+
+def _follow_default_root_dir(trainer: Namespace, logger_args: Namespace | None) -> None:
+    """Put the logs under ``--trainer.default_root_dir`` when it is given, as Lightning does.
+
+    Lightning's default logger writes to ``<default_root_dir>/lightning_logs``; padam-fit's
+    TensorBoard logger has its own ``save_dir`` default, which would otherwise ignore the flag. An
+    explicit ``--trainer.logger.init_args.save_dir`` other than the default wins.
+    """
+    root = trainer.get("default_root_dir")
+    if root is None or logger_args is None:
+        return
+    if str(logger_args.get("save_dir") or DEFAULT_LOG_DIR) == DEFAULT_LOG_DIR:
+        logger_args["save_dir"] = str(Path(str(root)) / DEFAULT_LOG_DIR)
+
+
 def _run_folder_of(checkpoint: Path) -> Path | None:
     """The run folder holding ``checkpoint`` (``<run>/checkpoints/x.ckpt``), or None."""
     if checkpoint.parent.name == LAST_CHECKPOINT_PATH.parent.name:
@@ -221,6 +271,8 @@ class PadamCLI(LightningCLI):
     _resume: tuple[Path, dict[str, Any]] | None = None
     #: The run name earlier versions gave this configuration, where it differs.
     _legacy_run_name: str | None = None
+    #: The command's arguments (for the resume hint), None when not given as a list.
+    _command_args: list[str] | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the checkpoint options and link the class count from the data to the model."""
@@ -259,6 +311,8 @@ class PadamCLI(LightningCLI):
             UserError: For any parsing mistake (unknown option, bad value, missing config file),
                 in one line instead of jsonargparse's usage text.
         """
+        command = sys.argv[1:] if args is None else args
+        self._command_args = [str(a) for a in command] if isinstance(command, list) else None
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
@@ -280,6 +334,7 @@ class PadamCLI(LightningCLI):
             # (row cudnn_benchmark). Keep equal to benchmarks/_timing.py's CUDNN_BENCHMARK.
             trainer.benchmark = True
         logger_args = self._tensorboard_args(config)
+        _follow_default_root_dir(trainer, logger_args)
         self._legacy_run_name = None
         if logger_args is not None and not logger_args.get("name"):
             logger_args["name"], self._legacy_run_name = _run_names(config)
@@ -451,6 +506,62 @@ class PadamCLI(LightningCLI):
         """See :meth:`_after_evaluation`."""
         self._after_evaluation("test")
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        """Build the trainer with the package's callbacks giving way to Lightning's own flags.
+
+        ``--trainer.enable_checkpointing false`` means a run that writes no checkpoints, so the
+        package's checkpoint callbacks (``last.ckpt`` and the best one) are left out instead of
+        making Lightning refuse the flag. A checkpoint callback the user lists in
+        ``trainer.callbacks`` is kept, and Lightning reports the contradiction.
+        """
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+            defaults = self.trainer_defaults.get("callbacks") or []
+            self.trainer_defaults = {
+                **self.trainer_defaults,
+                "callbacks": [c for c in defaults if not isinstance(c, ModelCheckpoint)],
+            }
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; when a fit stops before its end, print how to resume it.
+
+        Raises:
+            SystemExit: With status 130 (Ctrl-C) or 143 (SIGTERM) when a signal stopped the fit
+                (Lightning's own stop exits 0 or 1), after saying how to resume.
+        """
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as err:
+            if subcommand == "fit" and not isinstance(err, UserError):
+                self._tell_how_to_resume()
+                stopped_by = self._interruption_signal()
+                if stopped_by is not None:
+                    raise SystemExit(128 + signal.Signals[stopped_by].value) from None
+            raise
+
+    def _interruption_signal(self) -> str | None:
+        """``SIGINT`` or ``SIGTERM`` if a signal stopped the fit (None otherwise)."""
+        trainer = getattr(self, "trainer", None)
+        for callback in getattr(trainer, "callbacks", []):
+            if isinstance(callback, Interruption) and callback.signal_name is not None:
+                return callback.signal_name
+        return None
+
+    def _tell_how_to_resume(self) -> None:
+        """Print the command that resumes this run, when it has a checkpoint to resume from."""
+        last = None
+        for callback in getattr(self.trainer, "callbacks", []):
+            if isinstance(callback, LastCheckpoint) and callback.dirpath is not None:
+                last = Path(callback.dirpath) / LAST_CHECKPOINT_PATH.name
+        if last is None or not last.is_file():
+            return
+        rank_zero_only(print)(
+            f"padam-fit: the run stopped before its end; {last} holds where it stopped. To "
+            f"continue it: {resume_command(self._command_args, last)}",
+            file=sys.stderr,
+        )
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the trainer and make its checkpoint writes atomic.
 
@@ -493,6 +604,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
                 RunSummary(),
                 RunTimeEstimate(),
                 TensorBoardDashboards(),
+                Interruption(),  # Ctrl-C / SIGTERM: save where the run stopped, resume exactly
             ],
         },
         # exit_on_error=False: parse errors become exceptions, reported in one line by
@@ -517,6 +629,8 @@ def _quiet_known_warnings() -> None:
         logging.getLogger(name).addFilter(_NO_ADVERTISEMENTS)  # a no-op when already added
     # The loaders yield index batches; images are gathered on the device, so no workers.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # Lightning cannot see that the Interruption callback resumes a half-done epoch exactly.
+    warnings.filterwarnings("ignore", ".*ended before the epoch ended and your dataloader is not.*")
     # Emitted by Lightning's own code under recent torch releases; nothing a user can change.
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
@@ -524,6 +638,9 @@ def _quiet_known_warnings() -> None:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``padam-fit``: user mistakes print one line and exit non-zero."""
     _quiet_known_warnings()
+    if (sys.argv[1:] if args is None else args) == []:
+        print(USAGE, file=sys.stderr)
+        sys.exit(UserError.exit_code)
     try:
         build_cli(args)
     except (UserError, MisconfigurationException, ArgumentError) as err:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +16,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer import call
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import Sampler
+from torchmetrics import Metric
 
 from padam_lightning.run_layout import FINISHED_FILE, LAST_CHECKPOINT
 
@@ -108,6 +118,23 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Save ``last.ckpt`` where a fit stopped on SIGTERM or Ctrl-C (see :class:`Interruption`).
+
+        Lightning raises ``SIGTERMException`` at the end of a training batch, so the state is
+        consistent; other exceptions (divergence, a refused resume, a crash) keep the checkpoint
+        of the last completed epoch. A stop during validation or sanity checking saves nothing.
+        """
+        if (
+            isinstance(exception, SIGTERMException)
+            and trainer.state.fn == TrainerFn.FITTING
+            and trainer.training
+            and self.dirpath is not None
+        ):
+            trainer.save_checkpoint(Path(self.dirpath) / LAST_CHECKPOINT)
+
 
 class RunSummary(L.Callback):
     """Write ``finished.json`` into the run folder when a fit ends normally.
@@ -136,3 +163,159 @@ class RunSummary(L.Callback):
         }
         text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
         write_text_atomically(Path(log_dir) / FINISHED_FILE, text)
+
+
+#: Checkpoint key of an interrupted epoch's progress, written by :class:`Interruption`.
+MID_EPOCH_KEY = "padam_lightning_mid_epoch"
+
+
+class _SkipFirstSamples(Sampler[int]):
+    """A sampler that leaves out the first ``skip`` samples of its next pass, once.
+
+    Batches of ``batch_size`` drawn from it after skipping ``k * batch_size`` samples are the
+    batches ``k, k + 1, ...`` of the full pass: the epoch's order depends only on the seed and the
+    epoch, so a run resumed mid-epoch trains on exactly the batches it had not trained on yet.
+    """
+
+    def __init__(self, inner: Any, skip: int) -> None:
+        self.inner = inner
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on (Lightning sets it on every sampler each epoch)."""
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+
+class Interruption(L.Callback):
+    """Stop cleanly on Ctrl-C or SIGTERM, save where the run stopped, and resume exactly there.
+
+    Lightning's signal connector turns SIGTERM (a cluster's notice before its time limit) into a
+    stop at the end of the current training batch; this callback makes the first Ctrl-C (SIGINT)
+    do the same, through Lightning's own SIGTERM handler (a second Ctrl-C stops at once, without a
+    checkpoint). :class:`LastCheckpoint` then saves ``last.ckpt`` at that batch boundary, and this
+    callback adds what Lightning does not keep of a half-done epoch:
+
+    - the number of batches done, so the resumed run skips them (the epoch's order is a pure
+      function of the seed and the epoch; Lightning otherwise restarts the epoch's data);
+    - the module's torchmetrics accumulators (the epoch's mean loss and error so far);
+    - and on resume it calls the ``on_train_epoch_start`` hooks that Lightning skips when it
+      restarts mid-epoch, so the epoch's ``optim/*`` values are logged as in an uninterrupted run.
+
+    With that, weights, optimizer state and the per-epoch curves of a resumed run equal those of a
+    run that was never stopped. A stop during validation saves nothing new (the checkpoint of the
+    last completed epoch is kept): Lightning restarts the evaluation, not its metrics.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None  # "SIGINT" or "SIGTERM" once one stopped the run
+        self._previous_sigint: Any = None
+        self._pending: dict[str, Any] | None = None
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Route the first Ctrl-C of a fit to Lightning's graceful SIGTERM stop."""
+        self.signal_name = None
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Give Ctrl-C back its previous meaning."""
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        # Restored first, so a second Ctrl-C raises KeyboardInterrupt at once.
+        signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
+        self._previous_sigint = None
+        handler = signal.getsignal(signal.SIGTERM)
+        if not callable(handler):  # Lightning's handler is not installed: stop the usual way
+            raise KeyboardInterrupt
+        self.signal_name = "SIGINT"
+        print(
+            "\npadam-fit: stopping after this batch and saving a checkpoint (Ctrl-C again stops "
+            "at once, without one)",
+            file=sys.stderr,
+            flush=True,
+        )
+        handler(signum, frame)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Remember which signal stopped the run (for the exit status and the message)."""
+        if isinstance(exception, SIGTERMException) and self.signal_name is None:
+            self.signal_name = "SIGTERM"
+
+    # -- saving and restoring a half-done epoch -------------------------------------------------
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Record the epoch's progress in a checkpoint saved at an interruption."""
+        if trainer.state.status != TrainerStatus.INTERRUPTED or not trainer.training:
+            return
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        checkpoint[MID_EPOCH_KEY] = {
+            "epoch": trainer.current_epoch,
+            "batches": batches,
+            "metrics": {
+                name: {key: _detached(value) for key, value in metric.metric_state.items()}
+                for name, metric in pl_module.named_modules()
+                if isinstance(metric, Metric) and metric.update_count > 0
+            },
+        }
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Keep the interrupted epoch's progress until training starts."""
+        self._pending = checkpoint.get(MID_EPOCH_KEY)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Continue a half-done epoch: skip its done batches, restore its metrics and logs."""
+        pending, self._pending = self._pending, None
+        if not pending or pending["epoch"] != trainer.current_epoch or pending["batches"] < 1:
+            return
+        loader = trainer.train_dataloader
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        if batch_sampler is None or getattr(batch_sampler, "batch_size", None) is None:
+            raise RuntimeError("Interruption: cannot resume mid-epoch with this data loader")
+        batch_sampler.sampler = _SkipFirstSamples(
+            batch_sampler.sampler, pending["batches"] * batch_sampler.batch_size
+        )
+        modules = dict(pl_module.named_modules())
+        for name, state in pending["metrics"].items():
+            metric = modules.get(name)
+            if isinstance(metric, Metric):
+                metric.merge_state({k: _to(v, pl_module.device) for k, v in state.items()})
+        # Lightning skips the epoch-start hooks when it restarts mid-epoch; an uninterrupted run
+        # called them, and they set and log the epoch's lr and p.
+        call._call_callback_hooks(trainer, "on_train_epoch_start")
+        call._call_lightning_module_hook(trainer, "on_train_epoch_start")
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, list):
+        return [_detached(item) for item in value]
+    return value
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to(item, device) for item in value]
+    return value

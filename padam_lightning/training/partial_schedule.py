@@ -332,7 +332,12 @@ class PartialSchedule(L.Callback):
         if self.interval == "epoch":
             self._apply(trainer, trainer.current_epoch)
         else:
-            self._apply(trainer, trainer.global_step)
+            # The epoch's first step. A run resumed mid-epoch calls this hook again (Lightning
+            # skips it there; see padam_lightning.training.checkpointing.Interruption) after some
+            # of the epoch's steps were taken: the epoch's logged value is still its first step's.
+            restarted = trainer.fit_loop.restarting  # True only within a resumed, half-done epoch
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed if restarted else 0
+            self._apply(trainer, trainer.global_step - done // trainer.accumulate_grad_batches)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
