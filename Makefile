@@ -51,7 +51,7 @@ fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --c
 		$(BIN)/padam-fit fit --config $(CONFIG) $(ARGS); \
 	fi
 
-fit-cpu: $(STAMP) ## A CPU-scale run (WRN-10-1, 10 epochs, ~13 min on 2 cores): configs/cpu.yaml.
+fit-cpu: $(STAMP) ## A CPU-scale run (WRN-10-1, 10 epochs, 10-12 min on 2 cores): configs/cpu.yaml.
 	@$(MAKE) --no-print-directory fit CONFIG=configs/cpu.yaml ARGS="$(ARGS)"
 
 demo: $(STAMP) ## Offline demo: a short run on synthetic data with real TensorBoard logs.

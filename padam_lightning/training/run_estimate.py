@@ -20,6 +20,10 @@ MIN_REPORTED_RUN_S = 120.0
 #: Runs estimated to take at least this (seconds) on a CPU are called GPU-sized, with the
 #: CPU-scale alternative named.
 GPU_SIZED_RUN_S = 3600.0
+#: The size of that alternative (WRN-10-1: 78k parameters; 10 epochs): runs no larger than it
+#: are not told to run it, however long they take on a busy CPU.
+CPU_SCALE_PARAMETERS = 100_000
+CPU_SCALE_EPOCHS = 10
 #: What to run instead of a GPU-sized config on a CPU (``configs/cpu.yaml``, ``make fit-cpu``).
 CPU_ALTERNATIVE = (
     "For a CPU-scale run use `make fit-cpu` (padam-fit fit --config configs/cpu.yaml: WRN-10-1 on "
@@ -62,7 +66,9 @@ class RunTimeEstimate(L.Callback):
         run   = the remaining epochs (or ``max_steps``) at that rate
 
     A run estimated under :data:`MIN_REPORTED_RUN_S` prints nothing; one of at least
-    :data:`GPU_SIZED_RUN_S` also gets the advice to run ``configs/cpu.yaml`` instead. Printed
+    :data:`GPU_SIZED_RUN_S` also gets the advice to run ``configs/cpu.yaml`` instead, unless it is
+    no larger than that (at most :data:`CPU_SCALE_PARAMETERS` parameters and
+    :data:`CPU_SCALE_EPOCHS` epochs: then the CPU is merely slow or busy). Printed
     through the progress bar when there is one (so the bar is not torn), else with
     ``rank_zero_info``; only process 0 prints.
 
@@ -210,6 +216,7 @@ class RunTimeEstimate(L.Callback):
             f"({contents}) takes ~{format_duration(epoch_s)} and the{resumed} run "
             f"~{format_duration(run_s)}{evaluation}."
         )
-        if run_s >= GPU_SIZED_RUN_S:
+        larger = parameters > CPU_SCALE_PARAMETERS or (max_epochs or 0) > CPU_SCALE_EPOCHS
+        if run_s >= GPU_SIZED_RUN_S and larger:
             message += f" This config is sized for a GPU. {CPU_ALTERNATIVE}"
         return message

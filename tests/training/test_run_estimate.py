@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from torch import nn
 
-from padam_lightning.cli import main
+from padam_lightning import Padam
+from padam_lightning.cli import build_cli, main
 from padam_lightning.training import run_estimate
 from padam_lightning.training.run_estimate import RunTimeEstimate, format_duration
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize(
@@ -91,6 +95,17 @@ def test_short_runs_get_no_message_and_medium_ones_no_advice() -> None:
     assert "GPU" not in message
 
 
+def test_a_run_no_larger_than_the_cpu_config_is_not_sent_to_it() -> None:
+    # 10 epochs of a 79k-parameter network at 1 s per step (a busy CPU): (3910 - 22) s = 65 min, but
+    # configs/cpu.yaml is this run, so no advice. Add an epoch and it is larger than that.
+    module: Any = _Module()
+    module.layer = nn.Linear(78, 1000)  # 79,000 parameters
+    message = _estimate([1.0] * 5, [], 22).describe(_trainer(max_epochs=10), module)
+    assert message is not None and "~65 min" in message and "GPU" not in message
+    message = _estimate([1.0] * 5, [], 22).describe(_trainer(max_epochs=11), module)
+    assert message is not None and "sized for a GPU" in message
+
+
 def _tiny_run(tiny_fit_args: list[str], caplog: pytest.LogCaptureFixture) -> list[str]:
     """The messages a tiny padam-fit run logs (rank_zero_info goes through logging)."""
     with caplog.at_level(logging.INFO):
@@ -114,6 +129,7 @@ def test_cpu_run_over_the_thresholds_prints_its_measured_estimate(
     # timed because tiny.yaml has no sanity check.
     monkeypatch.setattr(run_estimate, "MIN_REPORTED_RUN_S", 0.0)
     monkeypatch.setattr(run_estimate, "GPU_SIZED_RUN_S", 0.0)
+    monkeypatch.setattr(run_estimate, "CPU_SCALE_PARAMETERS", 0)
     messages = _tiny_run(tiny_fit_args, caplog)
     lines = [message for message in messages if message.startswith("padam-fit: training")]
     assert len(lines) == 1, messages
@@ -124,3 +140,21 @@ def test_cpu_run_over_the_thresholds_prints_its_measured_estimate(
         r"This config is sized for a GPU\. For a CPU-scale run use `make fit-cpu`"
     )
     assert re.match(pattern, lines[0]), lines[0]
+
+
+def test_the_named_cpu_config_is_the_compressed_cpu_scale_run(tmp_path: Path) -> None:
+    # configs/cpu.yaml stands alone (no architecture config before it), as the message says.
+    cli = build_cli(
+        ["--config", str(CONFIGS / "cpu.yaml"), "--trainer.logger.init_args.save_dir",
+         str(tmp_path)],
+        run=False,
+    )  # fmt: skip
+    assert cli.model.hparams.arch == "wrn10_1"
+    assert cli.trainer.max_epochs == 10
+    assert cli.datamodule.batch_size == 128 and cli.datamodule.eval_batch_size == 100
+    optimizers = cli.model.configure_optimizers()
+    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    assert type(optimizer) is Padam
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["partial"], group["weight_decay"]) == (0.1, 0.125, 5e-4)
+    assert sorted(scheduler.milestones) == [5, 8] and scheduler.gamma == 0.1
