@@ -33,6 +33,7 @@ Usage::
 
     python benchmarks/fidelity.py all --seeds 0 1 --epochs 3 --train-size 10000   # runs + report
     python benchmarks/fidelity.py run --pipeline released --optimizer padam --seed 0 ...
+    python benchmarks/fidelity.py all --device cuda --arch wrn16_4 --train-size 50000 --epochs 20
     python benchmarks/fidelity.py report                                          # tables only
     python benchmarks/fidelity.py                                                 # = report
 
@@ -198,7 +199,7 @@ def _sweep(
     for inputs, targets in loader:
         outputs, loss = step(inputs, targets)
         loss_sum += float(loss)
-        correct += int(outputs.argmax(1).eq(targets).sum())
+        correct += int(outputs.argmax(1).cpu().eq(targets).sum())
         total += targets.numel()
         batches += 1
     return loss_sum / batches, 1 - correct / total, time.perf_counter() - start
@@ -211,6 +212,7 @@ def run_released(
     epochs: int,
     folder: Path,
     record: Callable[..., None],
+    device: torch.device,
 ) -> None:
     """Train as the released script does and ``record(epoch, **quantities)`` after every epoch."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -232,12 +234,14 @@ def run_released(
         shuffle=False,
         num_workers=0,
     )
-    model = build_model(arch, num_classes=10)
+    model = build_model(arch, num_classes=10).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = _released_optimizer(optimizer_name, model.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(MILESTONES))
 
     def train_step(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+        inputs, targets = inputs.to(device), targets.to(device)
+
         def closure() -> Any:
             # The released closure: a second forward in train mode, its loss unused.
             return criterion(model(inputs), targets)
@@ -250,6 +254,7 @@ def run_released(
         return outputs.detach(), loss.item()
 
     def eval_step(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+        inputs, targets = inputs.to(device), targets.to(device)
         with torch.no_grad():
             outputs = model(inputs)
             return outputs, criterion(outputs, targets).item()
@@ -287,6 +292,7 @@ def run_package(
     epochs: int,
     folder: Path,
     record: Callable[..., None],
+    device: torch.device,
 ) -> None:
     """Train with padam-fit's modules and the TrainPass callback; record after every epoch."""
     import lightning as L
@@ -347,7 +353,7 @@ def run_package(
     )
     trainer = L.Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
+        accelerator="cuda" if device.type == "cuda" else "cpu",
         devices=1,
         precision="32-true",
         logger=False,
@@ -383,6 +389,7 @@ def run_one(args: argparse.Namespace) -> None:
         "epochs_planned": args.epochs,
         "train_size": args.train_size,
         "threads": args.threads,
+        "device": str(args.device),
         "complete": False,
         "epochs": [],
     }
@@ -401,7 +408,7 @@ def run_one(args: argparse.Namespace) -> None:
         )
 
     runner = run_package if args.pipeline == "package" else run_released
-    runner(args.optimizer, args.seed, args.arch, args.epochs, folder, record)
+    runner(args.optimizer, args.seed, args.arch, args.epochs, folder, record, args.device)
 
 
 def run_all(args: argparse.Namespace) -> None:
@@ -453,6 +460,7 @@ def _shared_flags(args: argparse.Namespace) -> list[str]:
         "--arch", args.arch, "--epochs", str(args.epochs), "--train-size", str(args.train_size),
         "--data-dir", str(args.data_dir), "--work-dir", str(args.work_dir),
         "--runs-dir", str(args.runs_dir), "--threads", str(args.threads),
+        "--device", str(args.device),
     ]  # fmt: skip
 
 
@@ -652,6 +660,9 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--data-dir", type=Path, default=DEFAULT_SOURCE)
         command.add_argument("--work-dir", type=Path, default=Path("/tmp/padam-fidelity"))
         command.add_argument("--threads", type=int, default=1)
+        command.add_argument(
+            "--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda"
+        )
     commands["run"].add_argument("--pipeline", choices=PIPELINES, required=True)
     commands["run"].add_argument("--optimizer", choices=OPTIMIZERS, required=True)
     commands["run"].add_argument("--seed", type=int, default=0)

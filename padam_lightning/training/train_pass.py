@@ -223,7 +223,9 @@ class TrainPass(L.Callback):
                         images, offsets.index_select(0, indices), flips.index_select(0, indices)
                     )
                 labels = split.labels.index_select(0, indices)
-                logits = pl_module(normalize(images, mean, std))
+                # In the precision's dtype, as the data module hands training batches over.
+                inputs = trainer.precision_plugin.convert_input(normalize(images, mean, std))
+                logits = pl_module(inputs)
                 losses = F.cross_entropy(logits.float(), labels, reduction="none")
                 weight = real.to(torch.float64)
                 loss_sums[k] = (losses.to(torch.float64) * weight).sum()

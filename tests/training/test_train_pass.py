@@ -57,12 +57,15 @@ def _data(**overrides: Any) -> CIFARDataModule:
     return CIFARDataModule(**{**settings, **overrides})
 
 
-def _fit(tmp_path: Path, callbacks: list[L.Callback], epochs: int = 2) -> ImageClassifier:
+def _fit(
+    tmp_path: Path, callbacks: list[L.Callback], epochs: int = 2, precision: str = "32-true"
+) -> ImageClassifier:
     L.seed_everything(0, verbose=False)
     model = ImageClassifier(arch="wrn10_1", channels_last=False, compile=False)
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
+        precision=precision,  # type: ignore[arg-type]
         logger=CSVLogger(tmp_path, name="run"),
         callbacks=callbacks,
         enable_checkpointing=False,
@@ -178,6 +181,13 @@ def test_a_resumed_run_logs_the_same_pass_values(tiny_fit_args: list[str], tmp_p
     for tag in ("train_pass/loss", "train_pass/err", "val/loss", "train/loss"):
         assert len(straight[tag]) == 2, tag
         assert [v for _, v in resumed[tag]] == [v for _, v in straight[tag]], tag
+
+
+def test_the_pass_feeds_the_network_in_the_precision_s_dtype(tmp_path: Path) -> None:
+    # Under bf16-true the weights are bfloat16: float32 inputs would fail in the first conv.
+    _fit(tmp_path, [TrainPass()], epochs=1, precision="bf16-true")
+    loss, err = _logged(tmp_path, "train_pass/loss"), _logged(tmp_path, "train_pass/err")
+    assert len(loss) == 1 and 0 < loss[0] < 10 and 0 <= err[0] <= 1
 
 
 def test_train_pass_refuses_other_data_and_bad_batch_sizes() -> None:
