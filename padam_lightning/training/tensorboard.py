@@ -32,6 +32,8 @@ from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from padam_lightning.training.partial_schedule import PartialSchedule
+
 #: The best ``val/err`` so far (the running minimum over epochs), for the HParams dashboard.
 BEST_VAL_ERR_TAG = "val/err_best"
 
@@ -123,8 +125,6 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         ``p_schedule/p_start``, ``seed``, ``precision``, ``batch_size``, ``max_epochs``, mapped
         to bools, numbers or strings.
     """
-    from padam_lightning.training.partial_schedule import PartialSchedule
-
     module_hparams = dict(getattr(pl_module, "hparams", {}))
     params: dict[str, Any] = {"network": module_hparams.get("arch", type(pl_module).__name__)}
     datamodule = getattr(trainer, "datamodule", None)
@@ -145,7 +145,9 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         for key, value in sorted(scheduler.state_dict().items()):
             if not key.startswith("_") and key not in _SCHEDULER_PROGRESS:
                 params[f"{prefix}/{key}"] = value
-    p_schedules = [cb for cb in trainer.callbacks if isinstance(cb, PartialSchedule)]  # type: ignore[attr-defined]
+    # (Trainer.callbacks is set by Lightning's callback connector, not declared on the class.)
+    callbacks = getattr(trainer, "callbacks", [])
+    p_schedules = [cb for cb in callbacks if isinstance(cb, PartialSchedule)]
     params["p_schedule"] = "none" if not p_schedules else p_schedules[0].shape
     for schedule in p_schedules[:1]:
         for key in _P_SCHEDULE_SETTINGS:
@@ -248,7 +250,9 @@ class TensorBoardDashboards(L.Callback):
 
     When a fit ends, by finishing, an exception or an interrupt, and this process's event file
     holds nothing but its header, the layout and the hyperparameters, the file is closed and
-    removed; empty event files of earlier attempts killed in the same run folder go too.
+    removed. Empty event files of earlier attempts that were killed outright (no hook ran) are
+    removed when the next run starts in their folder or beside it (the same logger name), if they
+    were written on this host by a process that has exited.
     """
 
     def __init__(self) -> None:
@@ -272,7 +276,11 @@ class TensorBoardDashboards(L.Callback):
             writer.add_custom_scalars(LAYOUT)
             writer._get_file_writer().add_summary(session_start)
             writer.flush()
-            remove_empty_event_files(Path(writer.get_logdir()), keep=_event_file(logger))
+            # Attempts killed (SIGKILL) before logging, in this run folder (a resume) or beside
+            # it (earlier versions of the same name), left empty files no hook could remove.
+            run_dir = Path(writer.get_logdir())
+            for folder in {run_dir, *(p for p in run_dir.parent.iterdir() if p.is_dir())}:
+                remove_empty_event_files(folder, keep=_event_file(logger))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Note this epoch's ``val/err`` (not the sanity check's)."""

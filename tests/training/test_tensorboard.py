@@ -189,3 +189,20 @@ def test_empty_event_files_of_exited_processes_are_removed(tmp_path: Path) -> No
 
     assert remove_empty_event_files(tmp_path) == [empty_dead]
     assert sorted(tmp_path.iterdir()) == sorted([with_data_dead, empty_live, empty_elsewhere])
+
+
+def test_a_new_run_removes_empty_event_files_of_killed_attempts_beside_it(tmp_path: Path) -> None:
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid, host = int(exited.stdout), socket.gethostname()
+    killed, logged = tmp_path / "run" / "version_0", tmp_path / "run" / "version_1"
+    killed.mkdir(parents=True)
+    logged.mkdir()
+    empty = _event_file(killed, dead_pid, host, scalar=False)
+    with_data = _event_file(logged, dead_pid, host, scalar=True)
+    trainer, run_dir = _tiny_trainer(tmp_path, [])
+    assert run_dir.name == "version_2"
+    _tiny_fit(trainer)
+    assert not empty.exists() and killed.is_dir()
+    assert with_data.exists()
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
