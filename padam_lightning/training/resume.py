@@ -130,6 +130,10 @@ def check_optimizer(
                 f"--ckpt_path {path}: the checkpoint was trained with {saved_classes[0]}, but this "
                 f"run's optimizer is {configured}. {RESUME_HINT}"
             )
+    # A schedule in the checkpoint moved lr and p too; its removal is reported by check_callbacks.
+    scheduled = scheduled or any(
+        str(key).startswith(RUN_DEFINING_CALLBACKS) for key in checkpoint.get("callbacks") or {}
+    )
     states = checkpoint.get("optimizer_states") or []
     groups = states[0].get("param_groups") if states and isinstance(states[0], dict) else None
     if not groups:
@@ -247,7 +251,7 @@ def _settings_difference(saved: Mapping[str, Any], configured: Mapping[str, Any]
         )
     for key in sorted(saved_keys):
         old, new = saved[key], configured[key]
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
+        if isinstance(old, Mapping) and isinstance(new, Mapping) and not isinstance(old, Counter):
             nested = _settings_difference(old, new)
             if nested is not None:
                 return nested
