@@ -1,0 +1,197 @@
+"""``padam-fit``'s commands around training: evaluation apart from the run, Lightning's own
+trainer flags, the bare command, and run folder names."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from jsonargparse import Namespace
+
+from padam_lightning.cli import _latest_run_checkpoint, _run_names, main, resume_command
+from padam_lightning.experiments.run_logs import read_run, read_scalars
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _tiny(save_dir: Path, *extra: str, command: str = "fit") -> list[str]:
+    return [
+        command,
+        "--config",
+        str(CONFIGS / "wrn.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        "--trainer.logger.init_args.name",
+        "run",
+        *extra,
+    ]
+
+
+def _files(folder: Path) -> dict[Path, tuple[bytes, int]]:
+    return {
+        path: (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in folder.iterdir()
+        if path.is_file()
+    }
+
+
+def test_evaluating_a_run_leaves_its_curves_its_summary_and_its_place_as_latest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(_tiny(tmp_path))  # version_0
+    main(_tiny(tmp_path))  # version_1: the latest run
+    old, latest = tmp_path / "run" / "version_0", tmp_path / "run" / "version_1"
+    # An older time for the run being evaluated, so any write to it would show.
+    for path in [old, *old.rglob("*")]:
+        os.utime(path, (1e9, 1e9))
+    before = _files(old)
+    ckpt = str(old / "checkpoints" / "last.ckpt")
+    for stage in ("validate", "test"):
+        main(_tiny(tmp_path, "--ckpt_path", ckpt, command=stage))
+        assert f"{stage} results logged to {old / 'eval' / f'{stage}-0'}" in capsys.readouterr().out
+    main(_tiny(tmp_path, "--ckpt_path", ckpt, command="validate"))  # a second one: validate-1
+    # The run's own files (event file, finished.json, config.yaml) are as they were.
+    assert _files(old) == before
+    assert json.loads((old / "finished.json").read_text())["epoch"] == 2
+    assert sorted(p.name for p in (old / "eval").iterdir()) == [
+        "test-0",
+        "validate-0",
+        "validate-1",
+    ]
+    assert "val/err" in read_scalars(old / "eval" / "validate-0")
+    assert "test/err" in read_scalars(old / "eval" / "test-0")
+    # padam-report still reads the run with its per-epoch test error, and version_1 stays latest.
+    record = read_run(old, tmp_path)
+    assert record is not None and record.finished is not None
+    assert sorted(read_scalars(old)["val/err"]) == sorted(read_scalars(latest)["val/err"])
+    assert _latest_run_checkpoint(tmp_path / "run") == latest / "checkpoints" / "last.ckpt"
+
+
+def test_the_report_reads_an_evaluated_run(tmp_path: Path) -> None:
+    from padam_lightning.experiments.report import main as report
+
+    main(_tiny(tmp_path))
+    run = tmp_path / "run" / "version_0"
+    main(_tiny(tmp_path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), command="validate"))
+    report([str(tmp_path), "--out", str(tmp_path / "report")])
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert len(results["groups"] if isinstance(results, dict) else results) == 1
+
+
+def test_checkpointing_off_writes_no_checkpoint_and_nothing_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(_tiny(tmp_path, "--trainer.enable_checkpointing", "false"))
+    run = tmp_path / "run" / "version_0"
+    assert (run / "finished.json").is_file() and not (run / "checkpoints").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(_tiny(tmp_path, "--ckpt_path", "last"))
+    assert exit_info.value.code == 2
+    assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_default_root_dir_holds_the_logs_as_in_lightning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    args = [a for a in _tiny(tmp_path) if not a.startswith("--trainer.logger.init_args.save")]
+    args.remove(str(tmp_path))
+    main([*args, "--trainer.default_root_dir", str(tmp_path / "root")])
+    assert (tmp_path / "root" / "lightning_logs" / "run" / "version_0" / "finished.json").is_file()
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--trainer.logger", "false"],
+        ["--trainer.fast_dev_run", "true"],
+        ["--trainer.max_steps", "4"],
+        ["--trainer.limit_val_batches", "0"],
+        ["--trainer.check_val_every_n_epoch", "2"],
+        ["--trainer.val_check_interval", "2"],
+        ["--trainer.num_sanity_val_steps", "1"],
+        ["--trainer.accumulate_grad_batches", "2"],
+        ["--trainer.gradient_clip_val", "1.0"],
+        ["--trainer.enable_progress_bar", "true", "--trainer.enable_model_summary", "true"],
+    ],
+)
+def test_lightnings_trainer_flags_run(
+    tmp_path: Path, flags: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    main(_tiny(tmp_path, "--trainer.max_epochs", "2", *flags))
+
+
+def test_padam_fit_alone_prints_usage_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: padam-fit {fit,validate,test,predict}")
+    assert err.count("  padam-fit fit --config configs/") == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "legacy"),
+    [
+        ({"dataset": "cifar10", "data_dir": "data"}, "cifar10-wrn16_4-padam", None),
+        (
+            {"dataset": "imagefolder", "data_dir": "data/cifar10-jpeg"},
+            "cifar10-jpeg-wrn16_4-padam",
+            "imagefolder-wrn16_4-padam",
+        ),
+        (
+            {"dataset": "imagefolder", "data_dir": "/datasets/cifar10-jpeg/"},
+            "cifar10-jpeg-wrn16_4-padam",
+            "imagefolder-wrn16_4-padam",
+        ),
+    ],
+)
+def test_runs_are_named_after_the_data_they_read(
+    data: dict[str, str], name: str, legacy: str | None
+) -> None:
+    config = Namespace(data=Namespace(**data), model=Namespace(arch="wrn16_4", optimizer=None))
+    assert _run_names(config) == (name, legacy)
+
+
+def test_resuming_last_finds_a_run_named_after_the_loader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run of an earlier version, before folders were named after the image folder.
+    data = tmp_path / "cifar10-jpeg"
+    old_run = tmp_path / "logs" / "imagefolder-wrn10_1-padam" / "version_0"
+    (old_run / "checkpoints").mkdir(parents=True)
+    (old_run / "config.yaml").write_text("# trained\n")
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "wrn.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--data.dataset",
+        "imagefolder",
+        "--data.data_dir",
+        str(data),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "logs"),
+        "--ckpt_path",
+        "last",
+    ]
+    with pytest.raises(SystemExit):
+        main(args)
+    # It looked into the old folder (and found its run had no checkpoint yet).
+    assert (
+        f"no checkpoint found at {old_run / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "logs" / "cifar10-jpeg-wrn10_1-padam").exists()
+
+
+def test_the_resume_command_replaces_ckpt_path() -> None:
+    last = Path("/runs/x/version_0/checkpoints/last.ckpt")
+    args = ["fit", "--config", "a b.yaml", "--ckpt_path", "old.ckpt", "--ckpt_path=last"]
+    assert resume_command(args, last) == (f"padam-fit fit --config 'a b.yaml' --ckpt_path {last}")
