@@ -350,8 +350,10 @@ def test_testing_a_checkpoint_keeps_the_training_config(
     trained_with = (run_dir / "config.yaml").read_text()
     run_fit(["test", *tiny_fit_args[1:], "--ckpt_path", "last"])
     assert (run_dir / "config.yaml").read_text() == trained_with
-    assert yaml.safe_load((run_dir / "config-test.yaml").read_text())["ckpt_path"].endswith(
+    evaluation = run_dir / "eval" / "test-0"  # evaluations log apart from the run's curves
+    assert yaml.safe_load((evaluation / "config-test.yaml").read_text())["ckpt_path"].endswith(
         "last.ckpt"
     )
-    test_err = read_scalars(run_dir)["test/err"]
+    test_err = read_scalars(evaluation)["test/err"]
     assert len(test_err) == 1 and 0.0 <= test_err[0][1] <= 1.0
+    assert "test/err" not in read_scalars(run_dir)

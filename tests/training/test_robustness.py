@@ -191,6 +191,90 @@ def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> Non
     assert not leftovers
 
 
+class SignalAtStep(L.Callback):
+    """Send this process a signal at the end of a given training step (as a user or cluster)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step = step
+        self.signum = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize(
+    ("signum", "schedule"),
+    [
+        (signal.SIGTERM, []),  # a cluster's notice before its time limit
+        # Ctrl-C, with a per-step p schedule that also scales the lr (state in a callback)
+        (
+            signal.SIGINT,
+            [
+                "--config",
+                "configs/experiments/p_schedule.yaml",
+                "--trainer.callbacks.interval",
+                "step",
+                "--trainer.callbacks.lr_start_scale",
+                "0.5",
+            ],
+        ),
+    ],
+)
+def test_a_run_stopped_mid_epoch_by_a_signal_resumes_exactly(
+    tmp_path: Path,
+    signum: int,
+    schedule: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+
+    def args(name: str, *extra: str) -> list[str]:
+        return [
+            "fit",
+            *tiny_cli_args(tmp_path, name, "--trainer.max_epochs", "3", *schedule, *extra),
+        ]
+
+    main(args("straight"))
+    stop = [f"--trainer.callbacks+={__name__}.SignalAtStep", "--trainer.callbacks.step", "4"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args("stopped", *stop, "--trainer.callbacks.signum", str(int(signum))))
+    assert exit_info.value.code == 128 + signum
+    last = tmp_path / "stopped" / "version_0" / "checkpoints" / "last.ckpt"
+    # Saved where it stopped: step 4 is the first batch of the second epoch (3 batches each).
+    stopped = load(last)
+    assert (stopped["epoch"], stopped["global_step"]) == (1, 4)
+    assert not (last.parent.parent / "finished.json").exists()
+    err = capsys.readouterr().err
+    assert "To continue it: padam-fit fit --config configs/wrn.yaml" in err
+    assert err.rstrip().endswith(f"--ckpt_path {last}")
+
+    main(args("stopped", "--ckpt_path", "last"))
+    straight_dir = tmp_path / "straight" / "version_0"
+    straight, resumed = load(straight_dir / "checkpoints" / "last.ckpt"), load(last)
+    assert resumed["global_step"] == straight["global_step"] == 9
+    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
+        assert_same_tensors(straight[key], resumed[key], key)
+    assert last_values(straight_dir) == last_values(last.parent.parent)
+
+
+def test_a_failure_that_is_not_a_stop_keeps_the_last_epochs_checkpoint(tmp_path: Path) -> None:
+    # Only Lightning's SIGTERM stop (a batch boundary) saves where the run was; any other
+    # exception may come from the middle of a step, so the epoch's checkpoint is kept.
+    last = tmp_path / "checkpoints" / "last.ckpt"
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            if trainer.global_step == 4:
+                raise RuntimeError("out of memory")
+
+    trainer = _tiny_trainer(tmp_path, Crash(), max_epochs=3)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=_tiny_data())
+    assert load(last)["global_step"] == 3
+
+
 class _RaiseLearningRate(L.Callback):
     """Make the weights overflow in a given epoch, and remember last.ckpt before it."""
 
