@@ -7,8 +7,8 @@ to one of three implementations with one signature, as :mod:`torch.optim.adam` d
   (``denom ** (2 * partial)``); the reference the others are tested against.
 * :func:`_multi_tensor_padam`: ``torch._foreach_*`` operations over the tensors of each device and
   dtype, with the power computed by square roots for ``p = 2^-k``; the default.
-* :func:`_fused_padam`: the update as one ``torch.compile``'d graph per device and dtype, on every
-  device (Inductor's C++ backend on the CPU, Triton on GPUs).
+* :func:`_fused_padam`: the update as a ``torch.compile``'d graph, on every device (Inductor's C++
+  backend on the CPU, Triton on GPUs), one per device, dtype, shapes and power computation.
 
 The state of a float16 or bfloat16 parameter is float32 (see :class:`padam_lightning.Padam`);
 every implementation computes such a parameter's update in float32 and rounds the result once.
@@ -20,35 +20,12 @@ import functools
 import math
 import types
 from collections.abc import Callable, Hashable, Sequence
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
 #: Up to this many square roots replace a general power (p = 1/2 ... 1/32); beyond, pow is cheaper.
 _MAX_EXTRA_SQRTS = 4
-
-
-class _Implementation(Protocol):
-    def __call__(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        max_exp_avg_sqs: list[Tensor],
-        step_sizes: list[float],
-        *,
-        amsgrad: bool,
-        beta1: float,
-        beta2: float,
-        lr: float,
-        weight_decay: float,
-        eps: float,
-        partial: float,
-        maximize: bool,
-        decoupled_weight_decay: bool,
-    ) -> None: ...
 
 
 def padam(
@@ -79,30 +56,29 @@ def padam(
 
     Args:
         params: Parameters with gradients.
-        grads: Their gradients (not modified), each of its parameter's dtype.
-        exp_avgs: First moments ``m``, float32 for float16/bfloat16 parameters, else the
-            parameter's dtype (all state tensors follow this rule).
-        exp_avg_sqs: Second moments ``v``.
-        max_exp_avg_sqs: Running maxima ``vhat`` of ``v``; ignored (may be empty) without
-            AMSGrad.
+        grads: Their gradients (not modified).
+        exp_avgs: ``m``; this and the other state tensors are float32 for float16/bfloat16
+            parameters, else of the parameter's dtype.
+        exp_avg_sqs: ``v``.
+        max_exp_avg_sqs: ``vhat``; ignored (may be empty) without AMSGrad.
         state_steps: Step counters, scalar tensors (on the CPU, so reading them never waits).
-        foreach: False for the for-loop implementation.
+        foreach: False for the for-loop.
         fused: True for the compiled implementation.
-        amsgrad: Divide by the running maximum of ``v`` instead of ``v``.
+        amsgrad: Divide by ``vhat`` rather than ``v``.
         beta1: First-moment decay.
         beta2: Second-moment decay.
         lr: Learning rate.
         weight_decay: Weight decay.
         eps: Added to ``sqrt(vhat)`` before the power.
-        partial: The partially adaptive parameter p.
+        partial: p.
         maximize: Maximize the objective instead.
-        decoupled_weight_decay: Decay weights AdamW-style instead of adding an L2 gradient.
+        decoupled_weight_decay: Decay AdamW-style instead of adding an L2 gradient.
 
     Raises:
         ValueError: If ``foreach`` and ``fused`` are both True.
         Exception: With ``fused=True``, whatever ``torch.compile`` raises where it cannot compile
-            the update (no C++ compiler, an unsupported device, dynamo's recompile limit); there
-            is no fallback to another implementation, as with torch's ``fused=True``.
+            the update (no C++ compiler, an unsupported device); there is no fallback to another
+            implementation, as with torch's ``fused=True``.
     """
     if foreach and fused:
         raise ValueError("Padam: `foreach` and `fused` cannot both be True; choose one")
@@ -112,7 +88,7 @@ def padam(
     sizes = {t: lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t) for t in set(steps)}
     step_sizes = [sizes[t] for t in steps]
 
-    implementation: _Implementation = _multi_tensor_padam
+    implementation: Callable[..., None] = _multi_tensor_padam
     if fused:
         implementation = _fused_padam
     elif foreach is False:
@@ -280,9 +256,12 @@ def _fused_padam(
         -1.0 if maximize else 1.0,
         2.0 * partial,
     ]
+    # How the power is computed is part of the graph: none for p = 0, else as in the foreach path.
+    power = -1 if partial == 0 else _extra_sqrts(partial)
     for indices in _group_by_device_and_dtype(params):
         param, state_dtype = params[indices[0]], exp_avgs[indices[0]].dtype
-        update = _compiled_update((param.device, param.dtype, state_dtype, len(indices), amsgrad))
+        shapes = tuple(params[i].shape for i in indices)
+        update = _compiled_update((param.device, param.dtype, state_dtype, shapes, amsgrad, power))
         # Every value the step may change travels as data, so new values never recompile.
         scalars = torch.tensor([*hyper, *(step_sizes[i] for i in indices)], dtype=state_dtype)
         update(
@@ -292,6 +271,7 @@ def _fused_padam(
             [exp_avg_sqs[i] for i in indices],
             [max_exp_avg_sqs[i] for i in indices] if amsgrad else [],
             scalars.to(param.device, non_blocking=True),
+            power,
         )
 
 
@@ -302,12 +282,14 @@ def _update(
     exp_avg_sqs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
     scalars: Tensor,
+    power: int | None,
 ) -> None:
-    """The update that :func:`_fused_padam` compiles; ``scalars`` as built there.
+    """The update that :func:`_fused_padam` compiles; ``scalars`` and ``power`` as built there.
 
-    Written with ``torch._foreach_*`` operations, which Inductor fuses into a few kernels for all
-    tensors (as in torch's compiled optimizers). The power is a general ``pow`` for every p: in a
-    fused kernel it costs little, and one graph then serves every p.
+    Written with ``torch._foreach_*`` operations, which Inductor fuses into one loop per tensor
+    on the CPU and a few kernels for all tensors on GPUs (as torch's compiled optimizers).
+    ``power`` is -1 for p = 0 (no denominator), ``k`` for ``k`` further square roots, None for a
+    general power (which on the CPU costs as much as the rest of the update).
     """
     beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, grad_sign, two_p = (
         scalars[:9].unbind()
@@ -328,26 +310,32 @@ def _update(
     if max_exp_avg_sqs:
         torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
         vhat = max_exp_avg_sqs
-    # A list of eps: with one tensor scalar, Inductor's _foreach_add rounds it to float32.
-    roots = torch._foreach_add(torch._foreach_sqrt(vhat), [eps] * len(vhat))
-    denom = [torch.pow(root, two_p) for root in roots]
-    torch._foreach_sub_(thetas, torch._foreach_div(torch._foreach_mul(exp_avgs, step_sizes), denom))
+    updates = torch._foreach_mul(exp_avgs, step_sizes)
+    if power != -1:
+        # A list of eps: with one tensor scalar, Inductor's _foreach_add rounds it to float32.
+        denom = torch._foreach_add(torch._foreach_sqrt(vhat), [eps] * len(vhat))
+        if power is None:
+            denom = tuple(torch.pow(d, two_p) for d in denom)
+        for _ in range(power or 0):
+            denom = torch._foreach_sqrt(denom)
+        updates = torch._foreach_div(updates, denom)
+    torch._foreach_sub_(thetas, updates)
     if half:
         torch._foreach_copy_(params, thetas)
 
 
 @functools.cache
 def _compiled_update(kind: tuple[Hashable, ...]) -> Callable[..., None]:
-    """The compiled update for one kind of call: (device, dtype, tensor count, AMSGrad).
+    """The compiled update for one kind of call: device, dtypes, shapes, AMSGrad, power.
 
-    Dynamo keeps its graphs per code object and raises (with ``fullgraph=True``) past its
-    recompile limit of 8 graphs. Each kind gets its own copy of :func:`_update`'s code, so that
-    parameter groups of many sizes and dtypes in one process never reach that limit. Shapes are
-    dynamic: one graph serves every size of the same kind.
+    Each kind gets its own copy of :func:`_update`'s code: dynamo keeps its graphs per code
+    object and raises (with ``fullgraph=True``) past its recompile limit of 8, which parameter
+    groups of many sizes or a schedule over many p would otherwise reach. Shapes are static, as
+    a model's are; dynamic ones compiled several times slower here (minutes for ResNet-18).
     """
     code = _update.__code__.replace()  # a new code object: dynamo's cache starts empty
     update = types.FunctionType(code, _update.__globals__, _update.__name__)
-    return torch.compile(update, dynamic=True, fullgraph=True)
+    return torch.compile(update, fullgraph=True, dynamic=False)
 
 
 def _group_by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:

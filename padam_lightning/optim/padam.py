@@ -12,19 +12,13 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from padam_lightning.optim.functional import padam
 
-_DEFAULTS: dict[str, Any] = {
-    "lr": 0.1,
-    "betas": (0.9, 0.999),
-    "eps": 1e-8,
-    "weight_decay": 0.0,
-    "partial": 0.125,
-    "amsgrad": True,
+#: Flags added after the first release, with the values that older checkpoints meant.
+_LATER_FLAGS: dict[str, Any] = {
     "decoupled_weight_decay": False,
     "maximize": False,
     "foreach": None,
     "fused": None,
 }
-
 
 #: Padam raises plain ``ValueError``s (torch's convention); this name stays for older callers.
 InvalidHyperparameterError = ValueError
@@ -82,9 +76,9 @@ class Padam(Optimizer):
     computing the power for :math:`p = 2^{-k}` (the paper's 1/4, 1/8, 1/16) with square roots,
     which is exact and cheap, and a general power otherwise; ``fused=True`` runs the update as a
     ``torch.compile``'d graph on every device, the CPU included (Inductor's C++ backend needs a
-    C++ compiler). The first fused step compiles (tens of seconds on a CPU); one graph serves
-    each dtype, tensor count and ``amsgrad`` value, whatever the other hyperparameters, and dynamo
-    allows ``torch._dynamo.config.recompile_limit`` (8) such graphs. Compilation errors are
+    C++ compiler). The first fused step compiles (seconds to a minute); a graph serves one
+    device, dtype, set of shapes, ``amsgrad`` value and way of computing the power (p = 0, each
+    :math:`2^{-k}` down to 1/32, any other p), whatever the other values. Compilation errors are
     raised, as torch's ``fused=True`` raises where it is unsupported; nothing falls back to
     another implementation. All agree to round-off.
 
@@ -173,7 +167,7 @@ class Padam(Optimizer):
         # Checkpoints written before a flag existed lack it: give it its default.
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in _DEFAULTS.items():
+            for key, value in _LATER_FLAGS.items():
                 group.setdefault(key, value)
             for p in group["params"]:
                 p_state = self.state.get(p, {})

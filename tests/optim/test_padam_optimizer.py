@@ -24,7 +24,8 @@ PATHS: dict[str, dict[str, Any]] = {
 
 def make_params(seed: int = 0, dtype: torch.dtype = torch.float64) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    shapes = [(3, 4), (5,), (2, 2, 3, 3)]
+    # The path tests' shapes: the fused path reuses the graphs compiled for them.
+    shapes = [(4, 3), (7,), (2, 3, 2, 2), (1,)]
     return [
         torch.nn.Parameter(torch.randn(s, generator=generator, dtype=torch.float64).to(dtype))
         for s in shapes
@@ -301,6 +302,7 @@ def test_partial_changed_every_step_matches_for_loop(path: str) -> None:
     params = make_params()
     twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
     optimizer, reference = Padam(params, **PATHS[path]), Padam(twins, foreach=False)
+    # Every kind of power: chains of 2, 1, 0 and 3 square roots, general, none.
     for partial in [0.125, 0.25, 0.3, 0.0, 0.5, 0.0625, 0.2]:
         for group in (*optimizer.param_groups, *reference.param_groups):
             group["partial"] = partial
