@@ -8,10 +8,13 @@ Examples::
     padam-fit fit --config configs/wrn.yaml --print_config            # show what would run
     padam-fit test --config configs/wrn.yaml --ckpt_path PATH.ckpt
 
-Runs log to TensorBoard under ``lightning_logs/<dataset>-<arch>-<optimizer>/version_N`` (or the
-folder given by ``--trainer.logger.init_args.{save_dir,name,version}``); each run folder holds the
-resolved ``config.yaml``, ``checkpoints/last.ckpt``, the best checkpoint by ``val/err`` and, once
-the run has finished, ``finished.json``.
+Runs log to TensorBoard under ``lightning_logs/<data>-<arch>-<optimizer>/version_N`` (``<data>``:
+the dataset, or an image folder's own name; or the folder given by
+``--trainer.logger.init_args.{save_dir,name,version}``); each run folder holds the resolved
+``config.yaml``, ``checkpoints/last.ckpt``, the best checkpoint by ``val/err`` and, once the run
+has finished, ``finished.json``. ``validate``/``test``/``predict`` of a run's checkpoint log to
+``<run>/eval/<stage>-<N>`` and leave the run's own files alone. Ctrl-C or SIGTERM stops a fit at
+a batch boundary with ``last.ckpt`` saved there and prints the command that resumes it.
 """
 
 from __future__ import annotations
