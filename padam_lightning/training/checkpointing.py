@@ -205,7 +205,8 @@ class Interruption(L.Callback):
 
     - the number of batches done, so the resumed run skips them (the epoch's order is a pure
       function of the seed and the epoch; Lightning otherwise restarts the epoch's data);
-    - the module's torchmetrics accumulators (the epoch's mean loss and error so far);
+    - the module's torchmetrics accumulators (the epoch's mean loss and error so far; under DDP
+      summed over the processes, so metrics whose states are sums, as the module's are);
     - and on resume it calls the ``on_train_epoch_start`` hooks that Lightning skips when it
       restarts mid-epoch, so the epoch's ``optim/*`` values are logged as in an uninterrupted run.
 
@@ -266,14 +267,25 @@ class Interruption(L.Callback):
         if trainer.state.status != TrainerStatus.INTERRUPTED or not trainer.training:
             return
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        metrics = {}
+        for name, metric in pl_module.named_modules():
+            if isinstance(metric, Metric) and metric.update_count > 0:
+                state = metric.metric_state
+                if trainer.world_size > 1:
+                    # Every process saves through here, process 0 writes: its file must hold the
+                    # epoch's sums over all processes (restored on process 0 alone, see
+                    # on_train_start). Metrics whose states are not sums are not supported.
+                    state = {
+                        key: trainer.strategy.reduce(value.clone(), reduce_op="sum")
+                        if isinstance(value, torch.Tensor)
+                        else value
+                        for key, value in state.items()
+                    }
+                metrics[name] = {key: _detached(value) for key, value in state.items()}
         checkpoint[MID_EPOCH_KEY] = {
             "epoch": trainer.current_epoch,
             "batches": batches,
-            "metrics": {
-                name: {key: _detached(value) for key, value in metric.metric_state.items()}
-                for name, metric in pl_module.named_modules()
-                if isinstance(metric, Metric) and metric.update_count > 0
-            },
+            "metrics": metrics,
         }
 
     def on_load_checkpoint(
@@ -295,7 +307,9 @@ class Interruption(L.Callback):
             batch_sampler.sampler, pending["batches"] * batch_sampler.batch_size
         )
         modules = dict(pl_module.named_modules())
-        for name, state in pending["metrics"].items():
+        # The saved sums cover all processes; the epoch-end sync adds the processes' states.
+        restored_metrics = pending["metrics"] if trainer.is_global_zero else {}
+        for name, state in restored_metrics.items():
             metric = modules.get(name)
             if isinstance(metric, Metric):
                 metric.merge_state({k: _to(v, pl_module.device) for k, v in state.items()})
