@@ -637,8 +637,12 @@ def report(args: argparse.Namespace) -> None:
     first = runs[0]
     setup = (
         f"{first['arch']}, {first['train_size']} training images (fixed shuffled subset) and the "
-        f"10,000 test images, up to {max(r['epochs_planned'] for r in runs)} epochs, "
-        f"{len({r['seed'] for r in runs})} seeds; runs complete: "
+        f"10,000 test images, up to {max(r['epochs_planned'] for r in runs)} epochs; "
+        + ", ".join(
+            f"{name} seeds {sorted({r['seed'] for r in runs if r['optimizer'] == name})}"
+            for name in OPTIMIZERS
+        )
+        + "; runs complete: "
         f"{sum(r['complete'] for r in runs)}/{len(runs)}"
     )
     checked = ", ".join(CHECKED)
