@@ -31,11 +31,11 @@ rate is constant in both.
 
 Usage::
 
-    python benchmarks/fidelity.py all --seeds 0 1 --epochs 3 --train-size 10000   # runs + report
+    python benchmarks/fidelity.py all --seeds 0 1 --epochs 3 --train-size 5000    # runs + report
     python benchmarks/fidelity.py run --pipeline released --optimizer padam --seed 0 ...
     python benchmarks/fidelity.py all --device cuda --arch wrn16_4 --train-size 50000 --epochs 20
     python benchmarks/fidelity.py report                                          # tables only
-    python benchmarks/fidelity.py                                                 # = report
+    python benchmarks/fidelity.py                     # print the committed report, write nothing
 
 Each run writes ``RUNS_DIR/<pipeline>-<optimizer>-seed<k>.json`` after every epoch, so a run that
 is stopped keeps its finished epochs; ``all`` skips runs whose JSON is complete. The report
@@ -627,8 +627,8 @@ def report_figure(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(args: argparse.Namespace) -> None:
-    """Print the tables and write ``fidelity.md`` and ``fidelity.png`` next to the runs."""
+def report(args: argparse.Namespace, write: bool = True) -> None:
+    """Print the tables and (``write``) write ``fidelity.md`` and ``fidelity.png`` by the runs."""
     runs = load_runs(args.runs_dir)
     if not runs:
         print(f"fidelity: no runs in {args.runs_dir}; start them with `fidelity.py all`.")
@@ -668,6 +668,8 @@ def report(args: argparse.Namespace) -> None:
         f"\n## Per run\n\n{per_run_table(runs)}\n"
     )
     print(text)
+    if not write:
+        return
     out_dir = args.runs_dir.parent
     (out_dir / "fidelity.md").write_text(text)
     report_figure(runs, out_dir / "fidelity.png")
@@ -689,7 +691,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         command.add_argument("--arch", default="wrn10_1")
         command.add_argument("--epochs", type=int, default=3)
-        command.add_argument("--train-size", type=int, default=10000)
+        command.add_argument("--train-size", type=int, default=5000)
         command.add_argument("--data-dir", type=Path, default=DEFAULT_SOURCE)
         command.add_argument("--work-dir", type=Path, default=Path("/tmp/padam-fidelity"))
         command.add_argument("--threads", type=int, default=1)
@@ -710,9 +712,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "all":
         run_all(args)
     else:
-        if args.command is None:
+        if args.command is None:  # e.g. `make bench`: print the committed results, write nothing
             args.runs_dir = DEFAULT_OUT / "runs"
-        report(args)
+        report(args, write=args.command is not None)
 
 
 if __name__ == "__main__":
