@@ -245,17 +245,9 @@ def _fused_padam(
     decoupled_weight_decay: bool,
 ) -> None:
     decoupled = decoupled_weight_decay and weight_decay != 0
-    hyper = [
-        beta1,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        eps,
-        0.0 if decoupled else weight_decay,
-        1.0 - lr * weight_decay if decoupled else 1.0,
-        -1.0 if maximize else 1.0,
-        2.0 * partial,
-    ]
+    l2, decay = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
+    sign = -1.0 if maximize else 1.0
+    hyper = [beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, l2, decay, sign, 2.0 * partial]
     # How the power is computed is part of the graph: none for p = 0, else as in the foreach path.
     power = -1 if partial == 0 else _extra_sqrts(partial)
     for indices in _group_by_device_and_dtype(params):

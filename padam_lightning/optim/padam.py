@@ -325,8 +325,11 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
     if not weight_decay >= 0.0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay} (expected weight_decay >= 0)")
     betas = group["betas"]
-    pair = None if isinstance(betas, str | bytes) else _pair(betas)
-    if pair is None:
+    try:
+        pair = None if isinstance(betas, str | bytes) else list(betas)
+    except TypeError:  # not iterable (a number, a 0-dim tensor)
+        pair = None
+    if pair is None or len(pair) != 2:
         raise ValueError(
             f"Invalid betas: {betas!r} (expected a pair (beta1, beta2) with 0 <= beta < 1)"
         )
@@ -359,14 +362,6 @@ def _from_numpy(value: Any) -> Any:
     if _is_numpy(value) and getattr(value, "size", 0) == 1:
         return value.item()
     return value
-
-
-def _pair(betas: Any) -> list[Any] | None:
-    try:
-        pair = list(betas)
-    except TypeError:  # not iterable (a number, a 0-dim tensor)
-        return None
-    return pair if len(pair) == 2 else None
 
 
 def _real(value: Any, what: str) -> float:

@@ -124,6 +124,15 @@ def test_state_dict_without_later_flags_still_loads() -> None:
         ({"partial": -0.125}, "Invalid partial value: -0.125 (expected 0 <= partial <= 0.5)"),
         ({"partial": float("nan")}, "Invalid partial value: nan (expected 0 <= partial <= 0.5)"),
         ({"lr": "0.1"}, "Invalid learning rate: '0.1' (expected a real number)"),
+        (
+            {"betas": (0.9,)},
+            "Invalid betas: (0.9,) (expected a pair (beta1, beta2) with 0 <= beta < 1)",
+        ),
+        ({"betas": 0.9}, "Invalid betas: 0.9 (expected a pair (beta1, beta2) with 0 <= beta < 1)"),
+        (
+            {"betas": "ab"},
+            "Invalid betas: 'ab' (expected a pair (beta1, beta2) with 0 <= beta < 1)",
+        ),
     ],
 )
 def test_invalid_hyperparameters_name_value_and_range(kwargs: dict[str, Any], message: str) -> None:
