@@ -72,6 +72,7 @@ def _fit(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,
     )
     trainer.fit(model, _data())
     return model
