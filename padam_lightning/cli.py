@@ -74,6 +74,7 @@ from padam_lightning.training.resume import (
     qualified_name,
     read_checkpoint,
 )
+from padam_lightning.training.predictions import PredictionWriter
 from padam_lightning.training.run_estimate import RunTimeEstimate
 from padam_lightning.training.tensorboard import TensorBoardDashboards
 
@@ -607,6 +608,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
                 RunSummary(),
                 RunTimeEstimate(),
                 TensorBoardDashboards(),
+                PredictionWriter(),
                 Interruption(),  # Ctrl-C / SIGTERM: save where the run stopped, resume exactly
             ],
         },

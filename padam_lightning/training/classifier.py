@@ -477,6 +477,20 @@ class ImageClassifier(L.LightningModule):
         """Loss and error on one test batch."""
         self._shared_step(batch, "test")
 
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """Predicted classes of one batch of test images (``padam-fit predict``).
+
+        Returns:
+            ``{"pred": ..., "label": ...}``: int64 tensors of shape ``(B,)``, the arg-max class
+            of each image and its true label, without the padding positions of a DDP shard.
+        """
+        images, labels = batch
+        counted = labels != PADDING_LABEL
+        pred = self(images).argmax(dim=1)
+        return {"pred": pred[counted], "label": labels[counted]}
+
     def _log_epoch_axis(self) -> None:
         """Put this stage's epoch-level values at step = epoch index on TensorBoard's x-axis.
 

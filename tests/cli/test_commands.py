@@ -195,3 +195,24 @@ def test_the_resume_command_replaces_ckpt_path() -> None:
     last = Path("/runs/x/version_0/checkpoints/last.ckpt")
     args = ["fit", "--config", "a b.yaml", "--ckpt_path", "old.ckpt", "--ckpt_path=last"]
     assert resume_command(args, last) == (f"padam-fit fit --config 'a b.yaml' --ckpt_path {last}")
+
+
+def test_predict_saves_each_test_images_class_beside_the_run_and_leaves_the_run(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    main(_tiny(tmp_path))
+    run = tmp_path / "run" / "version_0"
+    before = _files(run)
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    main(_tiny(tmp_path, "--ckpt_path", ckpt, command="test"))
+    main(_tiny(tmp_path, "--ckpt_path", ckpt, command="predict"))
+    assert _files(run) == before
+    saved = torch.load(run / "eval" / "predict-0" / "predictions.pt")
+    # tiny.yaml evaluates the whole synthetic test split: one prediction per image, and their
+    # error is the one `test` logged for the same checkpoint.
+    test_err = read_scalars(run / "eval" / "test-0")["test/err"]
+    assert saved["pred"].shape == saved["label"].shape and saved["pred"].dtype == torch.int64
+    assert saved["err"] == pytest.approx(float((saved["pred"] != saved["label"]).float().mean()))
+    assert saved["err"] == pytest.approx(next(iter(test_err.values())), abs=1e-6)
