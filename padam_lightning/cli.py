@@ -65,6 +65,7 @@ from padam_lightning.training.classifier import (
     check_precision,
 )
 from padam_lightning.training.partial_schedule import PartialSchedule
+from padam_lightning.training.predictions import PredictionWriter
 from padam_lightning.training.resume import (
     check_callbacks,
     check_data,
@@ -74,7 +75,6 @@ from padam_lightning.training.resume import (
     qualified_name,
     read_checkpoint,
 )
-from padam_lightning.training.predictions import PredictionWriter
 from padam_lightning.training.run_estimate import RunTimeEstimate
 from padam_lightning.training.tensorboard import TensorBoardDashboards
 
