@@ -394,7 +394,8 @@ row data_path 45 "$PY" benchmarks/data_path.py --device "$DEVICE" \
 row throughput_others 60 "$PY" benchmarks/throughput.py --device "$DEVICE" \
     --networks "$OTHER_NETWORKS" --batch-size "$BATCH" --steps "$STEPS" --rounds "$ROUNDS" \
     --modes 32-true,bf16-mixed+cl
-row optimizer_step 60 "$PY" benchmarks/optimizer_step.py --rounds "$ROUNDS" --steps "$STEPS"
+row optimizer_step 60 "$PY" benchmarks/optimizer_step.py --devices "$DEVICE" --rounds "$ROUNDS" \
+    --steps "$STEPS"
 
 # -- Summary -------------------------------------------------------------------------------------
 
