@@ -8,7 +8,7 @@ import pytest
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
 
-from padam_lightning.parse_errors import summarize_parse_error
+from padam_lightning.cli.parse_errors import option_strings, summarize_parse_error
 
 
 def _parser() -> ArgumentParser:
@@ -24,8 +24,7 @@ def _message(args: list[str]) -> tuple[str, list[str]]:
     parser = _parser()
     with pytest.raises(ArgumentError) as info:
         parser.parse_args(args)
-    names = [name for action in parser._actions for name in action.option_strings]
-    return str(info.value), names
+    return str(info.value), option_strings([parser])
 
 
 @pytest.mark.parametrize(
@@ -56,3 +55,13 @@ def test_a_parse_error_becomes_one_line_with_the_key_and_a_suggestion(
 def test_without_a_close_name_nothing_is_suggested() -> None:
     summary = summarize_parse_error("unrecognized arguments: --zzz 1", ["--model.arch"])
     assert "did you mean" not in summary and "--zzz" in summary
+
+
+def test_option_strings_lists_every_option_of_real_parsers() -> None:
+    main, other = _parser(), ArgumentParser(exit_on_error=False)
+    other.add_argument("--epochs", type=int)  # also in main: listed once
+    other.add_argument("-v", "--verbose", action="store_true")
+    names = option_strings([main, other])
+    assert names == sorted(set(names))
+    expected = {"-h", "--help", "--epochs", "--precision", "--optimizer", "--opt", "--opt.help"}
+    assert set(names) == expected | {"-v", "--verbose"}

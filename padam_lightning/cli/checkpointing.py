@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import Sampler
 from torchmetrics import Metric
 
-from padam_lightning.run_layout import FINISHED_FILE, LAST_CHECKPOINT
+from padam_lightning.cli.run_layout import FINISHED_FILE, LAST_CHECKPOINT
 
 #: Temporary files are named ``.<target>.tmp-<pid>`` beside their target.
 _TEMP_MARK = ".tmp-"

@@ -37,44 +37,43 @@ from lightning.pytorch.cli import (
     LightningCLI,
     SaveConfigCallback,
 )
-from lightning.pytorch.core.optimizer import _configure_optimizers
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer import Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from padam_lightning.data import CIFARDataModule
-from padam_lightning.errors import UserError
-from padam_lightning.optim import Padam
-from padam_lightning.parse_errors import summarize_parse_error
-from padam_lightning.run_layout import (
-    CONFIG_FILE,
-    DEFAULT_LOG_DIR,
-    EVAL_FOLDER,
-    LAST_CHECKPOINT_PATH,
-)
-from padam_lightning.training.checkpointing import (
+from padam_lightning.cli.checkpointing import (
     AtomicCheckpointIO,
     Interruption,
     LastCheckpoint,
     RunSummary,
 )
-from padam_lightning.training.classifier import (
-    DEFAULT_OPTIMIZER_ARGS,
-    ImageClassifier,
-    check_precision,
-)
-from padam_lightning.training.partial_schedule import PartialSchedule
-from padam_lightning.training.predictions import PredictionWriter
-from padam_lightning.training.resume import (
+from padam_lightning.cli.parse_errors import option_strings, summarize_parse_error
+from padam_lightning.cli.resume import (
     check_callbacks,
     check_data,
     check_network,
     check_optimizer,
     check_schedulers,
-    qualified_name,
     read_checkpoint,
 )
+from padam_lightning.cli.run_layout import (
+    CONFIG_FILE,
+    DEFAULT_LOG_DIR,
+    EVAL_FOLDER,
+    LAST_CHECKPOINT_PATH,
+)
+from padam_lightning.data import CIFARDataModule
+from padam_lightning.errors import UserError
+from padam_lightning.optim import Padam
+from padam_lightning.training.classifier import (
+    DEFAULT_OPTIMIZER_ARGS,
+    ImageClassifier,
+    check_precision,
+    qualified_name,
+)
+from padam_lightning.training.partial_schedule import PartialSchedule
+from padam_lightning.training.predictions import PredictionWriter
 from padam_lightning.training.run_estimate import RunTimeEstimate
 from padam_lightning.training.tensorboard import TensorBoardDashboards
 
@@ -253,6 +252,18 @@ def _run_names(config: Namespace) -> tuple[str, str | None]:
     return name, (legacy if legacy != name else None)
 
 
+def _scheduler_states(optimizer_config: Any) -> list[dict[str, Any]]:
+    """``state_dict()`` of the lr scheduler in ``ImageClassifier.configure_optimizers()``'s result.
+
+    That is an optimizer alone, or ``{"optimizer": ..., "lr_scheduler": {"scheduler": ...}}``.
+    """
+    entry = optimizer_config.get("lr_scheduler") if isinstance(optimizer_config, dict) else None
+    if entry is None:
+        return []
+    scheduler = entry["scheduler"] if isinstance(entry, dict) else entry
+    return [scheduler.state_dict()]
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Save the resolved config in the run folder: ``config.yaml`` for ``fit``.
 
@@ -277,9 +288,15 @@ class PadamCLI(LightningCLI):
     _legacy_run_name: str | None = None
     #: The command's arguments (for the resume hint), None when not given as a list.
     _command_args: list[str] | None = None
+    #: The subcommands' parsers (their options are suggested for a misspelled one).
+    _parsers: tuple[LightningArgumentParser, ...] = ()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add the checkpoint options and link the class count from the data to the model."""
+        """Add the checkpoint options and link the class count from the data to the model.
+
+        LightningCLI calls this for each subcommand's parser; they are kept for typo suggestions.
+        """
+        self._parsers = (*self._parsers, parser)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -320,7 +337,8 @@ class PadamCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            raise UserError(summarize_parse_error(str(err), self._option_names(parser))) from None
+            options = option_strings([parser, *self._parsers])
+            raise UserError(summarize_parse_error(str(err), options)) from None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         trainer = config.trainer
@@ -349,13 +367,6 @@ class PadamCLI(LightningCLI):
             )
         if subcommand in EVALUATION_STAGES and logger_args is not None:
             self._log_evaluation_apart(config, logger_args, subcommand)
-
-    def _option_names(self, parser: LightningArgumentParser) -> list[str]:
-        """Every option string of the command and its subcommands (for typo suggestions)."""
-        parsers = [parser, *getattr(self, "_subcommand_parsers", {}).values()]
-        return sorted(
-            {name for p in parsers for action in p._actions for name in action.option_strings}
-        )
 
     @staticmethod
     def _tensorboard_args(config: Namespace) -> Namespace | None:
@@ -474,7 +485,7 @@ class PadamCLI(LightningCLI):
 
         Runs after the trainer, model and data are built, before ``Trainer.fit`` creates or
         touches the run folder: the lr schedulers, the callbacks' settings and the data seed are
-        compared with the checkpoint's (``training/resume.py`` lists what Lightning restores).
+        compared with the checkpoint's (``cli/resume.py`` lists what Lightning restores).
 
         Raises:
             UserError: If the checkpoint cannot continue the run this command describes.
@@ -482,16 +493,7 @@ class PadamCLI(LightningCLI):
         if self._resume is None:
             return
         path, checkpoint = self._resume
-        optimizer_config = self.model.configure_optimizers()
-        _, schedulers, _ = _configure_optimizers(optimizer_config)
-        check_schedulers(
-            path,
-            checkpoint,
-            [
-                (entry["scheduler"] if isinstance(entry, dict) else entry).state_dict()
-                for entry in schedulers
-            ],
-        )
+        check_schedulers(path, checkpoint, _scheduler_states(self.model.configure_optimizers()))
         check_callbacks(path, checkpoint, self.trainer)
         datamodule = getattr(self, "datamodule", None)
         check_data(path, checkpoint, datamodule, getattr(datamodule, "effective_seed", None))

@@ -8,11 +8,12 @@ that line from jsonargparse's message.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (?P<args>.*)")
 _NOT_ACCEPTED_KEY = re.compile(r"does not accept option '(?P<option>[^']+)'")
@@ -45,6 +46,18 @@ def _init_options(class_path: str) -> list[str]:
         for p in parameters
         if p.name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
+
+
+def option_strings(parsers: Iterable[argparse.ArgumentParser]) -> list[str]:
+    """Every option string the parsers accept (``--model.arch``, ...), sorted, without repeats.
+
+    argparse has no public list of a parser's options; its ``_actions`` list (which jsonargparse
+    keeps) is the one private parser attribute padam-fit reads, and only here
+    (``tests/cli/test_parse_errors.py`` checks it against a real parser).
+    """
+    return sorted(
+        {name for parser in parsers for action in parser._actions for name in action.option_strings}
+    )
 
 
 def summarize_parse_error(message: str, option_names: Sequence[str] = ()) -> str:

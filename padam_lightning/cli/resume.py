@@ -33,27 +33,17 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from padam_lightning.errors import UserError
-
-#: Checkpoint key holding the optimizer classes of the run, written by ImageClassifier.
-OPTIMIZER_CLASSES_KEY = "padam_lightning_optimizer_classes"
+from padam_lightning.training.classifier import (
+    OPTIMIZER_CLASSES_KEY,
+    RESUME_HINT,
+    qualified_name,
+)
 
 #: Optimizer arguments that choose an implementation, not the update: free to change on resume.
 IMPLEMENTATION_ARGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
 #: Optimizer arguments a schedule callback (PartialSchedule) changes during training.
 SCHEDULED_ARGS = frozenset({"lr", "partial"})
-
-#: What to do when a checkpoint cannot continue the run a command describes.
-RESUME_HINT = (
-    "A resumed run continues with the checkpoint's network, optimizer, schedules and data order: "
-    "resume with the run's own config (its config.yaml), or start a new run without --ckpt_path "
-    "to change them."
-)
-
-
-def qualified_name(cls: type) -> str:
-    """``module.QualName`` of a class, e.g. ``padam_lightning.optim.padam.Padam``."""
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -4,9 +4,7 @@ from padam_lightning.data.augment import (
     CROP_PADDING,
     augment,
     draw_augmentation,
-    horizontal_flip,
     normalize,
-    pad_crop,
 )
 from padam_lightning.data.datamodule import (
     CIFAR10_MEAN_STD,
@@ -37,7 +35,5 @@ __all__ = [
     "augment",
     "derive_seed",
     "draw_augmentation",
-    "horizontal_flip",
     "normalize",
-    "pad_crop",
 ]

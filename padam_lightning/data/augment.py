@@ -57,37 +57,6 @@ def _crop_gather(
     return torch.gather(padded, 2, index.expand(n, c, h * w)).reshape(n, c, h, w)
 
 
-def pad_crop(
-    images: torch.Tensor, offsets: torch.Tensor, padding: int = CROP_PADDING
-) -> torch.Tensor:
-    """Zero-pad every image by ``padding`` pixels and cut out a crop of the original size.
-
-    Args:
-        images: ``N x C x H x W`` images of any dtype.
-        offsets: ``N x 2`` integer offsets (row, column) of each crop's top-left corner in the
-            padded image, each in ``0 .. 2 * padding``.
-        padding: Zero padding added on every side.
-
-    Returns:
-        ``N x C x H x W`` crops, same dtype and device as ``images``.
-    """
-    return _crop_gather(images, offsets, None, padding)
-
-
-def horizontal_flip(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right the images whose flip bit is set.
-
-    Args:
-        images: ``N x C x H x W`` images.
-        flips: ``N`` booleans, True where the image is mirrored.
-
-    Returns:
-        The images, with the selected ones mirrored.
-    """
-    flips = flips.to(device=images.device, dtype=torch.bool)
-    return torch.where(flips[:, None, None, None], images.flip(3), images)
-
-
 def normalize(
     images: torch.Tensor,
     mean: torch.Tensor | Sequence[float],
@@ -120,7 +89,15 @@ def augment(
 ) -> torch.Tensor:
     """Apply the paper's training augmentation: random crop of the zero-padded image, then flip.
 
-    Equal to ``horizontal_flip(pad_crop(images, offsets, padding), flips)``, done as one gather.
+    Args:
+        images: ``N x C x H x W`` images of any dtype.
+        offsets: ``N x 2`` integer offsets (row, column) of each crop's top-left corner in the
+            padded image, each in ``0 .. 2 * padding``.
+        flips: ``N`` booleans, True where the crop is mirrored left-right.
+        padding: Zero padding added on every side before cropping.
+
+    Returns:
+        ``N x C x H x W`` crops, same dtype and device as ``images``; done as one gather.
     """
     return _crop_gather(images, offsets, flips, padding)
 

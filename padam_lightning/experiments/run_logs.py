@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from padam_lightning.run_layout import CONFIG_FILE, FINISHED_FILE
+from padam_lightning.cli.run_layout import CONFIG_FILE, FINISHED_FILE
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 EPOCH_TAG = "epoch"

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from padam_lightning.cli.run_layout import DEFAULT_LOG_DIR
 from padam_lightning.errors import UserError
 from padam_lightning.experiments.run_logs import RUN_FILE
 from padam_lightning.experiments.sweep_jobs import (
@@ -50,7 +51,6 @@ from padam_lightning.experiments.sweep_spec import (
     load_sweep,
     missing_config_files,
 )
-from padam_lightning.run_layout import DEFAULT_LOG_DIR
 
 PROG = "padam-sweep"
 #: ``auto`` and ``submitit-local`` (the name of an earlier version's local executor) mean ``local``.

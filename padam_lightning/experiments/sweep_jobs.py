@@ -34,9 +34,9 @@ from typing import Any, BinaryIO
 
 import submitit
 
+from padam_lightning.cli.run_layout import FINISHED_FILE, LAST_CHECKPOINT_PATH
 from padam_lightning.errors import UserError
 from padam_lightning.experiments.run_logs import RUN_FILE, read_json_object
-from padam_lightning.run_layout import FINISHED_FILE, LAST_CHECKPOINT_PATH
 
 LOG_FILE = "fit.log"
 #: Start of the line ``fit.log`` gets before each attempt: ``### padam-sweep <time>: <command>``.

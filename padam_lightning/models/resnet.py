@@ -22,8 +22,6 @@ class BasicBlock(nn.Module):
         stride: Stride of the first convolution (2 halves the resolution).
     """
 
-    expansion: int = 1
-
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(

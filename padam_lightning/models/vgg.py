@@ -12,8 +12,6 @@ from typing import Final
 import torch
 from torch import nn
 
-MAX_POOL: Final = "M"
-
 # fmt: off
 #: Output channels of each convolution, with ``"M"`` for a 2x2 max-pool.
 VGG_LAYOUTS: Final[dict[str, tuple[int | str, ...]]] = {
@@ -31,7 +29,7 @@ def _make_features(layout: Sequence[int | str]) -> nn.Sequential:
     layers: list[nn.Module] = []
     in_channels = 3
     for entry in layout:
-        if entry == MAX_POOL:
+        if entry == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         elif isinstance(entry, int):
             layers += [
@@ -41,9 +39,7 @@ def _make_features(layout: Sequence[int | str]) -> nn.Sequential:
             ]
             in_channels = entry
         else:
-            raise ValueError(
-                f"VGG layout entries are channel counts or {MAX_POOL!r}, got {entry!r}"
-            )
+            raise ValueError(f"VGG layout entries are channel counts or 'M', got {entry!r}")
     # The released code ends with AvgPool2d(kernel_size=1, stride=1), an identity; it is left out.
     return nn.Sequential(*layers)
 

@@ -21,9 +21,24 @@ from padam_lightning.data.sampling import PADDING_LABEL
 from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.models import build_model
 from padam_lightning.optim import Padam
-from padam_lightning.training.resume import OPTIMIZER_CLASSES_KEY, RESUME_HINT, qualified_name
 
 STAGES = ("train", "val", "test")
+
+#: Checkpoint key holding the run's optimizer classes (checked on resume, here and by padam-fit).
+OPTIMIZER_CLASSES_KEY = "padam_lightning_optimizer_classes"
+
+#: What to do when a checkpoint cannot continue the run a command describes.
+RESUME_HINT = (
+    "A resumed run continues with the checkpoint's network, optimizer, schedules and data order: "
+    "resume with the run's own config (its config.yaml), or start a new run without --ckpt_path "
+    "to change them."
+)
+
+
+def qualified_name(cls: type) -> str:
+    """``module.QualName`` of a class, e.g. ``padam_lightning.optim.padam.Padam``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
 
 #: The modes ``torch.compile`` accepts (``compile_mode``); None is its default.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -333,7 +333,7 @@ class PartialSchedule(L.Callback):
             self._apply(trainer, trainer.current_epoch)
         else:
             # The epoch's first step. A run resumed mid-epoch calls this hook again (Lightning
-            # skips it there; see padam_lightning.training.checkpointing.Interruption) after some
+            # skips it there; see padam_lightning.cli.checkpointing.Interruption) after some
             # of the epoch's steps were taken: the epoch's logged value is still its first step's.
             restarted = trainer.fit_loop.restarting  # True only within a resumed, half-done epoch
             done = trainer.fit_loop.epoch_loop.batch_progress.current.completed if restarted else 0

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from jsonargparse import Namespace
 
-from padam_lightning.cli import _latest_run_checkpoint, _run_names, main, resume_command
+from padam_lightning.cli import main, resume_command
+from padam_lightning.cli.padam_cli import _latest_run_checkpoint, _run_names
 from padam_lightning.experiments.run_logs import read_run, read_scalars
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -13,9 +13,7 @@ from padam_lightning.data import (
     CIFAR10_MEAN_STD,
     augment,
     draw_augmentation,
-    horizontal_flip,
     normalize,
-    pad_crop,
 )
 from padam_lightning.data.sampling import epoch_generator
 
@@ -25,6 +23,11 @@ def images_batch(count: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (count, 3, 32, 32), generator=generator, dtype=torch.uint8)
 
 
+def crop(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """The crops alone: :func:`augment` with no image flipped."""
+    return augment(images, offsets, torch.zeros(len(images), dtype=torch.bool))
+
+
 def reference_crop_flip(image: torch.Tensor, top: int, left: int, flip: bool) -> torch.Tensor:
     """What RandomCrop(32, padding=4) then RandomHorizontalFlip() do for given random draws."""
     padded = TF.pad(image, [4], fill=0)
@@ -32,7 +35,7 @@ def reference_crop_flip(image: torch.Tensor, top: int, left: int, flip: bool) ->
     return TF.hflip(cropped) if flip else cropped
 
 
-def test_pad_crop_and_flip_match_torchvision_per_image() -> None:
+def test_crop_and_flip_match_torchvision_per_image() -> None:
     images = images_batch(12)
     # Include every corner and the unshifted crop, plus random offsets.
     offsets = torch.tensor(
@@ -59,27 +62,28 @@ def test_pad_crop_and_flip_match_torchvision_per_image() -> None:
         assert torch.equal(result[i], expected), f"sample {i}"
 
 
-def test_pad_crop_borders_are_zero() -> None:
+def test_crop_borders_are_zero() -> None:
     images = torch.full((2, 3, 32, 32), 200, dtype=torch.uint8)
-    crops = pad_crop(images, torch.tensor([[0, 0], [8, 8]]))
+    crops = crop(images, torch.tensor([[0, 0], [8, 8]]))
     assert (crops[0, :, :4, :] == 0).all() and (crops[0, :, :, :4] == 0).all()
     assert (crops[0, :, 4:, 4:] == 200).all()
     assert (crops[1, :, -4:, :] == 0).all() and (crops[1, :, :, -4:] == 0).all()
     assert (crops[1, :, :28, :28] == 200).all()
 
 
-def test_pad_crop_works_on_float_and_channels_last() -> None:
+def test_crop_works_on_float_and_channels_last() -> None:
     images = images_batch(4).float().contiguous(memory_format=torch.channels_last)
     offsets = torch.tensor([[3, 1], [0, 8], [8, 2], [4, 4]])
-    result = pad_crop(images, offsets)
+    result = crop(images, offsets)
     for i in range(4):
         top, left = offsets[i].tolist()
         assert torch.equal(result[i], TF.crop(TF.pad(images[i], [4]), top, left, 32, 32))
 
 
-def test_horizontal_flip_selects_per_sample() -> None:
+def test_flip_selects_per_sample() -> None:
     images = images_batch(3)
-    flipped = horizontal_flip(images, torch.tensor([True, False, True]))
+    centre = torch.full((3, 2), 4)  # the crop of the padded image that is the image itself
+    flipped = augment(images, centre, torch.tensor([True, False, True]))
     assert torch.equal(flipped[0], images[0].flip(-1))
     assert torch.equal(flipped[1], images[1])
     assert torch.equal(flipped[2], images[2].flip(-1))
@@ -139,6 +143,6 @@ def test_augmented_batch_distribution_matches_torchvision(seed: int) -> None:
 def test_fused_augment_equals_crop_then_flip() -> None:
     images = images_batch(500, seed=4)
     offsets, flips = draw_augmentation(500, torch.Generator().manual_seed(4))
-    assert torch.equal(
-        augment(images, offsets, flips), horizontal_flip(pad_crop(images, offsets), flips)
-    )
+    crops = crop(images, offsets)
+    expected = torch.where(flips[:, None, None, None], crops.flip(3), crops)
+    assert torch.equal(augment(images, offsets, flips), expected)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from lightning.pytorch.trainer.states import RunningStage
+from torch.utils.data import DataLoader, RandomSampler
 
 from padam_lightning.data import CIFARDataModule, EpochShuffleSampler, derive_seed
 from padam_lightning.data.sampling import IndexDataset, collate_indices, resolve_seed
@@ -69,8 +73,21 @@ def test_ddp_shards_pad_an_uneven_split_like_distributed_sampler() -> None:
 
 
 def test_lightning_keeps_the_sampler_under_ddp() -> None:
-    # Lightning wraps samplers that are not DistributedSamplers (reshuffling them) under DDP.
-    assert isinstance(EpochShuffleSampler(4, seed=0), DistributedSampler)
+    # Lightning replaces samplers that are not DistributedSamplers under DDP (reshuffling with its
+    # own seed); the sampler must reach the loop as it is, so the data order stays (seed, epoch)'s.
+    # The loader preparation is the one Trainer.fit runs; no processes are started for it.
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False
+    )
+    for sampler, kept in (
+        (EpochShuffleSampler(10, seed=3), True),
+        (RandomSampler(range(10)), False),
+    ):
+        loader = DataLoader(IndexDataset(10), 4, sampler=sampler, collate_fn=collate_indices)
+        prepared: Any = trainer._data_connector._prepare_dataloader(
+            loader, shuffle=True, mode=RunningStage.TRAINING
+        )
+        assert (prepared.sampler is sampler) is kept  # the control shows the check can fail
 
 
 def test_ddp_ranks_see_the_same_augmentation_for_the_same_sample() -> None:

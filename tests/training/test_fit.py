@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchvision.datasets import CIFAR10
 from torchvision.io import encode_png
 
-from padam_lightning.cli import _latest_run_checkpoint, _trains_on_cuda, main
+from padam_lightning.cli import main
+from padam_lightning.cli.padam_cli import _latest_run_checkpoint, _trains_on_cuda
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EPOCH_TAGS = ("train/loss", "train/err", "val/loss", "val/err", "optim/lr", "optim/partial")

@@ -17,10 +17,10 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from test_fit import read_scalars
 
 from padam_lightning.cli import build_cli, main
+from padam_lightning.cli.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.optim import Padam
-from padam_lightning.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from padam_lightning.training.classifier import ImageClassifier
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
