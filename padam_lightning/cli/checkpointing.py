@@ -23,19 +23,10 @@ from torch.utils.data import Sampler
 from torchmetrics import Metric
 
 from padam_lightning.cli.run_layout import FINISHED_FILE, LAST_CHECKPOINT
+from padam_lightning.training.tensorboard import process_is_alive
 
 #: Temporary files are named ``.<target>.tmp-<pid>`` beside their target.
 _TEMP_MARK = ".tmp-"
-
-
-def _process_is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -50,7 +41,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     removed = []
     for tmp in folder.glob(f".*{_TEMP_MARK}*"):
         pid = tmp.name.rsplit(_TEMP_MARK, 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_is_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_is_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -1,11 +1,12 @@
 """The CIFAR data module: whole splits in memory, index batches, augmentation on the device."""
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Final
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from padam_lightning.data.augment import CropSource, draw_augmentation, normalize
 from padam_lightning.data.cifar_files import load_cifar_split
@@ -221,28 +222,34 @@ class CIFARDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[int]:
         """Batches of training-sample indices, reshuffled each epoch as a function of the seed."""
-        num_samples = len(self.split("train"))
-        trainer = self.trainer
-        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        return DataLoader(
-            IndexDataset(num_samples),
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(num_samples, self.effective_seed, num_replicas, rank),
-            collate_fn=collate_indices,
-            num_workers=0,
-            drop_last=False,
+        return self._index_loader(
+            "train",
+            self.batch_size,
+            lambda size, replicas, rank: EpochShuffleSampler(
+                size, self.effective_seed, replicas, rank
+            ),
         )
 
     def _test_indices(self) -> DataLoader[int]:
-        num_samples = len(self.split("test"))
+        return self._index_loader("test", self.eval_batch_size, EvalShardSampler)
+
+    def _index_loader(
+        self, split: str, batch_size: int, sampler: Callable[[int, int, int], Sampler[int]]
+    ) -> DataLoader[int]:
+        """Batches of ``split``'s sample indices, in the order of ``sampler(size, replicas, rank)``.
+
+        Under DDP each process gets its shard (``trainer.world_size``, ``trainer.global_rank``).
+        """
+        num_samples = len(self.split(split))
         trainer = self.trainer
         num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         return DataLoader(
             IndexDataset(num_samples),
-            batch_size=self.eval_batch_size,
-            sampler=EvalShardSampler(num_samples, num_replicas, rank),
+            batch_size=batch_size,
+            sampler=sampler(num_samples, num_replicas, rank),
             collate_fn=collate_indices,
             num_workers=0,
+            drop_last=False,
         )
 
     def val_dataloader(self) -> DataLoader[int]:

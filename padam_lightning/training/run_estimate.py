@@ -73,8 +73,8 @@ class RunTimeEstimate(L.Callback):
     ``rank_zero_info``; only process 0 prints.
 
     Args:
-        warmup_steps: Training steps not timed (one-time costs: compiling a fused optimizer or a network,
-            allocator growth, first-touch of the data on the device).
+        warmup_steps: Training steps not timed (one-time costs: compiling a fused optimizer or a
+            network, allocator growth, first-touch of the data on the device).
         min_steps: Fewest timed steps before estimating.
         min_seconds: Fewest seconds of timed steps before estimating (unless ``max_steps`` come
             first), so that fast steps are averaged over a stable stretch.

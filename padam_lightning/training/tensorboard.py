@@ -202,13 +202,14 @@ def _pid_of(path: Path) -> tuple[str, int] | None:
     return ".".join(parts[4:-2]), int(parts[-2])
 
 
-def _process_is_alive(pid: int) -> bool:
+def process_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (a file it writes may still grow)."""
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # someone else's process
     return True
 
 
@@ -232,7 +233,7 @@ def remove_empty_event_files(folder: Path, keep: Path | None = None) -> list[Pat
         origin = _pid_of(path)
         if path == keep or origin is None or origin[0] != host:
             continue
-        if origin[1] != os.getpid() and _process_is_alive(origin[1]):
+        if origin[1] != os.getpid() and process_is_alive(origin[1]):
             continue
         if not holds_logged_data(path):
             path.unlink(missing_ok=True)
