@@ -280,7 +280,14 @@ class RunConfigSaver(SaveConfigCallback):
 
 
 class PadamCLI(LightningCLI):
-    """LightningCLI with this project's defaults: checkpoints, TensorBoard, resume, precision."""
+    """LightningCLI with this project's defaults: checkpoints, TensorBoard, resume, precision.
+
+    Three of its overrides are of LightningCLI's private methods, for want of public hooks (the
+    ``lightning<3`` pin in pyproject.toml guards them, the tests in ``tests/cli`` exercise each):
+    ``_parse_ckpt_path`` (keep the command's model settings on resume), ``_instantiate_trainer``
+    (drop the checkpoint callbacks under ``--trainer.enable_checkpointing false``) and
+    ``_run_subcommand`` (print the resume command when a fit stops early).
+    """
 
     #: The checkpoint a ``fit`` resumes from and its content (read once, in parse_arguments).
     _resume: tuple[Path, dict[str, Any]] | None = None

@@ -18,6 +18,12 @@ What Lightning restores from a checkpoint when ``fit`` resumes, and what happens
 A command that asks for another setting than the checkpoint's would be silently overruled while
 its config was saved over the run's ``config.yaml`` as if it had been used; these checks refuse it
 before the run folder is touched.
+
+Two checks stay in the library, because they protect any ``Trainer.fit(ckpt_path=...)``, not only
+padam-fit: ``ImageClassifier.on_load_checkpoint`` refuses another ``arch`` or ``num_classes`` and
+``ImageClassifier.on_train_start`` another optimizer class (both repeated here, earlier, so that
+padam-fit refuses before it writes anything); and ``PartialSchedule.resume_conflict`` says which
+of its own state is a setting, which :func:`check_callbacks` asks of every callback.
 """
 
 from __future__ import annotations

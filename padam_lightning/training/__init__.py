@@ -1,1 +1,1 @@
-"""Training: the Lightning module, callbacks and schedules."""
+"""What any Lightning user can import: the LightningModule, the p schedule and callbacks."""
