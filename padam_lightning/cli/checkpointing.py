@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer import call
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
@@ -210,6 +210,7 @@ class Interruption(L.Callback):
         self.signal_name: str | None = None  # "SIGINT" or "SIGTERM" once one stopped the run
         self._previous_sigint: Any = None
         self._pending: dict[str, Any] | None = None
+        self._bars_to_start: list[ProgressBar] = []
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -305,9 +306,24 @@ class Interruption(L.Callback):
             if isinstance(metric, Metric):
                 metric.merge_state({k: _to(v, pl_module.device) for k, v in state.items()})
         # Lightning skips the epoch-start hooks when it restarts mid-epoch; an uninterrupted run
-        # called them, and they set and log the epoch's lr and p.
-        call._call_callback_hooks(trainer, "on_train_epoch_start")
+        # called them, and they set and log the epoch's lr and p. Progress bars are left for the
+        # first batch: their bar is only made in their own on_train_start, which runs after this.
+        callbacks = trainer.callbacks
+        self._bars_to_start = [c for c in callbacks if isinstance(c, ProgressBar)]
+        trainer.callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        try:
+            call._call_callback_hooks(trainer, "on_train_epoch_start")
+        finally:
+            trainer.callbacks = callbacks
         call._call_lightning_module_hook(trainer, "on_train_epoch_start")
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Start the progress bars' resumed epoch (deferred from :meth:`on_train_start`)."""
+        bars, self._bars_to_start = self._bars_to_start, []
+        for bar in bars:
+            bar.on_train_epoch_start(trainer, pl_module)
 
 
 def _detached(value: Any) -> Any:

@@ -207,6 +207,8 @@ class SignalAtStep(L.Callback):
     ("signum", "schedule"),
     [
         (signal.SIGTERM, []),  # a cluster's notice before its time limit
+        # with Lightning's progress bar (on by default; tiny.yaml turns it off)
+        (signal.SIGTERM, ["--trainer.enable_progress_bar", "true"]),
         # Ctrl-C, with a per-step p schedule that also scales the lr (state in a callback)
         (
             signal.SIGINT,
@@ -220,6 +222,7 @@ class SignalAtStep(L.Callback):
             ],
         ),
     ],
+    ids=["sigterm", "sigterm-progress-bar", "ctrl-c-p-schedule"],
 )
 def test_a_run_stopped_mid_epoch_by_a_signal_resumes_exactly(
     tmp_path: Path,
