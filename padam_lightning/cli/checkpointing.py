@@ -308,13 +308,14 @@ class Interruption(L.Callback):
         # Lightning skips the epoch-start hooks when it restarts mid-epoch; an uninterrupted run
         # called them, and they set and log the epoch's lr and p. Progress bars are left for the
         # first batch: their bar is only made in their own on_train_start, which runs after this.
-        callbacks = trainer.callbacks
+        # (Trainer.callbacks is a plain attribute that mypy does not see.)
+        callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
         self._bars_to_start = [c for c in callbacks if isinstance(c, ProgressBar)]
-        trainer.callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        trainer.callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]  # type: ignore[attr-defined]
         try:
             call._call_callback_hooks(trainer, "on_train_epoch_start")
         finally:
-            trainer.callbacks = callbacks
+            trainer.callbacks = callbacks  # type: ignore[attr-defined]
         call._call_lightning_module_hook(trainer, "on_train_epoch_start")
 
     def on_train_batch_start(
