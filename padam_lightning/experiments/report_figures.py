@@ -39,7 +39,18 @@ SCHEDULE_ROWS: tuple[Row, ...] = (
     (PARTIAL, "p (partial exponent)", False, 1.0),
     (LR, "learning rate", True, 1.0),
 )
-LINE_STYLES = ("-", "--", "-.", ":")
+#: Eight dash patterns and eight markers, so that the optimizer comparison with the final
+#: version's baselines (eight optimizers) gives every line its own pair.
+LINE_STYLES: tuple[object, ...] = (
+    "-",
+    "--",
+    "-.",
+    ":",
+    (0, (6, 2, 1, 2, 1, 2)),
+    (0, (1, 3)),
+    (0, (8, 3)),
+    (0, (3, 2, 3, 2, 1, 2)),
+)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -74,7 +85,12 @@ def _style_axes(ax: Axes, log_scale: bool) -> None:
         else:
             minor = _plain_minor if high / low < 300 else None
             ax.yaxis.set_minor_formatter(FuncFormatter(minor) if minor else NullFormatter())
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    # A run of one or two epochs gives a span matplotlib would tick in fractions of an epoch.
+    low, high = ax.get_xlim()
+    if lines and high - low < 2:
+        epochs = np.concatenate([np.asarray(line.get_xdata(), dtype=float) for line in lines])
+        ax.set_xlim(math.floor(epochs.min()) - 0.5, math.ceil(epochs.max()) + 0.5)
     ax.set_xlabel("epoch")
     ax.grid(True, alpha=0.3)
 
@@ -160,7 +176,7 @@ def describe_runs(groups: Sequence[RunGroup]) -> str:
     seeds = sorted({r.seed for r in records if r.seed is not None})
     parts = [", ".join(values("model.arch")), ", ".join(values("data.dataset"))]
     if epochs:
-        parts.append(f"{'/'.join(map(str, epochs))} epochs")
+        parts.append(f"{'/'.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}")
     if seeds:
         shown = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
         parts.append(shown + (" (mean ± 1 std)" if len(seeds) > 1 else ""))

@@ -12,6 +12,7 @@ import pytest
 from fake_runs import STEPS_PER_EPOCH, config, read_scalars_independently, write_run
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from padam_lightning.experiments.report import build_report, main
 from padam_lightning.experiments.report_figures import build_figures
@@ -371,3 +372,40 @@ def test_user_errors_print_one_line_and_exit_2(
     assert "--panels depth: not an axis of these runs; their axes: arch, optimizer" in err
     assert main([str(optimizer_logs), "--out", out, "--target-err", "10"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_one_epoch_comparison_of_eight_optimizers_is_readable(tmp_path: Path) -> None:
+    # The final version's eight optimizers after one epoch (a quick check): every line has its
+    # own dash pattern too, the x axis ticks whole epochs only, and the title says "1 epoch".
+    titles = {
+        "sgdm": "SGDM",
+        "adam": "Adam",
+        "amsgrad": "AMSGrad",
+        "padam": "Padam",
+        "adamw": "AdamW",
+        "radam": "RAdam",
+        "yogi": "Yogi",
+        "adabound": "AdaBound",
+    }
+    logdir = tmp_path / "extended"
+    for o, (name, title) in enumerate(titles.items()):
+        write_run(
+            logdir / f"resnet18-{name}-seed0",
+            config(optimizer=list(OPTIMIZERS)[o % 4], max_epochs=1),
+            {"val/err": [0.6], "train/loss": [2.0]},  # all eight coincide
+            axes={"arch": ("resnet18", "ResNet-18", 0), "optimizer": (name, title, o)},
+        )
+    groups, layout, _ = build_report(logdir)
+    fig = build_figures(groups, layout)["curves"]
+    fig.canvas.draw()
+    lines = _ax(fig, 1, 0).get_lines()
+    assert [line.get_label() for line in lines] == list(titles.values())
+    for look in (Line2D.get_color, Line2D.get_marker):
+        assert len({str(look(line)) for line in lines}) == 8
+    # get_linestyle() says "--" for every custom dash pattern; the pattern itself tells them apart.
+    assert len({str(getattr(line, "_unscaled_dash_pattern")) for line in lines}) == 8  # noqa: B009
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [1.0]
+    assert fig.get_suptitle() == "ResNet-18 · CIFAR-10 · 1 epoch · seed 0"
