@@ -183,8 +183,23 @@ def _dynamo_counters() -> dict[str, int]:
         "frames": int(counters["frames"]["ok"]),
         "graphs": int(counters["stats"]["unique_graphs"]),
         "graph_breaks": int(sum(counters["graph_break"].values())),
-        "recompiles": int(sum(len(reasons) for reasons in guard_failures.values())),
+        "recompiles": _count_recompiles(guard_failures.values()),
     }
+
+
+def _count_recompiles(failures_per_code: Iterable[Iterable[object]]) -> int:
+    """Recompilations, from dynamo's guard failures (``"<frame>/<entry>: <reason>"`` strings).
+
+    Each recompilation of a frame first checks all its cached entries and records one failure
+    per entry, the oldest one (``<frame>/0``) always among them; so recompilations are counted
+    by that entry's failures, not by all failures (which would count 1 + 2 + 3 for three).
+    """
+    return sum(
+        1
+        for failures in failures_per_code
+        for failure in failures
+        if str(failure).split(":", 1)[0].endswith("/0")
+    )
 
 
 def _recompile_reasons(limit: int = 3) -> list[str]:

@@ -100,3 +100,21 @@ def test_an_automatic_compile_that_fails_warns_and_runs_eagerly() -> None:
     eager.load_state_dict(model.state_dict())
     torch.testing.assert_close(logits, eager(images))
     model(images)  # no second attempt, no second warning
+
+
+def test_recompiles_are_counted_once_each() -> None:
+    from torch._dynamo.utils import counters, guard_failures
+
+    from padam_lightning.training.classifier import _count_recompiles
+
+    torch._dynamo.reset()
+
+    @torch.compile(backend="eager", dynamic=False)
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    for size in (3, 4, 5, 6):  # a new static shape each time: three recompilations
+        double(torch.ones(size))
+    assert counters["frames"]["ok"] == 4  # the first compilation and three more
+    assert _count_recompiles(guard_failures.values()) == 3
+    torch._dynamo.reset()
