@@ -152,7 +152,9 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
     for schedule in p_schedules[:1]:
         for key in _P_SCHEDULE_SETTINGS:
             params[f"p_schedule/{key}"] = getattr(schedule, key)
-    params["seed"] = os.environ.get("PL_GLOBAL_SEED", "none")
+    # A number, so that the HParams tab sorts and filters runs by seed numerically.
+    seed = os.environ.get("PL_GLOBAL_SEED", "")
+    params["seed"] = int(seed) if seed.lstrip("-").isdigit() else "none"
     params["precision"] = str(trainer.precision)
     params["max_epochs"] = trainer.max_epochs
     params["max_steps"] = trainer.max_steps

@@ -82,7 +82,7 @@ def test_fit_records_layout_hparams_and_best_error(
         "scheduler/milestones": "[1]",
         "scheduler/gamma": 0.1,
         "p_schedule": "none",
-        "seed": "0",
+        "seed": 0,
         "precision": "32-true",
         "max_epochs": 3.0,
     }
