@@ -500,6 +500,8 @@ class PadamCLI(LightningCLI):
         if self._resume is None:
             return
         path, checkpoint = self._resume
+        hparams = self.model.hparams
+        check_network(path, checkpoint, hparams.get("arch"), hparams.get("num_classes"))
         check_schedulers(path, checkpoint, _scheduler_states(self.model.configure_optimizers()))
         check_callbacks(path, checkpoint, self.trainer)
         datamodule = getattr(self, "datamodule", None)

@@ -84,17 +84,31 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return dict(content)
 
 
-def check_network(path: Path, checkpoint: Mapping[str, Any], arch: str | None) -> None:
-    """Refuse a checkpoint of another network than ``arch``.
+def check_network(
+    path: Path, checkpoint: Mapping[str, Any], arch: str | None, num_classes: int | None = None
+) -> None:
+    """Refuse a checkpoint of another network than ``arch`` with ``num_classes`` outputs.
+
+    Args:
+        path: The checkpoint file (for the message).
+        checkpoint: Its content, from :func:`read_checkpoint`.
+        arch: The configured network (None: not known yet, not compared).
+        num_classes: The class count of the configured data (None: not known yet; it is linked
+            from the data module when the model is built, so ``before_fit`` compares it).
 
     Raises:
-        UserError: If the checkpoint's ``arch`` hyperparameter differs.
+        UserError: If the checkpoint's ``arch`` or ``num_classes`` hyperparameter differs.
     """
     saved = checkpoint.get("hyper_parameters") or {}
     if arch is not None and "arch" in saved and saved["arch"] != arch:
         raise UserError(
             f"--ckpt_path {path}: the checkpoint is of a {saved['arch']} network, but this run "
             f"asks for {arch}. {RESUME_HINT}"
+        )
+    if num_classes is not None and "num_classes" in saved and saved["num_classes"] != num_classes:
+        raise UserError(
+            f"--ckpt_path {path}: the checkpoint's network has {saved['num_classes']} classes, "
+            f"but this run's data has {num_classes}. {RESUME_HINT}"
         )
 
 

@@ -101,6 +101,12 @@ def _snapshot(folder: Path) -> dict[Path, tuple[bytes, int]]:
         ("plain", ["--seed_everything", "3"], "data seed is 0, but this run configures 3"),
         ("plain", ["--data.seed", "5"], "data seed is 0, but this run configures 5"),
         ("plain", ["--data.batch_size", "8"], "data.batch_size 16, but this run configures 8"),
+        # The class count comes from the data (linked into the model when it is built).
+        (
+            "plain",
+            ["--data.synthetic_num_classes", "5"],
+            "network has 10 classes, but this run's data has 5",
+        ),
         (
             "plain",
             [
