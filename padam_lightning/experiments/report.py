@@ -155,7 +155,19 @@ def build_report(
         )
     layout = choose_layout(records, panels=panels, lines=lines, train_loss=train_loss)
     results = [summarize_run(record, train_loss) for record in records]
-    return group_runs(results, layout), layout, notes
+    groups = group_runs(results, layout)
+    for group in groups:
+        seeds = [run.record.seed for run in group.runs]
+        if len(set(seeds)) < len(seeds):
+            # Plain padam-fit runs group by folder name: two runs in one folder (version_0,
+            # version_1) with the same seed are not repeats of one setting, as seeds would be.
+            names = ", ".join(run.record.name for run in group.runs)
+            notes.append(
+                f"{group.label or 'one group'}: runs {names} share a seed; they are averaged as "
+                "if repeats. Give runs of different settings their own names "
+                "(--trainer.logger.init_args.name) to report them apart."
+            )
+    return groups, layout, notes
 
 
 def run_report(argv: Sequence[str]) -> int:

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from padam_lightning.cli.run_layout import CONFIG_FILE, FINISHED_FILE
+from padam_lightning.cli.run_layout import CONFIG_FILE, EVAL_FOLDER, FINISHED_FILE
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 EPOCH_TAG = "epoch"
@@ -107,10 +107,14 @@ class RunRecord:
 
 
 def find_run_dirs(logdir: Path) -> list[Path]:
-    """Folders under ``logdir`` (itself included) holding event files, skipping hidden folders."""
+    """Folders under ``logdir`` (itself included) holding event files.
+
+    Hidden folders are skipped, and so are the ``eval/`` folders of ``padam-fit validate`` /
+    ``test`` / ``predict``: their results belong to a run but are not its training curves.
+    """
     found = []
     for root, dirs, files in os.walk(logdir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != EVAL_FOLDER)
         if any(name.startswith(EVENT_FILE_PREFIX) for name in files):
             found.append(Path(root))
     return sorted(found)

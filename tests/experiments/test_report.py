@@ -409,3 +409,26 @@ def test_a_one_epoch_comparison_of_eight_optimizers_is_readable(tmp_path: Path) 
         ticks = [t for t in ax.get_xticks() if low <= t <= high]
         assert ticks == [1.0]
     assert fig.get_suptitle() == "ResNet-18 · CIFAR-10 · 1 epoch · seed 0"
+
+
+def test_runs_of_one_folder_with_the_same_seed_are_noted_and_eval_folders_skipped(
+    tmp_path: Path,
+) -> None:
+    # Two padam-fit runs under one name with seed 0 (e.g. another lr): not seeds of one setting.
+    logdir = tmp_path / "lightning_logs"
+    for version in (0, 1):
+        write_run(
+            logdir / "synthetic-wrn10_1-padam" / f"version_{version}",
+            config(arch="wrn10_1", lr=0.1 / (version + 1), max_epochs=2),
+            {"val/err": [0.5, 0.4]},
+        )
+    # What `padam-fit validate` of a run writes: not a training run, and no note about it.
+    write_run(
+        logdir / "synthetic-wrn10_1-padam" / "version_0" / "eval" / "validate-0",
+        config(arch="wrn10_1", max_epochs=2),
+        {"val/err": [0.45]},
+    )
+    groups, _, notes = build_report(logdir)
+    assert [len(g.runs) for g in groups] == [2]
+    assert len(notes) == 1 and "share a seed" in notes[0], notes
+    assert "version_0" in notes[0] and "version_1" in notes[0]
