@@ -32,6 +32,7 @@ from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from padam_lightning.training.classifier import qualified_name
 from padam_lightning.training.partial_schedule import PartialSchedule
 
 #: The best ``val/err`` so far (the running minimum over epochs), for the HParams dashboard.
@@ -108,10 +109,6 @@ def hparam_value(value: Any) -> bool | int | float | str:
     return str(value)
 
 
-def _class_name(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
 def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
     """The hyperparameters that tell a run apart, as the HParams dashboard lists them.
 
@@ -135,11 +132,11 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
     params["num_classes"] = module_hparams.get("num_classes")
     for index, optimizer in enumerate(trainer.optimizers):
         prefix = "optimizer" if index == 0 else f"optimizer{index}"
-        params[prefix] = _class_name(optimizer)
+        params[prefix] = qualified_name(type(optimizer))
         for key, value in sorted(optimizer.defaults.items()):
             params[f"{prefix}/{key}"] = value
     schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-    params["scheduler"] = _class_name(schedulers[0]) if schedulers else "none"
+    params["scheduler"] = qualified_name(type(schedulers[0])) if schedulers else "none"
     for index, scheduler in enumerate(schedulers):
         prefix = "scheduler" if index == 0 else f"scheduler{index}"
         for key, value in sorted(scheduler.state_dict().items()):
