@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _timing import synchronize
 from torch import nn
 
 from padam_lightning import Padam
@@ -102,11 +103,6 @@ def candidates(paths: list[str]) -> dict[str, OptimizerFactory]:
 
             found[padam_label(path, partial)] = make
     return found
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def first_step_seconds(factory: OptimizerFactory, device: torch.device) -> float:
