@@ -53,7 +53,33 @@ def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, epoch, stream))
 
 
-class EpochShuffleSampler(DistributedSampler[int]):
+class _ShardSampler(DistributedSampler[int]):
+    """A ``DistributedSampler`` set up without a process group: one shard of ``num_samples``.
+
+    ``DistributedSampler.__init__`` is not called (it needs an initialised process group or a
+    dataset); this sets the attributes its methods and Lightning read.
+    """
+
+    def __init__(
+        self, num_samples: int, num_replicas: int, rank: int, seed: int, shuffle: bool
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_samples_total = num_samples
+        self.seed = seed
+        self.epoch = 0
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.drop_last = False
+        self.num_samples = math.ceil(num_samples / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EpochShuffleSampler(_ShardSampler):
     """Yield a permutation of ``range(num_samples)`` that is a pure function of (seed, epoch).
 
     Under DDP each process takes every ``num_replicas``-th element of that permutation, starting
@@ -77,19 +103,7 @@ class EpochShuffleSampler(DistributedSampler[int]):
     """
 
     def __init__(self, num_samples: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
-        # Not calling DistributedSampler.__init__: it needs an initialised process group or a
-        # dataset; these are the attributes its methods and Lightning read.
-        self.num_samples_total = num_samples
-        self.seed = seed
-        self.epoch = 0
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.shuffle = True
-        self.drop_last = False
-        self.num_samples = math.ceil(num_samples / num_replicas)
-        self.total_size = self.num_samples * num_replicas
+        super().__init__(num_samples, num_replicas, rank, seed=seed, shuffle=True)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation the next iteration yields."""
@@ -106,11 +120,8 @@ class EpochShuffleSampler(DistributedSampler[int]):
             order = torch.cat([order, order[: self.total_size - len(order)]])
         return iter(order[self.rank : self.total_size : self.num_replicas].tolist())
 
-    def __len__(self) -> int:
-        return self.num_samples
 
-
-class EvalShardSampler(DistributedSampler[int]):
+class EvalShardSampler(_ShardSampler):
     """Deal the split out to processes in order, padding the shorter shards with a marker.
 
     Process ``rank`` gets samples ``rank, rank + num_replicas, ...`` (as Lightning's own
@@ -128,25 +139,11 @@ class EvalShardSampler(DistributedSampler[int]):
     """
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0) -> None:
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
-        # Not calling DistributedSampler.__init__, for the reason given in EpochShuffleSampler.
-        self.num_samples_total = num_samples
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
-        self.seed = 0
-        self.shuffle = False
-        self.drop_last = False
-        self.num_samples = math.ceil(num_samples / num_replicas)
-        self.total_size = self.num_samples * num_replicas
+        super().__init__(num_samples, num_replicas, rank, seed=0, shuffle=False)
 
     def __iter__(self) -> Iterator[int]:
         shard = list(range(self.rank, self.num_samples_total, self.num_replicas))
         return iter(shard + [PADDING_INDEX] * (self.num_samples - len(shard)))
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class IndexDataset(Dataset[int]):
