@@ -1,7 +1,8 @@
 """Every Padam implementation matches the for-loop one on every state tensor.
 
-The fused path is compiled with torch.compile here on the CPU, as on a GPU: one graph per dtype,
-tensor count and AMSGrad flag, compiled once per process, whatever p and the other values.
+The fused path is compiled with torch.compile here on the CPU, as on a GPU: one graph per device,
+dtype, set of shapes, AMSGrad flag and way of computing the power (p = 0, a square-root chain, a
+general power), compiled once per process, whatever the other values.
 """
 
 from __future__ import annotations
