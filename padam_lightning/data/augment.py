@@ -37,26 +37,6 @@ def draw_augmentation(
     return offsets, flips
 
 
-def _crop_gather(
-    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor | None, padding: int
-) -> torch.Tensor:
-    """Pad, then crop (and optionally mirror) every image with one gather over flat pixels."""
-    n, c, h, w = images.shape
-    padded_width = w + 2 * padding
-    padded = F.pad(images, (padding, padding, padding, padding)).reshape(n, c, -1)
-    device = images.device
-    offsets = offsets.to(device=device, dtype=torch.long)
-    rows = torch.arange(h, device=device)[:, None] * padded_width  # H x 1
-    cols = torch.arange(w, device=device).expand(n, w)  # N x W
-    if flips is not None:
-        # Mirroring the crop is reading its columns right to left.
-        flips = flips.to(device=device, dtype=torch.bool)
-        cols = torch.where(flips[:, None], cols.flip(1), cols)
-    corner = offsets[:, 0] * padded_width + offsets[:, 1]  # N: top-left of each crop
-    index = (corner[:, None, None] + rows + cols[:, None, :]).reshape(n, 1, h * w)
-    return torch.gather(padded, 2, index.expand(n, c, h * w)).reshape(n, c, h, w)
-
-
 def normalize(
     images: torch.Tensor,
     mean: torch.Tensor | Sequence[float],
@@ -99,7 +79,19 @@ def augment(
     Returns:
         ``N x C x H x W`` crops, same dtype and device as ``images``; done as one gather.
     """
-    return _crop_gather(images, offsets, flips, padding)
+    n, c, h, w = images.shape
+    padded_width = w + 2 * padding
+    padded = F.pad(images, (padding, padding, padding, padding)).reshape(n, c, -1)
+    device = images.device
+    offsets = offsets.to(device=device, dtype=torch.long)
+    rows = torch.arange(h, device=device)[:, None] * padded_width  # H x 1
+    cols = torch.arange(w, device=device).expand(n, w)  # N x W
+    # Mirroring the crop is reading its columns right to left.
+    flips = flips.to(device=device, dtype=torch.bool)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    corner = offsets[:, 0] * padded_width + offsets[:, 1]  # N: top-left of each crop
+    index = (corner[:, None, None] + rows + cols[:, None, :]).reshape(n, 1, h * w)
+    return torch.gather(padded, 2, index.expand(n, c, h * w)).reshape(n, c, h, w)
 
 
 class CropSource:
