@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -36,12 +35,9 @@ import time
 from pathlib import Path
 
 import yaml
+from _gpu_report import EPOCH_LINE
 from _timing import CUDNN_BENCHMARK, REPO_ROOT
 
-#: An EpochReport line: "epoch   1: train    1.52 s (50,000 images,    32,895 images/s), eval ...".
-EPOCH_LINE = re.compile(
-    r"^epoch +(\d+): train +([\d.]+) s \(([\d,]+) images, +([\d,.]+|nan) images/s\)", re.M
-)
 SWEEP = [sys.executable, "-m", "padam_lightning.experiments.sweep"]
 
 
@@ -98,7 +94,7 @@ def last_epoch_rates(save_dir: Path) -> list[float]:
     for log in sorted(save_dir.glob("*/*/fit.log")):
         epochs = EPOCH_LINE.findall(log.read_text(errors="replace"))
         if epochs:
-            _, seconds, images, _ = epochs[-1]
+            _, seconds, images, *_ = epochs[-1]
             rates.append(float(images.replace(",", "")) / float(seconds))
     return rates
 
