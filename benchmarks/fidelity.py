@@ -605,9 +605,9 @@ def report_figure(runs: list[dict[str, Any]], path: Path) -> None:
             ax = axes[i][j]
             for pipeline, color in (("released", "tab:blue"), ("package", "tab:orange")):
                 series = [
-                    (e, spread(runs, pipeline, optimizer, quantity, e))
+                    (e, values)
                     for e in epochs
-                    if spread(runs, pipeline, optimizer, quantity, e)
+                    if (values := spread(runs, pipeline, optimizer, quantity, e))
                 ]
                 if not series:
                     continue
