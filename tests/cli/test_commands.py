@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from jsonargparse import Namespace
+from test_robustness import tiny_cli_args
 
 from padam_lightning.cli import main, resume_command
 from padam_lightning.cli.padam_cli import _latest_run_checkpoint, _run_names
@@ -18,18 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _tiny(save_dir: Path, *extra: str, command: str = "fit") -> list[str]:
-    return [
-        command,
-        "--config",
-        str(CONFIGS / "wrn.yaml"),
-        "--config",
-        str(CONFIGS / "tiny.yaml"),
-        "--trainer.logger.init_args.save_dir",
-        str(save_dir),
-        "--trainer.logger.init_args.name",
-        "run",
-        *extra,
-    ]
+    return [command, *tiny_cli_args(save_dir, "run", *extra, configs=CONFIGS)]
 
 
 def _files(folder: Path) -> dict[Path, tuple[bytes, int]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_robustness import tiny_cli_args
 
 from padam_lightning.cli import main
 
@@ -24,17 +25,7 @@ SCHEDULE = str(CONFIGS / "experiments" / "p_schedule.yaml")
 def _args(save_dir: Path, name: str, *extra: str) -> list[str]:
     return [
         "fit",
-        "--config",
-        str(CONFIGS / "wrn.yaml"),
-        "--config",
-        str(CONFIGS / "tiny.yaml"),
-        "--trainer.logger.init_args.save_dir",
-        str(save_dir),
-        "--trainer.logger.init_args.name",
-        name,
-        "--trainer.max_epochs",
-        "2",
-        *extra,
+        *tiny_cli_args(save_dir, name, "--trainer.max_epochs", "2", *extra, configs=CONFIGS),
     ]
 
 

@@ -27,13 +27,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PADAM_FIT = [sys.executable, "-m", "padam_lightning.cli"]
 
 
-def tiny_cli_args(save_dir: Path, name: str, *extra: str) -> list[str]:
-    """``padam-fit`` arguments for the tiny CPU run, logging to ``save_dir/name/version_0``."""
+def tiny_cli_args(
+    save_dir: Path, name: str, *extra: str, configs: Path = Path("configs")
+) -> list[str]:
+    """``padam-fit`` arguments for the tiny CPU run, logging to ``save_dir/name/version_0``.
+
+    The config files are named relative to the project root unless ``configs`` says otherwise.
+    """
     return [
         "--config",
-        "configs/wrn.yaml",
+        str(configs / "wrn.yaml"),
         "--config",
-        "configs/tiny.yaml",
+        str(configs / "tiny.yaml"),
         "--trainer.logger.init_args.save_dir",
         str(save_dir),
         "--trainer.logger.init_args.name",
