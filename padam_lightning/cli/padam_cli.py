@@ -146,9 +146,7 @@ def _latest_run_checkpoint(run_root: Path) -> Path:
     not the folder's own time: evaluating a run's checkpoint (:data:`EVAL_FOLDER`) must not make
     it the latest.
     """
-    runs = [
-        folder for folder in run_root.glob("*") if folder.is_dir() and folder.name != EVAL_FOLDER
-    ]
+    runs = _run_folders(run_root)
     started = [folder for folder in runs if (folder / CONFIG_FILE).is_file()]
     runs = started or runs
     if not runs:
@@ -167,8 +165,8 @@ def _latest_run_checkpoint(run_root: Path) -> Path:
     return max(runs, key=last_trained) / LAST_CHECKPOINT_PATH
 
 
-def _evaluation_folder(run_dir: Path, stage: str) -> tuple[Path, str]:
-    """``(save_dir, version)`` for the TensorBoard logger of an evaluation of ``run_dir``.
+def _evaluation_version(run_dir: Path, stage: str) -> str:
+    """``<stage>-<N>``: the TensorBoard logger's version for an evaluation of ``run_dir``.
 
     Results go to ``<run_dir>/eval/<stage>-<N>`` (N counts up from 0), never into the training
     run's own event files, so the run's curves, ``finished.json`` and its place as the latest run
@@ -177,7 +175,7 @@ def _evaluation_folder(run_dir: Path, stage: str) -> tuple[Path, str]:
     folder = run_dir / EVAL_FOLDER
     taken = {path.name for path in folder.glob(f"{stage}-*")} if folder.is_dir() else set()
     number = next(n for n in range(len(taken) + 1) if f"{stage}-{n}" not in taken)
-    return run_dir, f"{stage}-{number}"
+    return f"{stage}-{number}"
 
 
 def resume_command(args: Sequence[str] | None, last: Path) -> str:
@@ -224,11 +222,16 @@ def _run_folder_of(checkpoint: Path) -> Path | None:
     return None
 
 
-def _has_runs(run_root: Path) -> bool:
-    """Whether ``run_root`` holds any run folder."""
-    return run_root.is_dir() and any(
-        folder.is_dir() and folder.name != EVAL_FOLDER for folder in run_root.iterdir()
-    )
+def _run_folders(run_root: Path) -> list[Path]:
+    """The run folders under ``run_root`` (its :data:`EVAL_FOLDER` left out; none if absent)."""
+    return [
+        folder for folder in run_root.glob("*") if folder.is_dir() and folder.name != EVAL_FOLDER
+    ]
+
+
+def _run_root(logger_args: Namespace) -> Path:
+    """``<save_dir>/<name>`` of the TensorBoard logger: the folder of the run folders."""
+    return Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(logger_args.get("name") or "")
 
 
 def _run_names(config: Namespace) -> tuple[str, str | None]:
@@ -393,11 +396,7 @@ class PadamCLI(LightningCLI):
         ``fit`` (resuming) also checks the optimizer against the checkpoint's here, from the
         config; the checks that need the built trainer, model and data run in :meth:`before_fit`.
         """
-        run_root = None
-        if logger_args is not None:
-            run_root = Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(
-                logger_args.get("name") or ""
-            )
+        run_root = _run_root(logger_args) if logger_args is not None else None
         if ckpt_path == "last":
             if run_root is None:
                 raise UserError(
@@ -409,11 +408,11 @@ class PadamCLI(LightningCLI):
                 folder = f"version_{version}" if isinstance(version, int) else str(version)
                 path = run_root / folder / LAST_CHECKPOINT_PATH
             else:
-                if self._legacy_run_name and not _has_runs(run_root):
+                if self._legacy_run_name and not _run_folders(run_root):
                     # Runs of earlier versions were named after the loader ("imagefolder-..."):
                     # resume those rather than report that nothing is there.
                     legacy_root = run_root.with_name(self._legacy_run_name)
-                    if _has_runs(legacy_root) and logger_args is not None:
+                    if _run_folders(legacy_root) and logger_args is not None:
                         run_root = legacy_root
                         logger_args["name"] = self._legacy_run_name
                 path = _latest_run_checkpoint(run_root)
@@ -453,10 +452,10 @@ class PadamCLI(LightningCLI):
             and logger_args is not None
             and run_root is not None
             and logger_args.get("version") is None
-            and _run_folder_of(path) is not None
-            and path.parent.parent.parent.resolve() == run_root.resolve()
+            and (run_folder := _run_folder_of(path)) is not None
+            and run_folder.parent.resolve() == run_root.resolve()
         ):
-            logger_args["version"] = path.parent.parent.name
+            logger_args["version"] = run_folder.name
         return str(path)
 
     def _log_evaluation_apart(self, config: Namespace, logger_args: Namespace, stage: str) -> None:
@@ -471,10 +470,9 @@ class PadamCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         run_dir = _run_folder_of(Path(ckpt_path)) if ckpt_path else None
         if run_dir is None:
-            run_dir = Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(
-                logger_args.get("name") or ""
-            )
-        logger_args["save_dir"], logger_args["version"] = _evaluation_folder(run_dir, stage)
+            run_dir = _run_root(logger_args)
+        logger_args["save_dir"] = run_dir
+        logger_args["version"] = _evaluation_version(run_dir, stage)
         logger_args["name"] = EVAL_FOLDER
 
     def _parse_ckpt_path(self) -> None:
