@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer import call
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
+from lightning.pytorch.utilities import move_data_to_device
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import Sampler
 from torchmetrics import Metric
@@ -304,7 +305,7 @@ class Interruption(L.Callback):
         for name, state in restored_metrics.items():
             metric = modules.get(name)
             if isinstance(metric, Metric):
-                metric.merge_state({k: _to(v, pl_module.device) for k, v in state.items()})
+                metric.merge_state(move_data_to_device(state, pl_module.device))
         # Lightning skips the epoch-start hooks when it restarts mid-epoch; an uninterrupted run
         # called them, and they set and log the epoch's lr and p. Progress bars are left for the
         # first batch: their bar is only made in their own on_train_start, which runs after this.
@@ -332,12 +333,4 @@ def _detached(value: Any) -> Any:
         return value.detach().cpu().clone()
     if isinstance(value, list):
         return [_detached(item) for item in value]
-    return value
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, list):
-        return [_to(item, device) for item in value]
     return value
