@@ -145,18 +145,23 @@ class FitJob(submitit.helpers.Checkpointable):
         previous = recorded_arguments(Path(self.run_dir))
         return previous is not None and _comparable(previous) != _comparable(self.arguments)
 
-    def argv(self) -> list[str]:
-        """The command to run now: resumes from ``last.ckpt`` when the run was interrupted."""
-        if self.state() is RunState.RESUME:
+    def argv(self, state: RunState | None = None) -> list[str]:
+        """The command to run now: resumes from ``last.ckpt`` when the run was interrupted.
+
+        Args:
+            state: The run's state when already read (else it is read from the run's folder).
+        """
+        if (self.state() if state is None else state) is RunState.RESUME:
             return [*self.command, "--ckpt_path", "last"]
         return list(self.command)
 
     def __call__(self) -> str:
         """Run the fit; return the run name, or raise :class:`RunFailedError`."""
         run_dir = Path(self.run_dir)
-        if self.state() is RunState.DONE:
+        state = self.state()
+        if state is RunState.DONE:
             return self.name
-        argv = self.argv()
+        argv = self.argv(state)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_FILE).write_text(json.dumps(self.identity, indent=2) + "\n")
         started = datetime.datetime.now().isoformat(timespec="seconds")
