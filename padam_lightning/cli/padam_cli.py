@@ -352,15 +352,12 @@ class PadamCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         trainer = config.trainer
-        if trainer.get("precision") is None and _trains_on_cuda(trainer.get("accelerator")):
+        on_cuda = _trains_on_cuda(trainer.get("accelerator"))
+        if trainer.get("precision") is None and on_cuda:
             # Mixed precision where the hardware has it; CPU runs stay in fp32.
             trainer.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         check_precision(trainer.get("precision"))  # before Lightning's own traceback
-        if (
-            trainer.get("benchmark") is None
-            and not trainer.get("deterministic")
-            and _trains_on_cuda(trainer.get("accelerator"))
-        ):
+        if trainer.get("benchmark") is None and not trainer.get("deterministic") and on_cuda:
             # cuDNN autotuning pays off: CIFAR's convolution shapes are fixed, so it is tuned in
             # the first steps only. Not yet measured on a GPU; benchmarks/gpu.sh measures both
             # (row cudnn_benchmark). Keep equal to benchmarks/_timing.py's CUDNN_BENCHMARK.
