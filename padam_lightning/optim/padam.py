@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 import torch
 from torch import Tensor
@@ -69,7 +69,8 @@ class Padam(Optimizer):
     :attr:`param_groups` (for instance a schedule on ``group["partial"]``); nothing is rebuilt or
     recompiled when it changes. Each may be given as any real number torch's optimizers accept: a
     Python or NumPy int or float, or a one-element tensor (NumPy values are stored as Python
-    floats, so checkpoints load with ``weights_only=True``; tensors are kept and read each step).
+    floats, so checkpoints load with ``weights_only=True``; tensors are kept and read once per
+    step, which for a GPU tensor is one synchronization each: prefer floats or CPU tensors).
 
     Implementations, as in :mod:`torch.optim`: ``foreach=False`` runs a readable for-loop (the
     released code); the default (``foreach`` None or True) uses ``torch._foreach_*`` operations,
@@ -267,7 +268,7 @@ class Padam(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             # Schedules may have changed the group since the last step.
-            check_hyperparameters(group)
+            values = check_hyperparameters(group)
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []
@@ -277,7 +278,6 @@ class Padam(Optimizer):
             self._init_group(
                 group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
             )
-            beta1, beta2 = group["betas"]
             padam(
                 params,
                 grads,
@@ -288,27 +288,42 @@ class Padam(Optimizer):
                 foreach=group["foreach"],
                 fused=group["fused"],
                 amsgrad=group["amsgrad"],
-                beta1=float(beta1),
-                beta2=float(beta2),
-                lr=float(group["lr"]),
-                weight_decay=float(group["weight_decay"]),
-                eps=float(group["eps"]),
-                partial=float(group["partial"]),
+                beta1=values.beta1,
+                beta2=values.beta2,
+                lr=values.lr,
+                weight_decay=values.weight_decay,
+                eps=values.eps,
+                partial=values.partial,
                 maximize=group["maximize"],
                 decoupled_weight_decay=group["decoupled_weight_decay"],
             )
         return loss
 
 
-def check_hyperparameters(group: dict[str, Any]) -> None:
-    """Check a parameter group's hyperparameters, in torch.optim's style.
+class Hyperparameters(NamedTuple):
+    """A parameter group's real-valued hyperparameters as Python floats."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    partial: float
+
+
+def check_hyperparameters(group: dict[str, Any]) -> Hyperparameters:
+    """Check a parameter group's hyperparameters, in torch.optim's style, and read them.
 
     Accepts what torch's optimizers accept for each real number: Python and NumPy ints and
     floats, and one-element tensors. NumPy values are replaced in ``group`` by Python floats.
+    Each tensor is read once (``Tensor.item``), so a step reads it once.
 
     Args:
         group: A dict with ``lr``, ``betas``, ``eps``, ``weight_decay``, ``partial`` and the
             boolean flags.
+
+    Returns:
+        The values, as floats.
 
     Raises:
         ValueError: Naming the first bad value and its allowed range.
@@ -336,8 +351,10 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
     if _is_numpy(betas) or any(_is_numpy(beta) for beta in pair):
         pair = [_from_numpy(beta) for beta in pair]
         group["betas"] = tuple(pair)
+    beta_values = []
     for index, beta in enumerate(pair):
         value = _real(beta, f"beta parameter at index {index}")
+        beta_values.append(value)
         if not 0.0 <= value < 1.0:
             raise ValueError(
                 f"Invalid beta parameter at index {index}: {value} "
@@ -350,6 +367,7 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
         raise ValueError(
             "Invalid foreach and fused values: True, True (expected at most one of them True)"
         )
+    return Hyperparameters(lr, beta_values[0], beta_values[1], eps, weight_decay, partial)
 
 
 def _is_numpy(value: Any) -> bool:

@@ -266,6 +266,39 @@ def test_lr_schedule_returning_numpy_scalars_is_followed() -> None:
     assert_equal(snapshot(optimizer), snapshot(reference))
 
 
+def test_tensor_hyperparameters_are_read_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reading a GPU tensor waits for the GPU: each of the six values is read once a step, not
+    # once to check it and again to use it.
+    params = make_params()
+    optimizer = Padam(
+        params,
+        lr=torch.tensor(0.1),
+        betas=(torch.tensor(0.9), torch.tensor(0.999)),
+        eps=torch.tensor(1e-8),
+        weight_decay=torch.tensor(5e-4),
+        partial=torch.tensor(0.125),
+    )
+    set_grads(params, torch.Generator().manual_seed(0))
+    hyperparameters = [
+        optimizer.param_groups[0][key] for key in ("lr", "eps", "weight_decay", "partial")
+    ]
+    hyperparameters += list(optimizer.param_groups[0]["betas"])
+    reads: list[int] = []
+
+    def counting(read: Any) -> Any:
+        def counted(tensor: torch.Tensor) -> Any:
+            if any(tensor is value for value in hyperparameters):
+                reads.append(id(tensor))
+            return read(tensor)
+
+        return counted
+
+    for name in ("item", "__float__"):  # the two ways a tensor becomes a Python number
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    optimizer.step()
+    assert sorted(reads) == sorted(id(value) for value in hyperparameters)
+
+
 def test_invalid_value_set_by_a_schedule_is_caught_at_step() -> None:
     params = make_params()
     optimizer = Padam(params)
