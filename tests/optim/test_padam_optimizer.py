@@ -270,14 +270,14 @@ def test_tensor_hyperparameters_are_read_once_per_step(monkeypatch: pytest.Monke
     # Reading a GPU tensor waits for the GPU: each of the six values is read once a step, not
     # once to check it and again to use it.
     params = make_params()
-    optimizer = Padam(
-        params,
-        lr=torch.tensor(0.1),
-        betas=(torch.tensor(0.9), torch.tensor(0.999)),
-        eps=torch.tensor(1e-8),
-        weight_decay=torch.tensor(5e-4),
-        partial=torch.tensor(0.125),
-    )
+    tensors: dict[str, Any] = {
+        "lr": torch.tensor(0.1),
+        "betas": (torch.tensor(0.9), torch.tensor(0.999)),
+        "eps": torch.tensor(1e-8),
+        "weight_decay": torch.tensor(5e-4),
+        "partial": torch.tensor(0.125),
+    }
+    optimizer = Padam(params, **tensors)
     set_grads(params, torch.Generator().manual_seed(0))
     hyperparameters = [
         optimizer.param_groups[0][key] for key in ("lr", "eps", "weight_decay", "partial")
