@@ -230,7 +230,21 @@ def test_half_state_of_an_older_checkpoint_is_widened() -> None:
     for state in old["state"].values():  # as saved when the state had the parameter's dtype
         for name in STATE_NAMES:
             state[name] = state[name].half()
-    resumed = Padam([torch.nn.Parameter(p.detach().clone()) for p in params])
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = Padam(twins)
     resumed.load_state_dict(old)
-    for state in resumed.state.values():
-        assert all(state[name].dtype == torch.float32 for name in STATE_NAMES)
+    for index, twin in enumerate(twins):
+        for name in STATE_NAMES:
+            widened = resumed.state[twin][name]
+            assert widened.dtype == torch.float32
+            # Widening is exact: the saved half values (in which a small v was already 0).
+            assert torch.equal(widened, old["state"][index][name].float())
+    # The next step continues from those values in float32 (m and v computed here by hand).
+    later = gradients(2, torch.float16)[1]
+    step_all(resumed, twins, [later])
+    for index, (twin, grad) in enumerate(zip(twins, later, strict=True)):
+        saved, g = old["state"][index], grad.float()
+        exp_avg = 0.9 * saved["exp_avg"].float() + 0.1 * g
+        exp_avg_sq = 0.999 * saved["exp_avg_sq"].float() + 0.001 * g * g
+        torch.testing.assert_close(resumed.state[twin]["exp_avg"], exp_avg, rtol=1e-6, atol=0)
+        torch.testing.assert_close(resumed.state[twin]["exp_avg_sq"], exp_avg_sq, rtol=1e-6, atol=0)
