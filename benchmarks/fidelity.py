@@ -591,7 +591,7 @@ def report_tables(runs: list[dict[str, Any]]) -> tuple[str, list[str], list[str]
                     significant.append(where)
                 t_text = "" if t is None else f"{t:+.2f}"
                 lines.append(
-                    f"| {epoch} | {quantity} | {_cell(rel)} | {_cell(pkg)} | "
+                    f"| {epoch} | {quantity} | {_cell(rel, quantity)} | {_cell(pkg, quantity)} | "
                     f"{'yes' if ok else 'no'} | {t_text} |"
                 )
     return "\n".join(lines), failures, significant
@@ -601,7 +601,7 @@ def per_run_table(runs: list[dict[str, Any]]) -> str:
     """One row per run: per epoch, running train loss / pass train loss / test error."""
     epochs = sorted({row["epoch"] for run in runs for row in run["epochs"]})
     lines = [
-        "Per epoch: train loss (running mean) / train loss (pass) / test error.\n",
+        "Per epoch: train loss (running mean) / train loss (pass) / test error (%).\n",
         "| optimizer | pipeline | seed | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
         "|---|---|---:|" + "---|" * len(epochs),
     ]
@@ -609,7 +609,8 @@ def per_run_table(runs: list[dict[str, Any]]) -> str:
     for run in order:
         rows = {row["epoch"]: row for row in run["epochs"]}
         cells = [
-            "{train_loss_running:.3f} / {train_loss_pass:.3f} / {test_err:.3f}".format(**rows[e])
+            f"{rows[e]['train_loss_running']:.3f} / {rows[e]['train_loss_pass']:.3f} / "
+            f"{100 * rows[e]['test_err']:.1f}"
             if e in rows
             else ""
             for e in epochs
@@ -622,7 +623,16 @@ def per_run_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cell(values: list[float]) -> str:
+def is_error(quantity: str) -> bool:
+    """Whether a quantity is an error rate, stored as a fraction and shown in percent."""
+    return "_err" in quantity
+
+
+def _cell(values: list[float], quantity: str) -> str:
+    if is_error(quantity):
+        values = [100 * v for v in values]
+        mean = sum(values) / len(values)
+        return f"{mean:.2f}% [{min(values):.2f}%, {max(values):.2f}%] ({len(values)})"
     mean = sum(values) / len(values)
     return f"{mean:.4f} [{min(values):.4f}, {max(values):.4f}] ({len(values)})"
 
@@ -641,9 +651,10 @@ def report_figure(runs: list[dict[str, Any]], path: Path) -> None:
     for i, optimizer in enumerate(OPTIMIZERS):
         for j, quantity in enumerate(CHECKED):
             ax = axes[i][j]
+            scale = 100.0 if is_error(quantity) else 1.0
             for pipeline, color in (("released", "tab:blue"), ("package", "tab:orange")):
                 series = [
-                    (e, values)
+                    (e, [scale * v for v in values])
                     for e in epochs
                     if (values := spread(runs, pipeline, optimizer, quantity, e))
                 ]
@@ -655,7 +666,7 @@ def report_figure(runs: list[dict[str, Any]], path: Path) -> None:
                     xs, [min(v) for _, v in series], [max(v) for _, v in series],
                     color=color, alpha=0.25,
                 )  # fmt: skip
-            ax.set_title(f"{optimizer}: {quantity}", fontsize=9)
+            ax.set_title(f"{optimizer}: {quantity}{' (%)' if scale != 1 else ''}", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_xticks(epochs)
             if i == 0 and j == 0:

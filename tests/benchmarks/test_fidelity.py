@@ -82,9 +82,10 @@ def test_report_flags_epochs_outside_the_released_seed_range() -> None:
     # t = (0.45 - 0.41) / (sqrt((0.0002 + 0.0002) / 2) * 1) = 2.83 < 4.30: not significant
     assert significant == []
     assert (
-        "| 1 | test_err | 0.5200 [0.5000, 0.5400] (2) | 0.5200 [0.5100, 0.5300] (2) | yes | +0.00 |"
+        "| 1 | test_err | 52.00% [50.00%, 54.00%] (2) | 52.00% [51.00%, 53.00%] (2) | yes | +0.00 |"
         in (tables)
     )
+    assert "| 1 | test_loss | 1.0000 [1.0000, 1.0000] (2) |" in tables  # losses stay plain
     assert fidelity.within([0.5], [0.5, 0.6]) and not fidelity.within([0.61], [0.5, 0.6])
 
 
