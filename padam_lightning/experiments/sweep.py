@@ -29,8 +29,8 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from padam_lightning.cli.run_layout import DEFAULT_LOG_DIR
 from padam_lightning.errors import UserError
@@ -39,34 +39,41 @@ from padam_lightning.experiments.sweep_jobs import (
     FitJob,
     Outcome,
     RunState,
-    SlurmOptions,
     run_local,
     run_slurm,
     slurm_executor,
 )
-from padam_lightning.experiments.sweep_spec import (
-    PlannedRun,
-    SweepSpec,
-    expand,
-    load_sweep,
-    missing_config_files,
-)
+from padam_lightning.experiments.sweep_spec import SweepSpec, expand, load_sweep
 
 PROG = "padam-sweep"
 #: ``auto`` and ``submitit-local`` (the name of an earlier version's local executor) mean ``local``.
 EXECUTORS = ("auto", "local", "submitit-local", "slurm")
 #: Lines of a failed run's log shown in the final summary.
 LOG_TAIL_LINES = 15
-
-
-@dataclass(frozen=True)
-class SweepRun:
-    """A planned run with where it logs, what state its folder is in, and its job."""
-
-    run: PlannedRun
-    run_dir: Path
-    state: RunState
-    job: FitJob
+#: The SLURM resource flags: flag, the submitit parameter it sets (its ``dest``), type, default,
+#: metavar and help. One table makes both the parser's options and the job's parameters.
+SLURM_FLAGS: tuple[tuple[str, str, type, Any, str, str], ...] = (
+    (
+        "--timeout-min",
+        "timeout_min",
+        int,
+        72 * 60,
+        "MIN",
+        "time limit per run in minutes (default 4320; a run stopped by it is requeued and resumes)",
+    ),
+    ("--slurm-partition", "slurm_partition", str, None, "NAME", "SLURM partition"),
+    ("--slurm-gpus-per-run", "gpus_per_node", int, 1, "N", "GPUs per run (default 1)"),
+    ("--slurm-cpus-per-run", "cpus_per_task", int, 8, "N", "CPUs per run (default 8)"),
+    ("--slurm-mem-gb", "mem_gb", float, None, "GB", "memory per run"),
+    (
+        "--slurm-array-parallelism",
+        "slurm_array_parallelism",
+        int,
+        None,
+        "N",
+        "at most N of the sweep's jobs running at once",
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,40 +93,39 @@ def build_parser() -> argparse.ArgumentParser:
             "submitit. Each run's output is appended to fit.log in its folder."
         ),
     )
-    parser.add_argument("sweep", help="sweep YAML file, e.g. configs/sweeps/optimizers.yaml")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print each run's state and command; run nothing"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("sweep", help="sweep YAML file, e.g. configs/sweeps/optimizers.yaml")
+    add("--dry-run", action="store_true", help="print each run's state and command; run nothing")
+    add(
         "--executor",
         choices=EXECUTORS,
         default="auto",
         help="where to run (default: local, this machine)",
     )
-    parser.add_argument(
+    add(
         "--save-dir",
         default=DEFAULT_LOG_DIR,
         help=f"root log folder; runs go to SAVE_DIR/<sweep>/<run> (default {DEFAULT_LOG_DIR})",
     )
-    parser.add_argument(
+    add(
         "--only",
         action="append",
         metavar="GLOB",
         help="run only runs whose name matches (fnmatch, repeatable), e.g. 'resnet18-*'",
     )
-    parser.add_argument(
+    add(
         "--fit-command",
         metavar="CMD",
         help="training command to call instead of padam-fit (split like a shell would)",
     )
-    local = parser.add_argument_group("local")
-    local.add_argument(
+    add = parser.add_argument_group("local").add_argument
+    add(
         "--gpus",
         metavar="IDS",
         help="comma-separated GPU ids to use (default: all visible, from CUDA_VISIBLE_DEVICES "
         "or torch)",
     )
-    local.add_argument(
+    add(
         "--runs-per-gpu",
         type=int,
         default=1,
@@ -127,47 +133,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="K runs share each GPU at once (small CIFAR networks leave a large GPU mostly "
         "idle); without GPUs, K runs at once on the CPUs (default 1)",
     )
-    local.add_argument(
+    add(
         "--max-parallel",
         type=int,
         metavar="N",
         help="at most N runs at once (default: GPUs x K, or K without GPUs)",
     )
-    slurm = parser.add_argument_group("slurm")
-    slurm.add_argument(
-        "--timeout-min",
-        type=int,
-        default=72 * 60,
-        metavar="MIN",
-        help="time limit per run in minutes (default 4320; a run stopped by it is requeued "
-        "and resumes)",
-    )
-    slurm.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
-    slurm.add_argument(
-        "--slurm-gpus-per-run", type=int, default=1, metavar="N", help="GPUs per run (default 1)"
-    )
-    slurm.add_argument(
-        "--slurm-cpus-per-run", type=int, default=8, metavar="N", help="CPUs per run (default 8)"
-    )
-    slurm.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per run")
-    slurm.add_argument(
-        "--slurm-array-parallelism",
-        type=int,
-        metavar="N",
-        help="at most N of the sweep's jobs running at once",
-    )
-    slurm.add_argument(
+    add = parser.add_argument_group("slurm").add_argument
+    for flag, dest, kind, default, metavar, text in SLURM_FLAGS:
+        add(flag, dest=dest, type=kind, default=default, metavar=metavar, help=text)
+    add(
         "--slurm-additional",
         action="append",
         metavar="KEY=VALUE",
         help="extra #SBATCH option, e.g. account=myproj (repeatable)",
     )
-    slurm.add_argument(
+    add(
         "--no-wait",
         action="store_true",
         help="submit and exit (do not restart the sweep until its jobs have ended)",
     )
     return parser
+
+
+def slurm_parameters(args: argparse.Namespace, job_name: str) -> dict[str, Any]:
+    """The submitit parameters of each run's SLURM job: one node, one task, the flags' resources.
+
+    Raises:
+        UserError: If a ``--slurm-additional`` item is not ``KEY=VALUE``.
+    """
+    parameters = {"name": job_name, "nodes": 1, "tasks_per_node": 1}
+    parameters.update({dest: getattr(args, dest) for _, dest, *_ in SLURM_FLAGS})
+    additional = {}
+    for item in args.slurm_additional or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--slurm-additional {item}: expected KEY=VALUE, e.g. account=proj")
+        additional[key] = value
+    parameters["slurm_additional_parameters"] = additional
+    return {key: value for key, value in parameters.items() if value not in (None, "", {})}
 
 
 def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -190,7 +194,7 @@ def default_fit_command() -> list[str]:
     return [str(installed)]
 
 
-def plan_runs(
+def plan_jobs(
     spec: SweepSpec,
     *,
     save_dir: str,
@@ -198,8 +202,8 @@ def plan_runs(
     fit_command: Sequence[str],
     extra_args: Sequence[str] = (),
     only: Sequence[str] | None = None,
-) -> list[SweepRun]:
-    """The sweep's runs (filtered by ``only`` globs) with their folders, states and jobs.
+) -> list[FitJob]:
+    """The sweep's runs (filtered by ``only`` globs) as jobs, in grid order.
 
     Raises:
         UserError: If no run matches ``only`` or a config file is missing.
@@ -212,100 +216,75 @@ def plan_runs(
                 f"--only {' '.join(only)} matches none of the sweep's runs; run with --dry-run "
                 "to list their names."
             )
-    missing = missing_config_files(runs, cwd)
+    configs = dict.fromkeys(c for run in runs for c in run.configs)
+    missing = [c for c in configs if not (cwd / c).is_file()]  # an absolute c replaces cwd
     if missing:
         raise UserError(
             f"config file(s) not found: {', '.join(missing)} (relative paths are read from "
             f"{cwd}; run padam-sweep from the project root)."
         )
-    planned = []
+    jobs = []
     for run in runs:
-        run_dir = cwd / save_dir / spec.name / run.name
-        command = [
-            *fit_command,
-            *run.fit_arguments(sweep_name=spec.name, save_dir=save_dir, extra_args=extra_args),
-        ]
-        job = FitJob(
-            name=run.name,
-            command=command,
-            run_dir=str(run_dir),
-            cwd=str(cwd),
-            identity=run.identity(spec.name, command[len(fit_command) :]),
+        arguments = run.fit_arguments(
+            sweep_name=spec.name, save_dir=save_dir, extra_args=extra_args
         )
-        planned.append(SweepRun(run, run_dir, job.state(), job))
-    return planned
+        jobs.append(
+            FitJob(
+                name=run.name,
+                command=[*fit_command, *arguments],
+                run_dir=str(cwd / save_dir / spec.name / run.name),
+                cwd=str(cwd),
+                identity=run.identity(spec.name, arguments),
+            )
+        )
+    return jobs
 
 
-def describe(spec: SweepSpec, runs: Sequence[SweepRun], save_dir: str) -> str:
+def describe(spec: SweepSpec, states: Sequence[RunState], save_dir: str) -> str:
     """One header line: the sweep, its shape and what is left to do."""
     shape = " x ".join(
         [f"{axis.name} {len(axis.choices)}" for axis in spec.axes] + [f"seeds {len(spec.seeds)}"]
     )
-    counts = {state: sum(1 for r in runs if r.state is state) for state in RunState}
     return (
-        f"sweep {spec.name} ({spec.source}): {len(runs)} runs ({shape}) in "
-        f"{Path(save_dir) / spec.name}: {counts[RunState.NEW]} to start, "
-        f"{counts[RunState.RESUME]} to resume, {counts[RunState.DONE]} finished"
+        f"sweep {spec.name} ({spec.source}): {len(states)} runs ({shape}) in "
+        f"{Path(save_dir) / spec.name}: {states.count(RunState.NEW)} to start, "
+        f"{states.count(RunState.RESUME)} to resume, {states.count(RunState.DONE)} finished"
     )
 
 
-def dry_run_text(runs: Sequence[SweepRun]) -> str:
+def dry_run_text(jobs: Sequence[FitJob], states: Sequence[RunState]) -> str:
     """Each run's name and state as a comment, then its command (a runnable shell script)."""
     lines = []
-    for sweep_run in runs:
-        if sweep_run.state is RunState.DONE:
-            lines.append(f"# {sweep_run.run.name}: finished (skipped)")
-            continue
-        lines.append(f"# {sweep_run.run.name}: {sweep_run.state.value}")
-        lines.append(shlex.join(sweep_run.job.argv()))
+    for job, state in zip(jobs, states, strict=True):
+        if state is RunState.DONE:
+            lines.append(f"# {job.name}: finished (skipped)")
+        else:
+            lines += [f"# {job.name}: {state.value}", shlex.join(job.argv(state))]
     return "\n".join(lines)
 
 
-def visible_gpus() -> list[int]:
-    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else torch's count."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
-        if not entries or entries == ["-1"]:
-            return []
-        if not all(entry.isdigit() for entry in entries):
-            raise UserError(
-                f"CUDA_VISIBLE_DEVICES={visible} does not list GPUs by index; pass "
-                "--gpus 0,1,... (indices as nvidia-smi numbers them)."
-            )
+def gpu_ids(gpus: str | None) -> list[int]:
+    """GPU ids to run on: ``--gpus`` (``"0,1"``), else ``CUDA_VISIBLE_DEVICES``, else torch's.
+
+    Raises:
+        UserError: If ``--gpus`` or ``CUDA_VISIBLE_DEVICES`` is not a list of distinct indices.
+    """
+    text = os.environ.get("CUDA_VISIBLE_DEVICES") if gpus is None else gpus
+    if text is None:
+        import torch  # imported here: a dry run or a CPU sweep does not pay for it
+
+        return list(range(torch.cuda.device_count()))
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    if gpus is None and entries in ([], ["-1"]):  # CUDA's ways of hiding every GPU
+        return []
+    if entries and all(e.isdigit() for e in entries) and len(set(entries)) == len(entries):
         return [int(entry) for entry in entries]
-    import torch  # imported here: a dry run or a CPU sweep does not pay for it
-
-    return list(range(torch.cuda.device_count()))
-
-
-def parse_gpus(text: str) -> list[int]:
-    """``"0,1"`` -> ``[0, 1]``."""
-    try:
-        gpus = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--gpus {text}: expected comma-separated GPU indices like 0,1") from None
-    if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
-        raise UserError(f"--gpus {text}: expected distinct non-negative GPU indices like 0,1")
-    return gpus
-
-
-def _slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    additional = []
-    for item in args.slurm_additional or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--slurm-additional {item}: expected KEY=VALUE, e.g. account=proj")
-        additional.append((key, value))
-    return SlurmOptions(
-        partition=args.slurm_partition,
-        timeout_min=args.timeout_min,
-        gpus_per_run=args.slurm_gpus_per_run,
-        cpus_per_run=args.slurm_cpus_per_run,
-        mem_gb=args.slurm_mem_gb,
-        array_parallelism=args.slurm_array_parallelism,
-        additional=tuple(additional),
-    )
+    if gpus is None:
+        raise UserError(
+            f"CUDA_VISIBLE_DEVICES={text} does not list GPUs by index; pass "
+            "--gpus 0,1,... (indices as nvidia-smi numbers them)."
+        )
+    raise UserError(f"--gpus {gpus}: expected distinct non-negative GPU indices like 0,1")
 
 
 def summary_text(outcomes: Sequence[Outcome], skipped: int) -> str:
@@ -317,7 +296,7 @@ def summary_text(outcomes: Sequence[Outcome], skipped: int) -> str:
     ]
     for outcome in failed:
         lines.append(f"FAILED {outcome.name}: {outcome.reason}")
-        if outcome.log_path is not None and outcome.log_path.is_file():
+        if outcome.log_path.is_file():
             tail = outcome.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
             lines.append(f"  last lines of {outcome.log_path}:")
             lines.extend(f"    {line}" for line in tail)
@@ -343,7 +322,7 @@ def run_sweep(argv: Sequence[str]) -> int:
     if not fit_command:
         raise UserError("--fit-command is empty; give the training command, e.g. padam-fit.")
     cwd = Path.cwd()
-    runs = plan_runs(
+    jobs = plan_jobs(
         spec,
         save_dir=args.save_dir,
         cwd=cwd,
@@ -351,21 +330,20 @@ def run_sweep(argv: Sequence[str]) -> int:
         extra_args=extra_args,
         only=args.only,
     )
-    print(f"{PROG}: {describe(spec, runs, args.save_dir)}", flush=True)
-    for changed in (
-        r for r in runs if r.state is RunState.RESUME and r.job.changed_since_last_attempt()
-    ):
-        print(
-            f"{PROG}: warning: {changed.run.name} resumes with other settings than it started "
-            f"with (its last attempt's are in {changed.run_dir / RUN_FILE}); delete its folder "
-            "to start it over with the new ones.",
-            file=sys.stderr,
-        )
+    states = [job.state() for job in jobs]
+    print(f"{PROG}: {describe(spec, states, args.save_dir)}", flush=True)
+    for job, state in zip(jobs, states, strict=True):
+        if state is RunState.RESUME and job.changed_since_last_attempt():
+            print(
+                f"{PROG}: warning: {job.name} resumes with other settings than it started "
+                f"with (its last attempt's are in {Path(job.run_dir) / RUN_FILE}); delete its "
+                "folder to start it over with the new ones.",
+                file=sys.stderr,
+            )
     if args.dry_run:
-        print(dry_run_text(runs))
+        print(dry_run_text(jobs, states))
         return 0
-    todo = [r.job for r in runs if r.state is not RunState.DONE]
-    skipped = len(runs) - len(todo)
+    todo = [job for job, state in zip(jobs, states, strict=True) if state is not RunState.DONE]
     if not todo:
         print(f"{PROG}: nothing to do; delete a run's folder to run it again.")
         return 0
@@ -374,19 +352,19 @@ def run_sweep(argv: Sequence[str]) -> int:
         print(f"{PROG}: {line}", flush=True)
 
     if args.executor != "slurm":
-        gpus = parse_gpus(args.gpus) if args.gpus else visible_gpus()
+        gpus = gpu_ids(args.gpus)
         # Round-robin over the GPUs, so the first runs spread over all of them.
         slots: list[int | None] = [g for _ in range(args.runs_per_gpu) for g in gpus]
         slots = slots or [None] * (args.max_parallel or args.runs_per_gpu)
         outcomes = run_local(todo, announce, slots[: args.max_parallel or len(slots)])
     else:
-        submitit_folder = cwd / args.save_dir / spec.name / ".submitit" / "%j"
-        slurm = slurm_executor(submitit_folder, _slurm_options(args), job_name=spec.name)
-        outcomes = run_slurm(todo, announce, executor=slurm, wait=not args.no_wait)
+        folder = cwd / args.save_dir / spec.name / ".submitit" / "%j"
+        executor = slurm_executor(folder, slurm_parameters(args, job_name=spec.name))
+        outcomes = run_slurm(todo, announce, executor=executor, wait=not args.no_wait)
         if args.no_wait:
             announce(f"submitted {len(todo)} job(s); rerun this command after they end.")
             return 0
-    print(f"{PROG}: {summary_text(outcomes, skipped)}", flush=True)
+    print(f"{PROG}: {summary_text(outcomes, len(jobs) - len(todo))}", flush=True)
     return 1 if any(not o.ok for o in outcomes) else 0
 
 

@@ -67,32 +67,6 @@ class RunState(Enum):
     DONE = "done"
 
 
-def recorded_arguments(run_dir: Path) -> list[str] | None:
-    """The ``padam-fit`` arguments of the run's last attempt, from its ``run.json``."""
-    identity, _ = read_json_object(run_dir / RUN_FILE)
-    arguments = identity.get("arguments") if identity else None
-    return [str(a) for a in arguments] if isinstance(arguments, list) else None
-
-
-def run_state(run_dir: Path, arguments: Sequence[str] | None = None) -> RunState:
-    """Where the run in ``run_dir`` stands, for an attempt with ``arguments``.
-
-    ``DONE`` with a readable ``finished.json`` written by an attempt with the same arguments
-    (or by one that recorded none), ``RESUME`` with ``checkpoints/last.ckpt``, else ``NEW``. So a
-    run finished by a trial with other arguments (``-- --trainer.max_epochs 2``) resumes and
-    trains on to what the sweep now asks, and a damaged ``finished.json`` is written again by a
-    resume that costs no training.
-    """
-    finished, _ = read_json_object(run_dir / FINISHED_FILE)
-    if finished is not None:
-        previous = recorded_arguments(run_dir)
-        if previous is None or arguments is None or previous == list(arguments):
-            return RunState.DONE
-    if (run_dir / LAST_CHECKPOINT_PATH).is_file():
-        return RunState.RESUME
-    return RunState.NEW
-
-
 class RunFailedError(RuntimeError):
     """A sweep run whose ``padam-fit`` exited with an error or stopped before its last epoch."""
 
@@ -110,7 +84,8 @@ class FitJob(submitit.helpers.Checkpointable):
         command: ``padam-fit`` and its arguments, without ``--ckpt_path`` (added when resuming).
         run_dir: The run's log folder (``save_dir/sweep/run``).
         cwd: Directory to run in (relative config paths are resolved from it).
-        identity: What the run is, written to ``run.json`` at each start.
+        identity: What the run is, written to ``run.json`` at each start; its ``arguments`` are
+            the ``padam-fit`` arguments of ``command`` (from ``fit`` on).
         echo: Also copy the output to this process's stdout.
         env: Extra environment variables for ``padam-fit``.
     """
@@ -119,7 +94,7 @@ class FitJob(submitit.helpers.Checkpointable):
     command: list[str]
     run_dir: str
     cwd: str
-    identity: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any]
     echo: bool = False
     env: dict[str, str] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = field(
@@ -131,19 +106,35 @@ class FitJob(submitit.helpers.Checkpointable):
         """The file that collects the output of every attempt of this run."""
         return Path(self.run_dir) / LOG_FILE
 
-    @property
-    def arguments(self) -> list[str]:
-        """The ``padam-fit`` arguments from ``fit`` on (the command's path left out)."""
-        return self.command[self.command.index("fit") :] if "fit" in self.command else []
+    def _recorded_arguments(self) -> list[str] | None:
+        """The ``padam-fit`` arguments of the run's last attempt, from its ``run.json``."""
+        identity, _ = read_json_object(Path(self.run_dir) / RUN_FILE)
+        arguments = identity.get("arguments") if identity else None
+        return [str(a) for a in arguments] if isinstance(arguments, list) else None
 
     def state(self) -> RunState:
-        """The run's state now, read from its folder."""
-        return run_state(Path(self.run_dir), self.arguments)
+        """Where the run stands now, read from its folder.
+
+        ``DONE`` with a readable ``finished.json`` written by an attempt with the same arguments
+        (or by one that recorded none), ``RESUME`` with ``checkpoints/last.ckpt``, else ``NEW``.
+        So a run finished by a trial with other arguments (``-- --trainer.max_epochs 2``)
+        resumes and trains on to what the sweep now asks, and a damaged ``finished.json`` is
+        written again by a resume that costs no training.
+        """
+        finished, _ = read_json_object(Path(self.run_dir) / FINISHED_FILE)
+        if finished is not None:
+            previous = self._recorded_arguments()
+            if previous is None or previous == self.identity["arguments"]:
+                return RunState.DONE
+        if (Path(self.run_dir) / LAST_CHECKPOINT_PATH).is_file():
+            return RunState.RESUME
+        return RunState.NEW
 
     def changed_since_last_attempt(self) -> bool:
         """Whether this run resumes with other arguments than it ran with (epochs aside)."""
-        previous = recorded_arguments(Path(self.run_dir))
-        return previous is not None and _comparable(previous) != _comparable(self.arguments)
+        previous = self._recorded_arguments()
+        current = self.identity["arguments"]
+        return previous is not None and _comparable(previous) != _comparable(current)
 
     def argv(self, state: RunState | None = None) -> list[str]:
         """The command to run now: resumes from ``last.ckpt`` when the run was interrupted.
@@ -221,15 +212,19 @@ class FitJob(submitit.helpers.Checkpointable):
         return state
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """How a run ended."""
+    """How a run ended: ``reason`` says why it failed, and is empty when it finished."""
 
     name: str
-    ok: bool
+    log_path: Path
+    seconds: float
     reason: str = ""
-    log_path: Path | None = None
-    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run finished."""
+        return not self.reason
 
 
 def _failure_reason(error: BaseException) -> str:
@@ -250,13 +245,22 @@ def _failure_reason(error: BaseException) -> str:
 Announce = Callable[[str], None]
 
 
-def _outcome_line(index: int, count: int, outcome: Outcome) -> str:
+def _ended(
+    job: FitJob, error: BaseException | None, start: float, place: str, announce: Announce
+) -> Outcome:
+    """The outcome of ``job``, announced as ``[i/n] name: finished in 1m05s`` or ``FAILED``."""
+    outcome = Outcome(
+        job.name,
+        job.log_path,
+        time.monotonic() - start,
+        "" if error is None else _failure_reason(error),
+    )
     minutes, secs = divmod(round(outcome.seconds), 60)
     hours, minutes = divmod(minutes, 60)
     took = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-    if outcome.ok:
-        return f"[{index}/{count}] {outcome.name}: finished in {took}"
-    return f"[{index}/{count}] {outcome.name}: FAILED after {took}: {outcome.reason}"
+    ending = f"finished in {took}" if outcome.ok else f"FAILED after {took}: {outcome.reason}"
+    announce(f"{place} {job.name}: {ending}")
+    return outcome
 
 
 def run_local(
@@ -290,17 +294,15 @@ def run_local(
             job = dataclasses.replace(job, env=env, echo=len(slots) == 1)
             with lock:
                 running.append(job)
+            place = f"[{index}/{len(jobs)}]"
             where = "" if len(slots) == 1 else (" on CPU" if slot is None else f" on GPU {slot}")
-            announce(f"[{index}/{len(jobs)}] {job.name}{where}: {shlex.join(job.argv())}")
-            start = time.monotonic()
+            announce(f"{place} {job.name}{where}: {shlex.join(job.argv())}")
+            start, error = time.monotonic(), None
             try:
                 job()
-                outcome = Outcome(job.name, True, log_path=job.log_path)
             except (RunFailedError, OSError) as err:
-                outcome = Outcome(job.name, False, _failure_reason(err), job.log_path)
-            outcome.seconds = time.monotonic() - start
-            announce(_outcome_line(index, len(jobs), outcome))
-            return outcome
+                error = err
+            return _ended(job, error, start, place, announce)
         finally:
             free.put(slot)
 
@@ -318,32 +320,8 @@ def run_local(
         pool.shutdown(wait=True)
 
 
-def _job_outcome(job: FitJob, submitted: submitit.Job[Any], seconds: float) -> Outcome:
-    error: BaseException | None
-    try:
-        error = submitted.exception()
-    except Exception as err:  # submitit raises when a job died without writing a result
-        error = err
-    if error is None:
-        return Outcome(job.name, True, log_path=job.log_path, seconds=seconds)
-    return Outcome(job.name, False, _failure_reason(error), job.log_path, seconds)
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """Resources of each run's SLURM job."""
-
-    partition: str | None = None
-    timeout_min: int = 24 * 60
-    gpus_per_run: int = 1
-    cpus_per_run: int = 8
-    mem_gb: float | None = None
-    array_parallelism: int | None = None
-    additional: tuple[tuple[str, str], ...] = ()
-
-
-def slurm_executor(folder: Path, options: SlurmOptions, job_name: str) -> submitit.AutoExecutor:
-    """A submitit executor for SLURM with one GPU run per job (no submission happens here).
+def slurm_executor(folder: Path, parameters: dict[str, Any]) -> submitit.AutoExecutor:
+    """A submitit executor for SLURM with the given job parameters (no submission happens here).
 
     Raises:
         UserError: If this machine is not a SLURM login node (no ``srun``).
@@ -352,22 +330,6 @@ def slurm_executor(folder: Path, options: SlurmOptions, job_name: str) -> submit
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     except RuntimeError as err:
         raise UserError(f"--executor slurm: {err} Use --executor local off a cluster.") from err
-    parameters: dict[str, Any] = {
-        "name": job_name,
-        "timeout_min": options.timeout_min,
-        "gpus_per_node": options.gpus_per_run,
-        "tasks_per_node": 1,
-        "nodes": 1,
-        "cpus_per_task": options.cpus_per_run,
-    }
-    if options.mem_gb is not None:
-        parameters["mem_gb"] = options.mem_gb
-    if options.partition:
-        parameters["slurm_partition"] = options.partition
-    if options.array_parallelism:
-        parameters["slurm_array_parallelism"] = options.array_parallelism
-    if options.additional:
-        parameters["slurm_additional_parameters"] = dict(options.additional)
     executor.update_parameters(**parameters)
     return executor
 
@@ -388,18 +350,14 @@ def run_slurm(
     if not wait:
         return []
     start = time.monotonic()
+    by_id = {handle.job_id: job for job, handle in zip(jobs, submitted, strict=True)}
     outcomes: list[Outcome] = []
-    remaining = list(zip(jobs, submitted, strict=True))
-    while remaining:
-        still = []
-        for job, handle in remaining:
-            if handle.done():
-                outcome = _job_outcome(job, handle, time.monotonic() - start)
-                announce(_outcome_line(len(outcomes) + 1, len(jobs), outcome))
-                outcomes.append(outcome)
-            else:
-                still.append((job, handle))
-        remaining = still
-        if remaining:
-            time.sleep(poll_s)
+    for handle in submitit.helpers.as_completed(submitted, poll_frequency=poll_s):
+        error: BaseException | None
+        try:
+            error = handle.exception()
+        except Exception as err:  # submitit raises when a job died without writing a result
+            error = err
+        place = f"[{len(outcomes) + 1}/{len(jobs)}]"
+        outcomes.append(_ended(by_id[handle.job_id], error, start, place, announce))
     return outcomes

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -124,11 +123,6 @@ class PlannedRun:
     configs: tuple[str, ...]
     overrides: tuple[tuple[str, Any], ...]
 
-    @property
-    def labels(self) -> dict[str, str]:
-        """``{axis name: choice label}``."""
-        return {axis: choice.label for axis, _, choice in self.choices}
-
     def identity(self, sweep_name: str, arguments: Sequence[str]) -> dict[str, Any]:
         """What the run is, as written to its ``run.json``.
 
@@ -176,23 +170,14 @@ class PlannedRun:
 def format_override_value(value: Any) -> str:
     """A YAML value as the command line gives it to jsonargparse.
 
-    Floats keep a decimal point before an exponent (``1.0e-05``): YAML 1.1 reads ``1e-05`` as a
-    string. Lists and mappings become JSON, which jsonargparse parses as YAML.
+    Strings go as they are. Floats are written as YAML writes them, with a decimal point before an
+    exponent (``1.0e-05``): YAML 1.1 reads ``1e-05`` as a string. Everything else (booleans,
+    ``null``, integers, lists, mappings) becomes JSON, which jsonargparse parses as YAML.
     """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
+    if isinstance(value, str):
+        return value
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return {math.inf: ".inf", -math.inf: "-.inf"}.get(value, ".nan")
-        text = repr(value)
-        if "e" in text and "." not in text.split("e")[0]:
-            mantissa, exponent = text.split("e")
-            text = f"{mantissa}.0e{exponent}"
-        return text
-    if isinstance(value, int | str):
-        return str(value)
+        return yaml.safe_dump(value).split("\n", 1)[0]  # without YAML's end-of-document line
     return json.dumps(value)
 
 
@@ -451,13 +436,3 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
                 )
             )
     return runs
-
-
-def missing_config_files(runs: Sequence[PlannedRun], root: Path) -> list[str]:
-    """Config files the runs name that do not exist (relative paths resolved from ``root``)."""
-    missing = []
-    for config in dict.fromkeys(c for run in runs for c in run.configs):
-        path = Path(config)
-        if not (path if path.is_absolute() else root / path).is_file():
-            missing.append(config)
-    return missing

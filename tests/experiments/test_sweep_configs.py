@@ -30,9 +30,10 @@ def _covering_runs(runs: list[PlannedRun]) -> list[PlannedRun]:
     chosen: list[PlannedRun] = []
     covered: set[tuple[str, str]] = set()
     for run in runs:
-        if run.seed == runs[0].seed and not set(run.labels.items()) <= covered:
+        labels = {(axis, choice.label) for axis, _, choice in run.choices}
+        if run.seed == runs[0].seed and not labels <= covered:
             chosen.append(run)
-            covered |= set(run.labels.items())
+            covered |= labels
     return chosen
 
 
@@ -74,7 +75,7 @@ def test_every_choice_of_a_shipped_sweep_parses(
             expected = yaml.safe_load(data_configs[-1].read_text())["data"]["dataset"]
         assert config.data.dataset == expected
         schedules = [c for c in config.trainer.callbacks or [] if c.class_path == SCHEDULE]
-        if run.labels.get("p") == "sched":
+        if ("p", "sched") in {(axis, choice.label) for axis, _, choice in run.choices}:
             (schedule,) = schedules
             init = schedule.init_args
             assert (init.p_start, init.p_end) == (0.25, 0.0625)

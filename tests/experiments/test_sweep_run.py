@@ -13,8 +13,8 @@ import submitit
 import yaml
 
 from padam_lightning.errors import UserError
-from padam_lightning.experiments.sweep import main
-from padam_lightning.experiments.sweep_jobs import SlurmOptions, slurm_executor
+from padam_lightning.experiments.sweep import build_parser, main, slurm_parameters
+from padam_lightning.experiments.sweep_jobs import slurm_executor
 
 FAKE_FIT = Path(__file__).with_name("fake_fit.py")
 FIT_COMMAND = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_FIT))}"
@@ -308,23 +308,19 @@ def test_help_describes_executors(capsys: pytest.CaptureFixture[str]) -> None:
 def test_slurm_executor_writes_one_gpu_per_run_sbatch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    flags = ["--slurm-partition", "gpu", "--timeout-min", "600", "--slurm-cpus-per-run", "6"]
+    flags += ["--slurm-mem-gb", "32", "--slurm-additional", "account=proj"]
+    parameters = slurm_parameters(build_parser().parse_args(["s.yaml", *flags]), job_name="demo")
     with pytest.raises(UserError, match="srun"):
         monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-        slurm_executor(tmp_path / "f", SlurmOptions(), job_name="demo")
+        slurm_executor(tmp_path / "f", parameters)
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     srun = fake_bin / "srun"
     srun.write_text("#!/bin/sh\nexit 0\n")
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", str(fake_bin))
-    options = SlurmOptions(
-        partition="gpu",
-        timeout_min=600,
-        cpus_per_run=6,
-        mem_gb=32,
-        additional=(("account", "proj"),),
-    )
-    executor = slurm_executor(tmp_path / "f", options, job_name="demo")
+    executor = slurm_executor(tmp_path / "f", parameters)
     slurm = executor._executor
     assert isinstance(slurm, submitit.SlurmExecutor)
     text = slurm._make_submission_file_text("python -m x", "uid")
@@ -336,5 +332,23 @@ def test_slurm_executor_writes_one_gpu_per_run_sbatch(
         "#SBATCH --mem=32GB",
         "#SBATCH --account=proj",
         "#SBATCH --job-name=demo",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --nodes=1",
     ):
         assert line in text
+    # The defaults: 72 h, 8 CPUs and one GPU per run; no memory or partition line.
+    defaults = slurm_parameters(build_parser().parse_args(["s.yaml"]), job_name="demo")
+    slurm = slurm_executor(tmp_path / "g", defaults)._executor
+    assert isinstance(slurm, submitit.SlurmExecutor)
+    text = slurm._make_submission_file_text("x", "u")
+    assert "#SBATCH --time=4320" in text and "#SBATCH --cpus-per-task=8" in text
+    assert "#SBATCH --gpus-per-node=1" in text
+    assert "--mem" not in text and "--partition" not in text
+
+
+def test_slurm_additional_needs_key_value(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    assert main([str(sweep), "--executor", "slurm", "--slurm-additional", "account"]) == 2
+    assert "--slurm-additional account: expected KEY=VALUE" in capsys.readouterr().err

@@ -54,7 +54,10 @@ def test_grid_expands_in_axis_order_with_seeds_and_exclusions() -> None:
         "wrn-padam-p0.25-seed0",
         "wrn-padam-p0.25-seed1",
     ]
-    assert runs[3].labels == {"arch": "resnet18", "optimizer": "padam-p0.25"}
+    assert [(axis, choice.label) for axis, _, choice in runs[3].choices] == [
+        ("arch", "resnet18"),
+        ("optimizer", "padam-p0.25"),
+    ]
     assert runs[3].seed == 1
 
 
