@@ -72,6 +72,7 @@ from padam_lightning.training.classifier import (
     check_precision,
     qualified_name,
 )
+from padam_lightning.training.divergence import DivergenceGuard
 from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.predictions import PredictionWriter
 from padam_lightning.training.run_estimate import RunTimeEstimate
@@ -283,7 +284,7 @@ class RunConfigSaver(SaveConfigCallback):
 
 
 class PadamCLI(LightningCLI):
-    """LightningCLI with this project's defaults: checkpoints, TensorBoard, resume, precision.
+    """LightningCLI with this project's defaults: checkpoints, logs, divergence guard, resume.
 
     Three of its overrides are of LightningCLI's private methods, for want of public hooks (the
     ``lightning<3`` pin in pyproject.toml guards them, the tests in ``tests/cli`` exercise each):
@@ -610,6 +611,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
                 },
             },
             "callbacks": [
+                DivergenceGuard(),  # NaN/inf loss: stop, naming the step; no diverged checkpoint
                 LastCheckpoint(),
                 RunSummary(),
                 RunTimeEstimate(),

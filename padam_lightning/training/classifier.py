@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -18,7 +15,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from padam_lightning.data.sampling import PADDING_LABEL
-from padam_lightning.errors import TrainingDivergedError, UserError
+from padam_lightning.errors import UserError
 from padam_lightning.models import build_model
 from padam_lightning.optim import Padam
 
@@ -106,75 +103,6 @@ class WeightedMean(Metric):
         return self.total / self.weight
 
 
-def _record_event(device: torch.device) -> Any:
-    """An event recorded on ``device``'s current stream (replaced by the fake-device tests)."""
-    event = torch.Event(device=device)
-    event.record()
-    return event
-
-
-@dataclass(frozen=True)
-class _PendingLoss:
-    """A training loss on its way to the host: ``host`` is valid once ``event`` has completed."""
-
-    host: torch.Tensor
-    event: Any  # torch.Event, or None when ``host`` is valid already (CPU training)
-    step: int
-    epoch: int
-    batch_idx: int
-
-
-class DeferredLossCheck:
-    """Check each training loss for NaN or infinity without making the step wait for the device.
-
-    :meth:`defer` starts a non-blocking copy of the loss to pinned host memory and records an
-    event behind it; :meth:`check` reads the copies whose events have completed (on the CPU, at
-    once) and raises at the first non-finite one, naming its step. On an accelerator a step thus
-    learns of a divergence some steps later, when the device has finished that step; before a
-    checkpoint is written the module calls ``check(wait=True)``, which waits for all of them.
-    """
-
-    def __init__(self) -> None:
-        self._pending: deque[_PendingLoss] = deque()
-
-    def defer(self, loss: torch.Tensor, step: int, epoch: int, batch_idx: int) -> None:
-        """Queue a training step's loss (a scalar tensor) for checking."""
-        loss = loss.detach()
-        if loss.device.type == "cpu":
-            self._pending.append(_PendingLoss(loss, None, step, epoch, batch_idx))
-            return
-        host = loss.to("cpu", non_blocking=True)  # into pinned memory, behind the step's kernels
-        self._pending.append(_PendingLoss(host, _record_event(loss.device), step, epoch, batch_idx))
-
-    def check(self, wait: bool = False) -> None:
-        """Check the queued losses in order, those already on the host or all if ``wait``.
-
-        Raises:
-            TrainingDivergedError: At the first loss that is NaN or infinite, with its step,
-                epoch and batch.
-        """
-        while self._pending:
-            pending = self._pending[0]
-            if pending.event is not None:
-                if wait:
-                    pending.event.synchronize()
-                elif not pending.event.query():
-                    return  # the device has not finished that step yet: look again next step
-            self._pending.popleft()
-            value = float(pending.host)
-            if not math.isfinite(value):
-                self._pending.clear()
-                raise TrainingDivergedError(
-                    f"the training loss became {value} at step {pending.step} (epoch "
-                    f"{pending.epoch}, batch {pending.batch_idx}). The usual cause is a learning "
-                    "rate too large for this optimizer (Adam-like methods want ~1e-3, Padam and "
-                    "SGD ~0.1) or fp16 overflow. Lower model.optimizer.init_args.lr (or use "
-                    "bf16-mixed / 32-true precision) and start the run again: a resumed run keeps "
-                    "the optimizer settings stored in its checkpoint. The checkpoint of the last "
-                    "completed epoch was kept."
-                )
-
-
 def _dynamo_counters() -> dict[str, int]:
     """torch.compile's process-wide counts: frames compiled, graphs, graph breaks, recompiles."""
     from torch._dynamo.utils import counters, guard_failures
@@ -243,10 +171,10 @@ class ImageClassifier(L.LightningModule):
     over the split under DDP too (padding positions of a shard are weighed 0).
 
     No training step waits for the device: the metrics are sums kept on the device
-    (:class:`WeightedMean`), the loss is checked for NaN or infinity asynchronously
-    (:class:`DeferredLossCheck`), and Lightning reads the per-step loss only at its logging steps.
-    A divergence stops training with the step it happened at; no checkpoint of diverged weights
-    is written (all pending losses are checked before any checkpoint).
+    (:class:`WeightedMean`) and Lightning reads the per-step loss only at its logging steps. The
+    module does not check the loss for NaN or infinity: add
+    :class:`~padam_lightning.training.divergence.DivergenceGuard` to the trainer's callbacks
+    (``padam-fit`` does), which does so without making a step wait for the device.
 
     Args:
         arch: Network name for :func:`~padam_lightning.models.build_model`, e.g. ``vgg16``,
@@ -317,7 +245,6 @@ class ImageClassifier(L.LightningModule):
                 for stage in STAGES
             }
         )
-        self.loss_check = DeferredLossCheck()
         # torch.compile's counters when the network was compiled (logged as differences).
         self._counters_at_compile: dict[str, int] | None = None
         #: torch.compile's counts over this module's runs (set when training ends), e.g.
@@ -479,25 +406,11 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
-        """One optimisation step's loss; stops training at the first non-finite loss.
-
-        On the CPU the loss is checked at once. On an accelerator, reading it back every step
-        would stall the device, so the loss is copied to the host asynchronously and each step
-        checks the losses whose copies have arrived (:class:`DeferredLossCheck`): training stops
-        a few steps later, naming the step that diverged, and no checkpoint of diverged weights
-        is written (see :meth:`on_save_checkpoint` and :meth:`on_train_epoch_end`).
-        """
-        self.loss_check.check()
+        """One optimisation step's loss (a float32 scalar on the training device)."""
         loss = self._shared_step(batch, "train")
-        self.loss_check.defer(loss, self.global_step, self.current_epoch, batch_idx)
-        self.loss_check.check()
         # Read by Lightning only at its logging steps (every trainer.log_every_n_steps).
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        """Check the epoch's pending losses before the epoch's checkpoint is written."""
-        self.loss_check.check(wait=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Loss and error on one evaluation batch."""
@@ -549,15 +462,7 @@ class ImageClassifier(L.LightningModule):
             self.log("optim/partial", float(group["partial"]), on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to write diverged weights over the last good checkpoint; record the optimizer."""
-        self.loss_check.check(wait=True)
-        bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise TrainingDivergedError(
-                f"parameters became non-finite by step {self.global_step} (first: {bad[0]}); "
-                "not saving this checkpoint, so the last good one stays intact. Lower the "
-                "learning rate and start the run again."
-            )
+        """Record the optimizer classes, checked when the checkpoint is resumed."""
         if self._trainer is not None:
             checkpoint[OPTIMIZER_CLASSES_KEY] = [
                 qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.optim import Padam
 from padam_lightning.training.classifier import ImageClassifier
+from padam_lightning.training.divergence import DivergenceGuard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PADAM_FIT = [sys.executable, "-m", "padam_lightning.cli"]
@@ -325,7 +327,7 @@ def _tiny_data() -> CIFARDataModule:
 def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     last = tmp_path / "checkpoints" / "last.ckpt"
     raise_lr = _RaiseLearningRate(from_epoch=1, last=last)
-    trainer = _tiny_trainer(tmp_path, raise_lr)
+    trainer = _tiny_trainer(tmp_path, DivergenceGuard(), raise_lr)
     model = ImageClassifier(arch="wrn10_1", optimizer=lambda p: Padam(p, lr=0.1))
     with pytest.raises(TrainingDivergedError, match=r"at step \d+|by step \d+") as error:
         trainer.fit(model, datamodule=_tiny_data())
@@ -343,7 +345,13 @@ def test_divergence_from_the_command_line_names_the_step(
         main([*tiny_fit_args, "--model.optimizer.init_args.lr", "1e6"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert "padam-fit: error:" in err and "step" in err and "learning rate" in err
+    # padam-fit adds the DivergenceGuard by default: it names the step, epoch and batch.
+    assert re.search(
+        r"padam-fit: error: the training loss became (nan|inf) at step \d+ "
+        r"\(epoch \d+, batch \d+\)",
+        err,
+    )
+    assert "learning rate" in err
     assert "Traceback" not in err
 
 
@@ -483,13 +491,3 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_reference(tmp_path: P
     # two halves' losses differ by about 2%, so a value from one process alone would fail.
     assert logged["val/loss"][0][1] == pytest.approx(sum(val_losses) / 2, rel=1e-4)
     assert abs(val_losses[0] - val_losses[1]) > 1e-2 * val_losses[0]
-
-
-def test_a_deferred_loss_check_still_stops_before_the_epoch_checkpoint() -> None:
-    # On accelerators each step checks the previous step's loss; the epoch's last loss is
-    # checked in on_train_epoch_end, which Lightning runs before the checkpoint callbacks.
-    model = ImageClassifier(arch="wrn10_1")
-    model.loss_check.defer(torch.tensor(float("nan")), step=7, epoch=0, batch_idx=3)
-    with pytest.raises(TrainingDivergedError, match=r"nan at step 7 \(epoch 0, batch 3\)"):
-        model.on_train_epoch_end()
-    model.on_train_epoch_end()  # checked once: nothing left to raise

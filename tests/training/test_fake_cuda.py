@@ -8,7 +8,8 @@ records every copy between devices, so the test also fails on per-step host-to-d
 
 What runs on fake CUDA: the data module's batch (``make_batch`` and ``on_after_batch_transfer``
 with a trainer's precision plugin), ``ImageClassifier.training_step`` with Lightning's
-``self.log`` and the torchmetrics updates, and Padam's step on the for-loop (``foreach=False``)
+``self.log`` and the torchmetrics updates, ``DivergenceGuard``'s batch hooks (the loss's
+asynchronous copy and check), and Padam's step on the for-loop (``foreach=False``)
 and multi-tensor (default) paths. Not run here, because they cannot be without a GPU:
 
 - the backward pass: the autograd engine asks the CUDA driver for the device's context
@@ -35,8 +36,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import TrainingDivergedError
 from padam_lightning.optim import Padam
-from padam_lightning.training import classifier as classifier_module
+from padam_lightning.training import divergence
 from padam_lightning.training.classifier import ImageClassifier
+from padam_lightning.training.divergence import DivergenceGuard
 
 BATCH = 8
 
@@ -140,9 +142,10 @@ def test_a_training_step_on_fake_cuda_never_waits_for_the_device(
     trainer.fit_loop.epoch_loop._results.batch_size = BATCH
     model.log("train/loss_step", torch.tensor(0.0), on_step=True, on_epoch=False)
 
+    guard = DivergenceGuard()
     transfers = TransferLog()
     with (
-        mock.patch.object(classifier_module, "_record_event", lambda device: BusyDevice()),
+        mock.patch.object(divergence, "_record_event", lambda device: BusyDevice()),
         FakeTensorMode(allow_non_fake_inputs=True),
     ):
         model = model.to("cuda")
@@ -152,6 +155,7 @@ def test_a_training_step_on_fake_cuda_never_waits_for_the_device(
             indices = torch.arange(BATCH).to("cuda")  # what the loader's batch is after transfer
             with transfers:
                 images, labels = data.on_after_batch_transfer(indices, 0)
+                guard.on_train_batch_start(trainer, model, (images, labels), step)
                 with forward_context(trainer):
                     loss = model.training_step((images, labels), step)
                     if precision == "bf16-mixed":
@@ -161,6 +165,9 @@ def test_a_training_step_on_fake_cuda_never_waits_for_the_device(
                     parameter.grad = torch.ones_like(parameter)
                 optimizer.step()
                 optimizer.zero_grad()
+                # What Lightning hands the callbacks: a detached copy of the step's loss.
+                outputs = {"loss": loss.detach().clone()}
+                guard.on_train_batch_end(trainer, model, outputs, (images, labels), step)
             per_step.append(transfers.transfers)
             transfers.transfers = []
             assert images.device.type == labels.device.type == loss.device.type == "cuda"
@@ -174,7 +181,7 @@ def test_a_training_step_on_fake_cuda_never_waits_for_the_device(
     # divergence check (read once the device has finished, which here it never does).
     for step_transfers in per_step[1:]:
         assert step_transfers == [("aten._to_copy.default", "cuda", "cpu", True)]
-    assert model.loss_check._pending, "the busy device's losses were read"
+    assert len(guard._pending) == 3, "the busy device's losses were read"
 
 
 class Event:
@@ -191,17 +198,17 @@ class Event:
         self.waited = self.done = True
 
 
-def test_the_deferred_loss_check_reads_a_loss_only_once_its_copy_has_arrived() -> None:
+def test_the_divergence_guard_reads_a_loss_only_once_its_copy_has_arrived() -> None:
     events: list[Event] = []
 
     def record(device: torch.device) -> Event:
         events.append(Event())
         return events[-1]
 
-    check = classifier_module.DeferredLossCheck()
+    check = DivergenceGuard()
     # A loss on a (fake) accelerator: copied without blocking, its event recorded.
     with (
-        mock.patch.object(classifier_module, "_record_event", record),
+        mock.patch.object(divergence, "_record_event", record),
         mock.patch.object(torch.Tensor, "to", lambda self, *a, **k: self),
         mock.patch.object(torch.Tensor, "device", torch.device("cuda")),
     ):
