@@ -109,6 +109,8 @@ class LastCheckpoint(ModelCheckpoint):
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         )
+        #: Whether the last fit's stop saved ``last.ckpt`` where it stopped (see on_exception).
+        self.saved_at_stop = False
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -118,7 +120,9 @@ class LastCheckpoint(ModelCheckpoint):
         Lightning raises ``SIGTERMException`` at the end of a training batch, so the state is
         consistent; other exceptions (divergence, a refused resume, a crash) keep the checkpoint
         of the last completed epoch. A stop during validation or sanity checking saves nothing.
+        :attr:`saved_at_stop` says which happened.
         """
+        self.saved_at_stop = False
         if (
             isinstance(exception, SIGTERMException)
             and trainer.state.fn == TrainerFn.FITTING
@@ -126,6 +130,15 @@ class LastCheckpoint(ModelCheckpoint):
             and self.dirpath is not None
         ):
             trainer.save_checkpoint(Path(self.dirpath) / LAST_CHECKPOINT)
+            self.saved_at_stop = True
+
+
+def _saves_at_a_stop(trainer: L.Trainer) -> bool:
+    """Whether a stop in training saves ``last.ckpt`` (a :class:`LastCheckpoint` with a folder)."""
+    return any(
+        isinstance(callback, LastCheckpoint) and callback.dirpath is not None
+        for callback in getattr(trainer, "callbacks", [])
+    )
 
 
 class RunSummary(L.Callback):
@@ -203,12 +216,17 @@ class Interruption(L.Callback):
       restarts mid-epoch, so the epoch's ``optim/*`` values are logged as in an uninterrupted run.
 
     With that, weights, optimizer state and the per-epoch curves of a resumed run equal those of a
-    run that was never stopped. A stop during validation saves nothing new (the checkpoint of the
-    last completed epoch is kept): Lightning restarts the evaluation, not its metrics.
+    run that was never stopped. A stop during validation saves nothing new (the run's last
+    checkpoint is kept, and continuing repeats the training since it): Lightning cannot resume an
+    evaluation half done. What Ctrl-C prints says which of the two will happen.
     """
 
     def __init__(self) -> None:
         self.signal_name: str | None = None  # "SIGINT" or "SIGTERM" once one stopped the run
+        #: Whether the signal stopped the run during validation (or sanity checking).
+        self.stopped_in_validation = False
+        self._trainer: L.Trainer | None = None
+        self._save_promised = False  # Ctrl-C's message said a checkpoint would be saved
         self._previous_sigint: Any = None
         self._pending: dict[str, Any] | None = None
         self._bars_to_start: list[ProgressBar] = []
@@ -218,6 +236,8 @@ class Interruption(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Route the first Ctrl-C of a fit to Lightning's graceful SIGTERM stop."""
         self.signal_name = None
+        self.stopped_in_validation = self._save_promised = False
+        self._trainer = trainer
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
         self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
@@ -236,20 +256,56 @@ class Interruption(L.Callback):
         if not callable(handler):  # Lightning's handler is not installed: stop the usual way
             raise KeyboardInterrupt
         self.signal_name = "SIGINT"
-        print(
-            "\npadam-fit: stopping after this batch and saving a checkpoint (Ctrl-C again stops "
-            "at once, without one)",
-            file=sys.stderr,
-            flush=True,
-        )
+        print("\n" + self._stop_notice(), file=sys.stderr, flush=True)
         handler(signum, frame)
+
+    def _stop_notice(self) -> str:
+        """What a stop asked for now will do, in one line: save where it stops, or not."""
+        trainer = self._trainer
+        if trainer is not None and (trainer.sanity_checking or trainer.validating):
+            return (
+                "padam-fit: stopping after this validation batch, without saving a checkpoint "
+                "(none is saved during validation: the run's last one is kept; Ctrl-C again "
+                "stops at once)"
+            )
+        if trainer is None or not _saves_at_a_stop(trainer):
+            return (
+                "padam-fit: stopping after this batch; this run saves no checkpoints (Ctrl-C "
+                "again stops at once)"
+            )
+        self._save_promised = True
+        return (
+            "padam-fit: stopping after this batch and saving a checkpoint (Ctrl-C again stops "
+            "at once, without one)"
+        )
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Correct Ctrl-C's promise when validation follows the batch and the stop falls in it.
+
+        Lightning finishes a training batch that validation follows with the validation, and
+        stops that after its first batch (unless it is the only one): then nothing is saved.
+        """
+        if (
+            self._save_promised
+            and trainer.received_sigterm
+            and any(n > 1 for n in trainer.num_val_batches)
+        ):
+            self._save_promised = False
+            print(
+                "padam-fit: validation follows that batch and the run stops in it, where no "
+                "checkpoint is saved: the run's last checkpoint is kept instead",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        """Remember which signal stopped the run (for the exit status and the message)."""
-        if isinstance(exception, SIGTERMException) and self.signal_name is None:
-            self.signal_name = "SIGTERM"
+        """Remember which signal stopped the run, and where (for the exit status and message)."""
+        if isinstance(exception, SIGTERMException):
+            if self.signal_name is None:
+                self.signal_name = "SIGTERM"
+            self.stopped_in_validation = trainer.sanity_checking or trainer.validating
 
     # -- saving and restoring a half-done epoch -------------------------------------------------
 

@@ -560,16 +560,38 @@ class PadamCLI(LightningCLI):
         return None
 
     def _tell_how_to_resume(self) -> None:
-        """Print the command that resumes this run, when it has a checkpoint to resume from."""
-        last = None
+        """Print the command that resumes this run, when it has a checkpoint to resume from.
+
+        Says whether ``last.ckpt`` holds where the run stopped (a stop in training) or its last
+        checkpoint from before (a stop in validation, a crash), with that checkpoint's step.
+        """
+        last, saved_at_stop, in_validation = None, False, False
         for callback in getattr(self.trainer, "callbacks", []):
             if isinstance(callback, LastCheckpoint) and callback.dirpath is not None:
                 last = Path(callback.dirpath) / LAST_CHECKPOINT_PATH.name
+                saved_at_stop = callback.saved_at_stop
+            if isinstance(callback, Interruption):
+                in_validation = callback.stopped_in_validation
         if last is None or not last.is_file():
             return
+        if saved_at_stop:
+            state = f"the run stopped before its end; {last} holds where it stopped"
+        else:
+            try:
+                steps = f", after {read_checkpoint(last)['global_step']} training steps"
+            except (UserError, KeyError):
+                steps = ""
+            where = (
+                "during validation, which saves no checkpoint"
+                if in_validation
+                else ("where no checkpoint was saved")
+            )
+            state = (
+                f"the run stopped before its end, {where}; {last} holds its last checkpoint"
+                f"{steps} (continuing repeats the training since)"
+            )
         rank_zero_only(print)(
-            f"padam-fit: the run stopped before its end; {last} holds where it stopped. To "
-            f"continue it: {resume_command(self._command_args, last)}",
+            f"padam-fit: {state}. To continue it: {resume_command(self._command_args, last)}",
             file=sys.stderr,
         )
 

@@ -269,6 +269,121 @@ def test_a_run_stopped_mid_epoch_by_a_signal_resumes_exactly(
     assert last_values(straight_dir) == last_values(last.parent.parent)
 
 
+class SignalInValidation(L.Callback):
+    """Send this process a signal after the first validation batch of a given epoch."""
+
+    def __init__(self, epoch: int, signum: int) -> None:
+        self.epoch = epoch
+        self.signum = signum
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking and args[-1] == 0:
+            os.kill(os.getpid(), self.signum)
+
+
+#: What Ctrl-C printed before: true only for a stop in training that saves a checkpoint.
+SAVING = "stopping after this batch and saving a checkpoint"
+
+
+@pytest.mark.parametrize(
+    ("stop", "ctrl_c_says"),
+    [
+        # Ctrl-C or SIGTERM while validating epoch 1 (tiny.yaml: 2 validation batches).
+        (
+            f"{__name__}.SignalInValidation --trainer.callbacks.epoch 1",
+            "padam-fit: stopping after this validation batch, without saving a checkpoint",
+        ),
+        # At epoch 1's last training batch: validation follows it, and the stop falls in it.
+        (f"{__name__}.SignalAtStep --trainer.callbacks.step 6", f"padam-fit: {SAVING}"),
+    ],
+    ids=["in-validation", "last-training-batch"],
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_in_validation_says_it_keeps_the_last_checkpoint(
+    tmp_path: Path,
+    stop: str,
+    ctrl_c_says: str,
+    signum: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    callback, option, value = stop.split()
+    args = tiny_cli_args(tmp_path, "run", "--trainer.max_epochs", "3")
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                *args,
+                f"--trainer.callbacks+={callback}",
+                option,
+                value,
+                "--trainer.callbacks.signum",
+                str(int(signum)),
+            ]
+        )
+    assert exit_info.value.code == 128 + signum
+    last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    # Nothing was saved at the stop: last.ckpt is still epoch 0's, after its 3 steps.
+    assert (load(last)["epoch"], load(last)["global_step"]) == (0, 3)
+    err = capsys.readouterr().err
+    if signum == signal.SIGINT:
+        assert ctrl_c_says in err
+        if SAVING in ctrl_c_says:  # then corrected once validation starts
+            assert "validation follows that batch and the run stops in it" in err
+        else:
+            assert SAVING not in err
+    assert "holds where it stopped" not in err
+    assert (
+        f"the run stopped before its end, during validation, which saves no checkpoint; {last} "
+        "holds its last checkpoint, after 3 training steps (continuing repeats the training "
+        "since). To continue it: padam-fit fit --config configs/wrn.yaml"
+    ) in err
+
+
+def test_ctrl_c_in_a_run_without_checkpoints_promises_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    args = tiny_cli_args(tmp_path, "run", "--trainer.enable_checkpointing", "false")
+    stop = [f"--trainer.callbacks+={__name__}.SignalAtStep", "--trainer.callbacks.step", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, *stop, "--trainer.callbacks.signum", str(int(signal.SIGINT))])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "padam-fit: stopping after this batch; this run saves no checkpoints" in err
+    assert SAVING not in err and "To continue it" not in err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+class CrashAtStep(L.Callback):
+    """Raise a RuntimeError at the end of a given training step (as an out-of-memory error)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("out of memory")
+
+
+def test_after_a_crash_the_resume_hint_says_the_last_checkpoint_is_older(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    args = tiny_cli_args(tmp_path, "run", f"--trainer.callbacks+={__name__}.CrashAtStep")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["fit", *args, "--trainer.callbacks.step", "4"])
+    last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    assert load(last)["global_step"] == 3
+    err = capsys.readouterr().err
+    assert "holds where it stopped" not in err
+    assert (
+        f"the run stopped before its end, where no checkpoint was saved; {last} holds its last "
+        "checkpoint, after 3 training steps"
+    ) in err
+
+
 def test_a_failure_that_is_not_a_stop_keeps_the_last_epochs_checkpoint(tmp_path: Path) -> None:
     # Only Lightning's SIGTERM stop (a batch boundary) saves where the run was; any other
     # exception may come from the middle of a step, so the epoch's checkpoint is kept.
