@@ -221,7 +221,11 @@ class PartialSchedule(L.Callback):
         )
 
     def config(self) -> dict[str, Any]:
-        """The schedule's settings (with ``total`` as resolved), stored in checkpoints."""
+        """The schedule's settings (with ``total`` as resolved), stored in checkpoints.
+
+        Its keys are the constructor's arguments, each kept as an attribute of that name (the
+        HParams record of :mod:`~padam_lightning.training.tensorboard` reads them by these keys).
+        """
         return {
             "p_start": self.p_start,
             "p_end": self.p_end,

@@ -77,17 +77,6 @@ _METADATA_TAGS = frozenset(
 )
 #: Scheduler state entries that are progress, not settings.
 _SCHEDULER_PROGRESS = frozenset({"base_lrs", "last_epoch", "verbose"})
-#: PartialSchedule's settings (its constructor arguments).
-_P_SCHEDULE_SETTINGS = (
-    "p_start",
-    "p_end",
-    "shape",
-    "interval",
-    "total",
-    "milestones",
-    "lr_start_scale",
-    "lr_end_scale",
-)
 
 
 def hparam_value(value: Any) -> bool | int | float | str:
@@ -147,7 +136,8 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
     p_schedules = [cb for cb in callbacks if isinstance(cb, PartialSchedule)]
     params["p_schedule"] = "none" if not p_schedules else p_schedules[0].shape
     for schedule in p_schedules[:1]:
-        for key in _P_SCHEDULE_SETTINGS:
+        # The settings its checkpoints store, as configured (``total`` None: max_epochs).
+        for key in schedule.config():
             params[f"p_schedule/{key}"] = getattr(schedule, key)
     # A number, so that the HParams tab sorts and filters runs by seed numerically.
     seed = os.environ.get("PL_GLOBAL_SEED", "")

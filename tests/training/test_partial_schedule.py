@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,15 @@ def test_invalid_settings_are_user_errors(kwargs: dict[str, Any], message: str) 
     with pytest.raises(UserError) as caught:
         PartialSchedule(**kwargs)
     assert message in str(caught.value)
+
+
+def test_the_settings_are_the_constructor_arguments_kept_as_attributes() -> None:
+    # config() is the one list of the settings (checkpoints, resume checks, the HParams record).
+    schedule = PartialSchedule(p_start=0.25, p_end=0.1, shape="step", milestones=[3, 6])
+    arguments = ["p_start", "p_end", "shape", "interval", "total", "milestones"]
+    arguments += ["lr_start_scale", "lr_end_scale"]
+    assert list(inspect.signature(PartialSchedule).parameters) == arguments
+    assert list(schedule.config()) == arguments
+    assert [getattr(schedule, name) for name in arguments] == [
+        0.25, 0.1, "step", "epoch", None, (3, 6), 1.0, 1.0
+    ]  # fmt: skip

@@ -20,12 +20,14 @@ from torch.utils.tensorboard import SummaryWriter
 from padam_lightning.cli import main
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.training.classifier import ImageClassifier
+from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.tensorboard import (
     BEST_VAL_ERR_TAG,
     LAYOUT,
     TensorBoardDashboards,
     holds_logged_data,
     remove_empty_event_files,
+    run_hparams,
 )
 
 
@@ -112,6 +114,36 @@ def test_p_schedule_settings_are_recorded(tiny_fit_args: list[str], tmp_path: Pa
     assert hparams["p_schedule/p_start"] == 0.25
     assert hparams["p_schedule/p_end"] == 0.0625
     assert hparams["p_schedule/total"] == 2.0
+
+
+class _WarmupSchedule(PartialSchedule):
+    """A schedule with one more setting than PartialSchedule's (as a subclass or a new version)."""
+
+    def __init__(self, p_start: float, warmup: int = 3, **kwargs: Any) -> None:
+        super().__init__(p_start, **kwargs)
+        self.warmup = warmup
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "warmup": self.warmup}
+
+
+def test_the_hparams_record_every_setting_the_schedule_stores() -> None:
+    # The record follows the schedule's own list of settings, so the two cannot drift apart.
+    schedule = _WarmupSchedule(0.25, p_end=0.0625, total=5, lr_end_scale=0.5)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[schedule])
+    hparams = run_hparams(trainer, L.LightningModule())
+    recorded = {k: v for k, v in hparams.items() if k.startswith("p_schedule/")}
+    assert recorded == {
+        "p_schedule/p_start": 0.25,
+        "p_schedule/p_end": 0.0625,
+        "p_schedule/shape": "linear",
+        "p_schedule/interval": "epoch",
+        "p_schedule/total": 5,
+        "p_schedule/milestones": "[]",
+        "p_schedule/lr_start_scale": 1.0,
+        "p_schedule/lr_end_scale": 0.5,
+        "p_schedule/warmup": 3,
+    }
 
 
 class _Fails(L.Callback):
