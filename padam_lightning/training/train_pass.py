@@ -46,7 +46,6 @@ Stack ``configs/experiments/released_metrics.yaml`` to enable it from padam-fit.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 
 from padam_lightning.data.augment import augment, draw_augmentation, normalize
 from padam_lightning.data.datamodule import CIFARDataModule
-from padam_lightning.data.sampling import derive_seed, epoch_generator
+from padam_lightning.data.sampling import EpochShuffleSampler, derive_seed, epoch_generator
 from padam_lightning.data.splits import ImageSplit
 from padam_lightning.errors import UserError
 
@@ -65,6 +64,15 @@ from padam_lightning.errors import UserError
 SHUFFLE_STREAM = "train_pass/shuffle"
 AUGMENT_STREAM = "train_pass/augment"
 MODEL_RNG_STREAM = "train_pass/model"
+
+
+class _PassSampler(EpochShuffleSampler):
+    """The training epoch's sampler, dealing out the pass's own permutation instead."""
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The int64 permutation of the pass of ``epoch`` (the ``train_pass/shuffle`` stream)."""
+        generator = epoch_generator(self.seed, epoch, SHUFFLE_STREAM)
+        return torch.randperm(self.num_samples_total, generator=generator)
 
 
 def pass_batches(
@@ -79,9 +87,10 @@ def pass_batches(
 
     The permutation of all samples is drawn from the ``train_pass/shuffle`` stream of (seed,
     epoch), padded with its own first elements to a multiple of ``num_replicas`` and dealt out
-    round-robin (as :class:`~padam_lightning.data.sampling.EpochShuffleSampler` does), then cut
-    into batches of ``batch_size``. With one process the batches are the permutation cut into
-    pieces of ``batch_size``, the last one smaller.
+    round-robin by :class:`~padam_lightning.data.sampling.EpochShuffleSampler` (the training
+    epoch's sampler, here given the pass's permutation), then cut into batches of
+    ``batch_size``. With one process the batches are the permutation cut into pieces of
+    ``batch_size``, the last one smaller.
 
     Args:
         num_samples: Size of the training split.
@@ -96,13 +105,12 @@ def pass_batches(
         padding samples (those only exist under DDP when ``num_samples`` is not a multiple of
         ``num_replicas``). Every process gets the same number of batches.
     """
-    order = torch.randperm(num_samples, generator=epoch_generator(seed, epoch, SHUFFLE_STREAM))
-    total = math.ceil(num_samples / num_replicas) * num_replicas
-    real = torch.ones(total, dtype=torch.bool)
-    real[num_samples:] = False
-    order = torch.cat([order, order[: total - num_samples]])
-    mine, mine_real = order[rank::num_replicas], real[rank::num_replicas]
-    return list(zip(mine.split(batch_size), mine_real.split(batch_size), strict=True))
+    sampler = _PassSampler(num_samples, seed, num_replicas, rank)
+    sampler.set_epoch(epoch)
+    mine = torch.tensor(list(sampler), dtype=torch.long)
+    # The position of each entry in the padded permutation: those past the split are padding.
+    real = torch.arange(rank, sampler.total_size, num_replicas) < num_samples
+    return list(zip(mine.split(batch_size), real.split(batch_size), strict=True))
 
 
 @contextlib.contextmanager
