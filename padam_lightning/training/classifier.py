@@ -165,9 +165,10 @@ class ImageClassifier(L.LightningModule):
     ``val/err`` (``test/*`` under ``padam-fit test``), ``optim/lr`` and, for optimizers with a
     partial exponent, ``optim/partial``; these are written at step = the epoch index (0, 1, ...),
     so TensorBoard draws them over epochs, as the paper does (a logged ``step`` is the x-axis
-    Lightning gives a log call; ``epoch`` is logged with the same value). Logged every
-    ``trainer.log_every_n_steps`` steps, at the global step: ``train/loss_step``, the loss of that
-    step, so a run shows progress minutes after its start. Validation and test metrics are exact
+    Lightning gives a log call). Logged every ``trainer.log_every_n_steps`` steps, at the global
+    step: ``train/loss_step``, the loss of that step, so a run shows progress minutes after its
+    start, and Lightning's own ``epoch`` (the epoch of that step), so its TensorBoard card maps
+    global steps to epochs. Validation and test metrics are exact
     over the split under DDP too (padding positions of a shard are weighed 0).
 
     No training step waits for the device: the metrics are sums kept on the device
@@ -438,12 +439,12 @@ class ImageClassifier(L.LightningModule):
         """Put this stage's epoch-level values at step = epoch index on TensorBoard's x-axis.
 
         Lightning writes a log call's metrics at the logged ``step`` when there is one (instead
-        of the global step), and then adds no ``epoch`` of its own; ``epoch`` is logged with it
-        so that readers mapping steps to epochs (padam-report) find it at those steps.
+        of the global step), and then adds no ``epoch`` of its own. No ``epoch`` is logged here
+        either: Lightning's, added to the per-step values at the global step, would then share
+        its TensorBoard card with points at step = epoch, and the line would jump back and forth
+        between the two x-axes.
         """
-        epoch = float(self.current_epoch)
-        self.log("step", epoch, on_step=False, on_epoch=True)
-        self.log("epoch", epoch, on_step=False, on_epoch=True)
+        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
 
     def on_validation_epoch_start(self) -> None:
         """Put the epoch's validation values at step = epoch on TensorBoard."""

@@ -45,3 +45,16 @@ def test_the_step_loss_follows_log_every_n_steps(tiny_fit_args: list[str], tmp_p
     accumulator = EventAccumulator(str(tmp_path / "logs" / "run" / "version_0"))
     accumulator.Reload()
     assert [event.step for event in accumulator.Scalars("train/loss_step")] == [1]
+
+
+def test_the_epoch_card_maps_global_steps_to_epochs(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    # Lightning adds `epoch` to the values logged at a global step (here every step of 2 epochs
+    # of 3). The epoch-level values are at step = epoch; an `epoch` logged with them put points
+    # at steps 0 and 1 after those of step 5, and the card's line ran back and forth.
+    main(tiny_fit_args)
+    accumulator = EventAccumulator(str(tmp_path / "logs" / "run" / "version_0"))
+    accumulator.Reload()
+    points = [(event.step, event.value) for event in accumulator.Scalars("epoch")]
+    assert points == [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]
