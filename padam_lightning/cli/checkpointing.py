@@ -133,12 +133,18 @@ class LastCheckpoint(ModelCheckpoint):
             self.saved_at_stop = True
 
 
-def _saves_at_a_stop(trainer: L.Trainer) -> bool:
-    """Whether a stop in training saves ``last.ckpt`` (a :class:`LastCheckpoint` with a folder)."""
-    return any(
-        isinstance(callback, LastCheckpoint) and callback.dirpath is not None
-        for callback in getattr(trainer, "callbacks", [])
-    )
+def _last_checkpoint(trainer: L.Trainer) -> Path | None:
+    """Where a stop in training saves ``last.ckpt`` (None: the run has no LastCheckpoint)."""
+    for callback in getattr(trainer, "callbacks", []):
+        if isinstance(callback, LastCheckpoint) and callback.dirpath is not None:
+            return Path(callback.dirpath) / LAST_CHECKPOINT
+    return None
+
+
+def _kept(trainer: L.Trainer) -> str:
+    """What a stop that saves nothing leaves to continue from, for a message."""
+    last = _last_checkpoint(trainer)
+    return "the run's last checkpoint is kept" if last and last.is_file() else "it has none yet"
 
 
 class RunSummary(L.Callback):
@@ -265,10 +271,10 @@ class Interruption(L.Callback):
         if trainer is not None and (trainer.sanity_checking or trainer.validating):
             return (
                 "padam-fit: stopping after this validation batch, without saving a checkpoint "
-                "(none is saved during validation: the run's last one is kept; Ctrl-C again "
-                "stops at once)"
+                f"(none is saved during validation: {_kept(trainer)}; Ctrl-C again stops at "
+                "once)"
             )
-        if trainer is None or not _saves_at_a_stop(trainer):
+        if trainer is None or _last_checkpoint(trainer) is None:
             return (
                 "padam-fit: stopping after this batch; this run saves no checkpoints (Ctrl-C "
                 "again stops at once)"
@@ -293,7 +299,7 @@ class Interruption(L.Callback):
             self._save_promised = False
             print(
                 "padam-fit: validation follows that batch and the run stops in it, where no "
-                "checkpoint is saved: the run's last checkpoint is kept instead",
+                f"checkpoint is saved: {_kept(trainer)}",
                 file=sys.stderr,
                 flush=True,
             )

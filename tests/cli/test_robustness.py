@@ -291,7 +291,8 @@ SAVING = "stopping after this batch and saving a checkpoint"
         # Ctrl-C or SIGTERM while validating epoch 1 (tiny.yaml: 2 validation batches).
         (
             f"{__name__}.SignalInValidation --trainer.callbacks.epoch 1",
-            "padam-fit: stopping after this validation batch, without saving a checkpoint",
+            "padam-fit: stopping after this validation batch, without saving a checkpoint "
+            "(none is saved during validation: the run's last checkpoint is kept;",
         ),
         # At epoch 1's last training batch: validation follows it, and the stop falls in it.
         (f"{__name__}.SignalAtStep --trainer.callbacks.step 6", f"padam-fit: {SAVING}"),
@@ -330,7 +331,10 @@ def test_a_stop_in_validation_says_it_keeps_the_last_checkpoint(
     if signum == signal.SIGINT:
         assert ctrl_c_says in err
         if SAVING in ctrl_c_says:  # then corrected once validation starts
-            assert "validation follows that batch and the run stops in it" in err
+            assert (
+                "validation follows that batch and the run stops in it, where no checkpoint is "
+                "saved: the run's last checkpoint is kept"
+            ) in err
         else:
             assert SAVING not in err
     assert "holds where it stopped" not in err
@@ -339,6 +343,23 @@ def test_a_stop_in_validation_says_it_keeps_the_last_checkpoint(
         "holds its last checkpoint, after 3 training steps (continuing repeats the training "
         "since). To continue it: padam-fit fit --config configs/wrn.yaml"
     ) in err
+
+
+def test_ctrl_c_in_the_first_validation_says_there_is_no_checkpoint_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    args = tiny_cli_args(tmp_path, "run", f"--trainer.callbacks+={__name__}.SignalInValidation")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--trainer.callbacks.epoch", "0", "--trainer.callbacks.signum", "2"])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert (
+        "padam-fit: stopping after this validation batch, without saving a checkpoint (none is "
+        "saved during validation: it has none yet;"
+    ) in err
+    assert "To continue it" not in err
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_ctrl_c_in_a_run_without_checkpoints_promises_none(
