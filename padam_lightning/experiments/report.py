@@ -37,7 +37,6 @@ from padam_lightning.experiments.report_groups import (
     RunGroup,
     choose_layout,
     group_runs,
-    summarize_run,
 )
 from padam_lightning.experiments.report_tables import (
     markdown_table,
@@ -154,14 +153,13 @@ def build_report(
             "with --config configs/experiments/released_metrics.yaml, or use --train-curve running."
         )
     layout = choose_layout(records, panels=panels, lines=lines, train_loss=train_loss)
-    results = [summarize_run(record, train_loss) for record in records]
-    groups = group_runs(results, layout)
+    groups = group_runs(records, layout)
     for group in groups:
-        seeds = [run.record.seed for run in group.runs]
+        seeds = [run.seed for run in group.runs]
         if len(set(seeds)) < len(seeds):
             # Plain padam-fit runs group by folder name: two runs in one folder (version_0,
             # version_1) with the same seed are not repeats of one setting, as seeds would be.
-            names = ", ".join(run.record.name for run in group.runs)
+            names = ", ".join(run.name for run in group.runs)
             notes.append(
                 f"{group.label or 'one group'}: runs {names} share a seed; they are averaged as "
                 "if repeats. Give runs of different settings their own names "
@@ -187,10 +185,10 @@ def run_report(argv: Sequence[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     title = args.title or f"Results: {args.logdir}"
     written = save_figures(build_figures(groups, layout), args.out)
-    markdown = args.out / "results.md"
-    markdown.write_text(markdown_table(groups, layout, targets, title))
-    json_path, csv_path = args.out / "results.json", args.out / "results.csv"
     results = results_json(groups, layout, targets, args.logdir)
+    markdown = args.out / "results.md"
+    markdown.write_text(markdown_table(results, title))
+    json_path, csv_path = args.out / "results.json", args.out / "results.csv"
     write_json(json_path, results)
     write_csv(csv_path, results)
     written += [markdown, json_path, csv_path]

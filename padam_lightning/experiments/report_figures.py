@@ -160,7 +160,7 @@ def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> F
 
 def describe_runs(groups: Sequence[RunGroup]) -> str:
     """What the figure shows: networks, dataset, epochs and seeds of its runs, in one line."""
-    records = [run.record for group in groups for run in group.runs]
+    records = [record for group in groups for record in group.runs]
 
     def values(key: str) -> list[str]:
         found = []
@@ -172,7 +172,7 @@ def describe_runs(groups: Sequence[RunGroup]) -> str:
                 found.append(default_title(str(value)))
         return list(dict.fromkeys(found))
 
-    epochs = sorted({r.max_epochs for g in groups for r in g.runs if r.max_epochs is not None})
+    epochs = sorted({r.max_epochs for r in records if r.max_epochs is not None})
     seeds = sorted({r.seed for r in records if r.seed is not None})
     parts = [", ".join(values("model.arch")), ", ".join(values("data.dataset"))]
     if epochs:

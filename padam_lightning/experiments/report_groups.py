@@ -1,8 +1,8 @@
 """Grouping runs for a report: seeds pool into groups; the sweep's axes make figures, panels, lines.
 
 Runs that agree on every axis label (see :class:`~.run_logs.RunRecord`: from ``run.json``, or one
-label per run folder) form a *group*; statistics are mean ± std over its seeds. The layout follows
-the axes the sweep file declares, in its order, keeping those with more than one value:
+label per run folder) form a *group*, drawn as its seed-mean curve with a ±1 std band. The layout
+follows the axes the sweep file declares, in its order, keeping those with more than one value:
 
 - an axis named ``data`` or ``dataset``: one figure per value;
 - an axis named ``arch``: one panel (column) per network;
@@ -46,42 +46,12 @@ class Layout:
     train_loss: str = TRAIN_CURVES["running"][0]
 
 
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample standard deviation (0 for one value) of one number over seeds."""
-
-    mean: float
-    std: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Stat | None:
-        """The statistic of ``values`` (``None`` when empty)."""
-        if not values:
-            return None
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return cls(statistics.fmean(values), std, len(values))
-
-
-@dataclass
-class RunResult:
-    """The numbers of one run."""
-
-    record: RunRecord
-    final_err: float | None
-    best_err: float | None
-    best_epoch: int | None
-    final_train_loss: float | None
-    epochs: int
-    max_epochs: int | None
-
-
 @dataclass
 class RunGroup:
-    """Runs that differ only in their seed, with their statistics and mean curves."""
+    """Runs that differ only in their seed, with their seed-mean and standard-deviation curves."""
 
     axes: dict[str, AxisValue]
-    runs: list[RunResult]
+    runs: list[RunRecord]
     figure_key: tuple[str, ...]
     panel_key: tuple[str, ...]
     label: str
@@ -89,32 +59,6 @@ class RunGroup:
     figure_title: str
     mean_curves: dict[str, Curve] = field(default_factory=dict)
     std_curves: dict[str, Curve] = field(default_factory=dict)
-
-    @property
-    def final_err(self) -> Stat | None:
-        """Test error at each run's last epoch, over seeds."""
-        return Stat.of([r.final_err for r in self.runs if r.final_err is not None])
-
-    @property
-    def best_err(self) -> Stat | None:
-        """Each run's lowest test error, over seeds."""
-        return Stat.of([r.best_err for r in self.runs if r.best_err is not None])
-
-    @property
-    def final_train_loss(self) -> Stat | None:
-        """Training loss at each run's last epoch, over seeds."""
-        return Stat.of([r.final_train_loss for r in self.runs if r.final_train_loss is not None])
-
-    @property
-    def epochs(self) -> int:
-        """Epochs every run of the group has completed."""
-        return min(r.epochs for r in self.runs)
-
-    @property
-    def max_epochs(self) -> int | None:
-        """The configured number of epochs (the largest in the group)."""
-        configured = [r.max_epochs for r in self.runs if r.max_epochs is not None]
-        return max(configured) if configured else None
 
     def epoch_to_reach(self, target: float) -> int | None:
         """First epoch at which the seed-mean test error is at most ``target``."""
@@ -125,26 +69,6 @@ class RunGroup:
             if value <= target:
                 return epoch
         return None
-
-
-def summarize_run(record: RunRecord, train_loss: str = TRAIN_CURVES["running"][0]) -> RunResult:
-    """Final and best test error, final training loss (of tag ``train_loss``), progress."""
-    err = record.curves.get(VAL_ERR)
-    loss = record.curves.get(train_loss)
-    best_err = best_epoch = None
-    if err is not None:
-        best_index = min(range(len(err.values)), key=lambda i: (err.values[i], err.epochs[i]))
-        best_err, best_epoch = err.values[best_index], err.epochs[best_index]
-    max_epochs = record.setting("trainer.max_epochs")
-    return RunResult(
-        record=record,
-        final_err=err.last() if err is not None else None,
-        best_err=best_err,
-        best_epoch=best_epoch,
-        final_train_loss=loss.last() if loss is not None else None,
-        epochs=record.epochs_completed,
-        max_epochs=max_epochs if isinstance(max_epochs, int) else None,
-    )
 
 
 def choose_layout(
@@ -184,14 +108,12 @@ def _title(axes: Sequence[str], values: dict[str, AxisValue]) -> str:
     return ", ".join(values.get(axis, _MISSING).title for axis in axes)
 
 
-def _mean_curves(runs: Sequence[RunResult]) -> tuple[dict[str, Curve], dict[str, Curve]]:
+def _mean_curves(runs: Sequence[RunRecord]) -> tuple[dict[str, Curve], dict[str, Curve]]:
     """Per-epoch mean and std over the runs, on the epochs every run has logged."""
     means, stds = {}, {}
-    tags = set.intersection(*(set(r.record.curves) for r in runs)) if runs else set()
+    tags = set.intersection(*(set(r.curves) for r in runs)) if runs else set()
     for tag in sorted(tags):
-        curves = [
-            dict(zip(c.epochs, c.values, strict=True)) for c in (r.record.curves[tag] for r in runs)
-        ]
+        curves = [dict(zip(c.epochs, c.values, strict=True)) for c in (r.curves[tag] for r in runs)]
         epochs = tuple(sorted(set.intersection(*(set(c) for c in curves))))
         if not epochs:
             continue
@@ -201,20 +123,20 @@ def _mean_curves(runs: Sequence[RunResult]) -> tuple[dict[str, Curve], dict[str,
     return means, stds
 
 
-def group_runs(results: Sequence[RunResult], layout: Layout) -> list[RunGroup]:
+def group_runs(records: Sequence[RunRecord], layout: Layout) -> list[RunGroup]:
     """Runs grouped by every axis label (so seeds pool), in the sweep file's order."""
-    grouped: dict[tuple[str, ...], list[RunResult]] = {}
-    for result in results:
-        key = tuple(result.record.axes.get(axis, _MISSING).label for axis in layout.axes)
-        grouped.setdefault(key, []).append(result)
+    grouped: dict[tuple[str, ...], list[RunRecord]] = {}
+    for record in records:
+        key = tuple(record.axes.get(axis, _MISSING).label for axis in layout.axes)
+        grouped.setdefault(key, []).append(record)
     groups = []
     for runs in grouped.values():
-        axes = runs[0].record.axes
+        axes = runs[0].axes
         means, stds = _mean_curves(runs)
         groups.append(
             RunGroup(
                 axes=axes,
-                runs=sorted(runs, key=lambda r: (r.record.seed or 0, r.record.name)),
+                runs=sorted(runs, key=lambda r: (r.seed or 0, r.name)),
                 figure_key=tuple(axes.get(a, _MISSING).label for a in layout.figures),
                 panel_key=tuple(axes.get(a, _MISSING).label for a in layout.panels),
                 label=_title(layout.lines or layout.axes, axes),

@@ -4,177 +4,22 @@ Errors are fractions in JSON and CSV and percentages in the markdown table. Per 
 number of seeds, epochs completed (of the configured epochs), the final and the best test error
 (mean ± sample std over seeds), the final training loss, and the first epoch at which the
 seed-mean test error reached each target: the ``--target-err`` values and, per panel, the best
-error of the worst group (a level every group reaches, so it compares speed fairly).
+error of the worst group (a level every group reaches, so it compares speed fairly). The numbers
+are computed once, into ``results.json``'s structure; ``results.md`` and ``.csv`` are written from
+it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from padam_lightning.experiments.report_groups import (
-    Layout,
-    RunGroup,
-    Stat,
-    common_targets,
-)
-from padam_lightning.experiments.run_logs import AxisValue
-
-
-def _format(stat: Stat | None, scale: float = 1.0, digits: int = 4) -> str:
-    """``mean`` (or ``mean ± std`` over several seeds) times ``scale``; ``-`` when missing."""
-    if stat is None:
-        return "-"
-    text = f"{scale * stat.mean:.{digits}f}"
-    return f"{text} ± {scale * stat.std:.{digits}f}" if stat.n > 1 else text
-
-
-def _pct(stat: Stat | None) -> str:
-    """A fraction as a percentage with two decimals."""
-    return _format(stat, scale=100.0, digits=2)
-
-
-def _stat_json(stat: Stat | None) -> dict[str, float] | None:
-    return None if stat is None else {"mean": stat.mean, "std": stat.std, "n": stat.n}
-
-
-def _axes_json(axes: dict[str, AxisValue]) -> dict[str, dict[str, str]]:
-    return {axis: {"label": value.label, "title": value.title} for axis, value in axes.items()}
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
-def _target_name(target: float) -> str:
-    return f"{target:g}"
-
-
-def markdown_table(
-    groups: Sequence[RunGroup], layout: Layout, targets: Sequence[float], title: str
-) -> str:
-    """``results.md``: one table per figure and panel."""
-    common = common_targets(groups)
-    lines = [
-        f"# {title}",
-        "",
-        f"{_count(sum(len(g.runs) for g in groups), 'run')} in "
-        f"{_count(len(groups), 'group')}. Test error is "
-        "`val/err` (the CIFAR test split) in %; mean ± std over seeds where a group has "
-        "several. *Epochs to x%*: the first epoch at which the seed-mean test error was at most "
-        "x% (`-`: not reached); *common* is the best error of the group that did worst, a "
-        "level every group reached.",
-    ]
-    sections: dict[tuple[Any, ...], list[RunGroup]] = {}
-    for group in groups:
-        sections.setdefault((group.figure_key, group.panel_key), []).append(group)
-    for key, members in sections.items():
-        heading = " · ".join(t for t in (members[0].figure_title, members[0].panel_title) if t)
-        lines += ["", f"## {heading or 'All runs'}", ""]
-        line_names = list(layout.lines) or ["group"]
-        common_target = common.get(key)
-        target_headers = [f"epochs to {100 * t:.2f}%" for t in targets]
-        if common_target is not None:
-            target_headers.append(f"epochs to {100 * common_target:.2f}% (common)")
-        header = [
-            *line_names,
-            "seeds",
-            "epochs",
-            "final test err %",
-            "best test err %",
-            "final train loss" + (" (pass)" if "pass" in layout.train_loss else ""),
-            *target_headers,
-        ]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        for group in members:
-            cells = [group.axes[k].title if k in group.axes else "-" for k in layout.lines]
-            cells = cells or [group.label]
-            epochs = f"{group.epochs}" + (f"/{group.max_epochs}" if group.max_epochs else "")
-            reached = [group.epoch_to_reach(t) for t in targets]
-            if common_target is not None:
-                reached.append(group.epoch_to_reach(common_target))
-            cells += [
-                str(len(group.runs)),
-                epochs,
-                _pct(group.final_err),
-                _pct(group.best_err),
-                _format(group.final_train_loss),
-                *("-" if r is None else str(r) for r in reached),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def results_json(
-    groups: Sequence[RunGroup], layout: Layout, targets: Sequence[float], logdir: Path
-) -> dict[str, Any]:
-    """``results.json``: layout, groups with statistics, and every run with its curves."""
-    common = common_targets(groups)
-    group_entries = []
-    run_entries = []
-    for group in groups:
-        common_target = common.get((group.figure_key, group.panel_key))
-        reach = {_target_name(t): group.epoch_to_reach(t) for t in targets}
-        group_entries.append(
-            {
-                "label": group.label,
-                "figure": group.figure_title,
-                "panel": group.panel_title,
-                "axes": _axes_json(group.axes),
-                "runs": [r.record.name for r in group.runs],
-                "seeds": [r.record.seed for r in group.runs],
-                "epochs": group.epochs,
-                "max_epochs": group.max_epochs,
-                "final_val_err": _stat_json(group.final_err),
-                "best_val_err": _stat_json(group.best_err),
-                "final_train_loss": _stat_json(group.final_train_loss),
-                "epoch_to_target": reach,
-                "common_target": common_target,
-                "epoch_to_common_target": (
-                    None if common_target is None else group.epoch_to_reach(common_target)
-                ),
-            }
-        )
-        for run in group.runs:
-            run_entries.append(
-                {
-                    "name": run.record.name,
-                    "path": str(run.record.path),
-                    "group": group.label,
-                    "figure": group.figure_title,
-                    "panel": group.panel_title,
-                    "seed": run.record.seed,
-                    "finished": run.record.finished is not None,
-                    "axes": _axes_json(run.record.axes),
-                    "epochs": run.epochs,
-                    "max_epochs": run.max_epochs,
-                    "final_val_err": run.final_err,
-                    "best_val_err": run.best_err,
-                    "best_epoch": run.best_epoch,
-                    "final_train_loss": run.final_train_loss,
-                    "curves": {
-                        tag: curve.as_pairs() for tag, curve in sorted(run.record.curves.items())
-                    },
-                }
-            )
-    return {
-        "logdir": str(logdir),
-        "layout": {
-            "axes": list(layout.axes),
-            "figures": list(layout.figures),
-            "panels": list(layout.panels),
-            "lines": list(layout.lines),
-            "train_loss": layout.train_loss,
-        },
-        "targets": list(targets),
-        "groups": group_entries,
-        "runs": run_entries,
-    }
-
+from padam_lightning.experiments.report_groups import VAL_ERR, Layout, RunGroup, common_targets
+from padam_lightning.experiments.run_logs import AxisValue, RunRecord
 
 #: The columns of ``results.csv`` (keys of ``results.json``'s runs), then one per axis.
 CSV_COLUMNS = (
@@ -191,6 +36,163 @@ CSV_COLUMNS = (
     "best_epoch",
     "final_train_loss",
 )
+#: The run numbers each group gives as statistics over its seeds.
+GROUP_STATS = ("final_val_err", "best_val_err", "final_train_loss")
+
+
+def _stat(values: Sequence[float]) -> dict[str, float] | None:
+    """Mean and sample standard deviation (0 for one value) over seeds; ``None`` when empty."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def _axes_json(axes: dict[str, AxisValue]) -> dict[str, dict[str, str]]:
+    return {axis: {"label": value.label, "title": value.title} for axis, value in axes.items()}
+
+
+def run_numbers(record: RunRecord, train_loss: str) -> dict[str, Any]:
+    """Progress, final and best test error and final training loss (of tag ``train_loss``)."""
+    err, loss = record.curves.get(VAL_ERR), record.curves.get(train_loss)
+    best_err = best_epoch = None
+    if err is not None:
+        best_index = min(range(len(err.values)), key=lambda i: (err.values[i], err.epochs[i]))
+        best_err, best_epoch = err.values[best_index], err.epochs[best_index]
+    return {
+        "epochs": record.epochs_completed,
+        "max_epochs": record.max_epochs,
+        "final_val_err": err.last() if err is not None else None,
+        "best_val_err": best_err,
+        "best_epoch": best_epoch,
+        "final_train_loss": loss.last() if loss is not None else None,
+    }
+
+
+def results_json(
+    groups: Sequence[RunGroup], layout: Layout, targets: Sequence[float], logdir: Path
+) -> dict[str, Any]:
+    """``results.json``: layout, groups with statistics over seeds, every run with its curves."""
+    common = common_targets(groups)
+    group_entries = []
+    run_entries = []
+    for group in groups:
+        where = {"group": group.label, "figure": group.figure_title, "panel": group.panel_title}
+        runs = [
+            {
+                "name": record.name,
+                "path": str(record.path),
+                **where,
+                "seed": record.seed,
+                "finished": record.finished is not None,
+                "axes": _axes_json(record.axes),
+                **run_numbers(record, layout.train_loss),
+                "curves": {tag: curve.as_pairs() for tag, curve in sorted(record.curves.items())},
+            }
+            for record in group.runs
+        ]
+        run_entries += runs
+        common_target = common.get((group.figure_key, group.panel_key))
+        configured = [run["max_epochs"] for run in runs if run["max_epochs"] is not None]
+        group_entries.append(
+            {
+                "label": group.label,
+                "figure": group.figure_title,
+                "panel": group.panel_title,
+                "axes": _axes_json(group.axes),
+                "runs": [run["name"] for run in runs],
+                "seeds": [run["seed"] for run in runs],
+                "epochs": min(run["epochs"] for run in runs),  # every run has completed
+                "max_epochs": max(configured) if configured else None,
+                **{
+                    key: _stat([run[key] for run in runs if run[key] is not None])
+                    for key in GROUP_STATS
+                },
+                "epoch_to_target": {f"{t:g}": group.epoch_to_reach(t) for t in targets},
+                "common_target": common_target,
+                "epoch_to_common_target": (
+                    None if common_target is None else group.epoch_to_reach(common_target)
+                ),
+            }
+        )
+    return {
+        "logdir": str(logdir),
+        "layout": {
+            "axes": list(layout.axes),
+            "figures": list(layout.figures),
+            "panels": list(layout.panels),
+            "lines": list(layout.lines),
+            "train_loss": layout.train_loss,
+        },
+        "targets": list(targets),
+        "groups": group_entries,
+        "runs": run_entries,
+    }
+
+
+def _format(stat: dict[str, float] | None, scale: float = 1.0, digits: int = 4) -> str:
+    """``mean`` (or ``mean ± std`` over several seeds) times ``scale``; ``-`` when missing."""
+    if stat is None:
+        return "-"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return f"{text} ± {scale * stat['std']:.{digits}f}" if stat["n"] > 1 else text
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def markdown_table(results: dict[str, Any], title: str) -> str:
+    """``results.md`` from ``results.json``: one table per figure and panel, errors in %."""
+    layout, groups = results["layout"], results["groups"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{_count(len(results['runs']), 'run')} in {_count(len(groups), 'group')}. Test error is "
+        "`val/err` (the CIFAR test split) in %; mean ± std over seeds where a group has "
+        "several. *Epochs to x%*: the first epoch at which the seed-mean test error was at most "
+        "x% (`-`: not reached); *common* is the best error of the group that did worst, a "
+        "level every group reached.",
+    ]
+    sections: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for group in groups:
+        key = tuple(
+            group["axes"].get(a, {}).get("label") for a in layout["figures"] + layout["panels"]
+        )
+        sections.setdefault(key, []).append(group)
+    for members in sections.values():
+        heading = " · ".join(t for t in (members[0]["figure"], members[0]["panel"]) if t)
+        lines += ["", f"## {heading or 'All runs'}", ""]
+        common_target = members[0]["common_target"]
+        header = [
+            *(layout["lines"] or ["group"]),
+            "seeds",
+            "epochs",
+            "final test err %",
+            "best test err %",
+            "final train loss" + (" (pass)" if "pass" in layout["train_loss"] else ""),
+            *(f"epochs to {100 * t:.2f}%" for t in results["targets"]),
+        ]
+        if common_target is not None:
+            header.append(f"epochs to {100 * common_target:.2f}% (common)")
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for group in members:
+            axes = group["axes"]
+            cells = [axes[k]["title"] if k in axes else "-" for k in layout["lines"]]
+            cells = cells or [group["label"]]
+            reached = [group["epoch_to_target"][f"{t:g}"] for t in results["targets"]]
+            if common_target is not None:
+                reached.append(group["epoch_to_common_target"])
+            cells += [
+                str(len(group["runs"])),
+                f"{group['epochs']}" + (f"/{group['max_epochs']}" if group["max_epochs"] else ""),
+                _format(group["final_val_err"], scale=100.0, digits=2),
+                _format(group["best_val_err"], scale=100.0, digits=2),
+                _format(group["final_train_loss"]),
+                *("-" if r is None else str(r) for r in reached),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_csv(path: Path, results: dict[str, Any]) -> None:

@@ -98,6 +98,12 @@ class RunRecord:
         curve = self.curves.get("val/err")
         return curve.epochs[-1] if curve and curve.epochs else 0
 
+    @property
+    def max_epochs(self) -> int | None:
+        """The configured number of epochs (``trainer.max_epochs``; ``None`` when not set)."""
+        value = self.setting("trainer.max_epochs")
+        return value if isinstance(value, int) else None
+
     def setting(self, dotted: str) -> Any:
         """A value of the run's ``config.yaml`` by dotted key (``None`` when absent)."""
         value: Any = self.config

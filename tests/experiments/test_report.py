@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 
 from padam_lightning.experiments.report import build_report, main
 from padam_lightning.experiments.report_figures import build_figures
+from padam_lightning.experiments.report_tables import results_json
 from padam_lightning.experiments.run_logs import read_run
 
 OPTIMIZERS = {"sgdm": "SGDM", "adam": "Adam", "amsgrad": "AMSGrad", "padam": "Padam"}
@@ -165,13 +166,17 @@ def test_seeds_pool_into_mean_and_std(tmp_path: Path) -> None:
     groups, layout, _ = build_report(logdir)
     assert layout.lines == ("optimizer",)
     padam = next(g for g in groups if g.label == "Padam")
-    assert [r.record.seed for r in padam.runs] == [0, 1, 2]
+    assert [r.seed for r in padam.runs] == [0, 1, 2]
     last = [errors[-1] for errors in finals.values()]
     best = [min(errors) for errors in finals.values()]
-    assert padam.final_err is not None and padam.best_err is not None
-    assert padam.final_err.mean == pytest.approx(statistics.fmean(last))
-    assert padam.final_err.std == pytest.approx(statistics.stdev(last))
-    assert padam.best_err.mean == pytest.approx(statistics.fmean(best))
+    (numbers,) = [
+        g for g in results_json(groups, layout, [], logdir)["groups"] if g["label"] == "Padam"
+    ]
+    assert numbers["final_val_err"]["mean"] == pytest.approx(statistics.fmean(last))
+    assert numbers["final_val_err"]["std"] == pytest.approx(statistics.stdev(last))
+    assert numbers["final_val_err"]["n"] == 3
+    assert numbers["best_val_err"]["mean"] == pytest.approx(statistics.fmean(best))
+    assert numbers["final_train_loss"]["mean"] == pytest.approx(statistics.fmean([0.5, 0.6, 0.7]))
     mean_curve = padam.mean_curves["val/err"].values
     assert mean_curve == pytest.approx([0.40, 0.30333333, 0.23], rel=1e-6)
     assert padam.epoch_to_reach(0.30) == 3  # the seed mean is 0.3033 after epoch 2
@@ -242,9 +247,9 @@ def test_plain_padam_fit_runs_are_grouped_by_their_folder(tmp_path: Path) -> Non
     groups, layout, _ = build_report(logdir)
     assert layout.lines == ("run",)
     assert [g.label for g in groups] == ["cifar10-wrn16_4-padam", "cifar10-wrn16_4-sgdm"]
-    assert [r.record.seed for r in groups[0].runs] == [0, 7]
-    assert groups[0].final_err is not None
-    assert groups[0].final_err.mean == pytest.approx(0.335)
+    assert [r.seed for r in groups[0].runs] == [0, 7]
+    numbers = results_json(groups, layout, [], logdir)["groups"][0]
+    assert numbers["final_val_err"]["mean"] == pytest.approx(0.335)
 
 
 def test_epoch_curves_read_both_step_layouts(tmp_path: Path) -> None:
@@ -271,8 +276,8 @@ def test_train_curve_pass_draws_the_end_of_epoch_pass(
     fig = build_figures(groups, layout)["curves"]
     assert _line(fig, 0, 0, "A")[1] == pytest.approx([1.8, 1.2])
     assert fig.axes[0].get_ylabel() == "train loss (end-of-epoch pass)"
-    assert groups[0].final_train_loss is not None
-    assert groups[0].final_train_loss.mean == pytest.approx(1.2)
+    numbers = results_json(groups, layout, [], logdir)["groups"][0]
+    assert numbers["final_train_loss"]["mean"] == pytest.approx(1.2)
     # The default is the running mean, as Lightning logs it.
     groups, layout, _ = build_report(logdir)
     assert build_figures(groups, layout)["curves"].axes[0].get_ylabel().endswith("(running mean)")
@@ -308,7 +313,7 @@ def test_runs_without_config_or_test_error_are_left_out_with_a_note(tmp_path: Pa
     write_run(logdir / "no-config", config(), {"val/err": [0.5]})
     (logdir / "no-config" / "config.yaml").unlink()
     groups, _, notes = build_report(logdir)
-    assert [r.record.name for g in groups for r in g.runs] == ["good"]
+    assert [r.name for g in groups for r in g.runs] == ["good"]
     assert any("no-config: no config.yaml" in note for note in notes)
     assert any("no-err: no test error logged yet" in note for note in notes)
 
