@@ -74,12 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--panels",
+        type=_axis_list,
         metavar="AXES",
         help="comma-separated sweep axes to make panels of (default: arch and any axis after "
         "the line axis)",
     )
     parser.add_argument(
         "--lines",
+        type=_axis_list,
         metavar="AXES",
         help="comma-separated sweep axes to label lines with (default: the first axis other "
         "than data and arch, e.g. optimizer or p)",
@@ -98,9 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _field_list(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
+def _axis_list(text: str) -> list[str]:
+    """``"arch, p"`` -> ``["arch", "p"]`` (argparse's ``type`` for ``--panels`` and ``--lines``)."""
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
@@ -144,7 +145,7 @@ def build_report(
             f"no runs with a logged test error (val/err) under {logdir}; point at the folder "
             "that holds the runs, e.g. lightning_logs/optimizers."
         )
-    train_loss = TRAIN_CURVES[train_curve][0]
+    train_loss = TRAIN_CURVES[train_curve]
     lacking = [record.name for record in records if train_loss not in record.curves]
     if train_curve == "pass" and lacking:
         raise UserError(
@@ -176,8 +177,8 @@ def run_report(argv: Sequence[str]) -> int:
         raise UserError("--target-err values are error fractions between 0 and 1, e.g. 0.1.")
     groups, layout, notes = build_report(
         args.logdir,
-        panels=_field_list(args.panels),
-        lines=_field_list(args.lines),
+        panels=args.panels,
+        lines=args.lines,
         train_curve=args.train_curve,
     )
     for note in notes:

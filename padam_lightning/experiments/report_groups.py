@@ -23,12 +23,12 @@ from padam_lightning.errors import UserError
 from padam_lightning.experiments.run_logs import AxisValue, Curve, RunRecord
 
 VAL_ERR = "val/err"
-#: ``--train-curve``: the tags of the training loss and error each definition reads.
+#: ``--train-curve``: the tag of the training loss each definition reads.
 TRAIN_CURVES = {
     # The running mean over the epoch's batches, as Lightning logs it (the reproduction study's).
-    "running": ("train/loss", "train/err"),
+    "running": "train/loss",
     # A second pass over the training split after each epoch (the released code's, the paper's).
-    "pass": ("train_pass/loss", "train_pass/err"),
+    "pass": "train_pass/loss",
 }
 FIGURE_AXES = ("data", "dataset")
 PANEL_AXES = ("arch",)
@@ -43,7 +43,7 @@ class Layout:
     figures: tuple[str, ...]
     panels: tuple[str, ...]
     lines: tuple[str, ...]
-    train_loss: str = TRAIN_CURVES["running"][0]
+    train_loss: str = TRAIN_CURVES["running"]
 
 
 @dataclass
@@ -76,7 +76,7 @@ def choose_layout(
     *,
     panels: Sequence[str] | None = None,
     lines: Sequence[str] | None = None,
-    train_loss: str = TRAIN_CURVES["running"][0],
+    train_loss: str = TRAIN_CURVES["running"],
 ) -> Layout:
     """Figures, panels and lines from the runs' axes (see the module docstring).
 

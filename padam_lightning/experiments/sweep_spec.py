@@ -100,7 +100,6 @@ class SweepSpec:
     """A parsed, validated sweep file."""
 
     name: str
-    description: str
     base: tuple[str, ...]
     axes: tuple[Axis, ...]
     seeds: tuple[int, ...]
@@ -245,8 +244,7 @@ def parse_sweep(data: Any, *, source: Path) -> SweepSpec:
             f"{where}: name must be a folder-safe string (letters, digits, . _ + = -), "
             f"got {name!r}."
         )
-    description = data.get("description") or ""
-    if not isinstance(description, str):
+    if not isinstance(data.get("description") or "", str):  # free text for people, not used
         raise UserError(f"{where}: description must be a string.")
     base = _config_list(data.get("base"), f"{where}: base")
     axes = _parse_grid(data.get("grid"), where)
@@ -255,7 +253,6 @@ def parse_sweep(data: Any, *, source: Path) -> SweepSpec:
     exclude = _parse_exclude(data.get("exclude"), axes, where)
     return SweepSpec(
         name=name,
-        description=description.strip(),
         base=base,
         axes=axes,
         seeds=seeds,
