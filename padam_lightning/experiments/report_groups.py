@@ -154,17 +154,3 @@ def group_runs(records: Sequence[RunRecord], layout: Layout) -> list[RunGroup]:
         )
 
     return sorted(groups, key=order)
-
-
-def common_targets(groups: Sequence[RunGroup]) -> dict[tuple[Any, ...], float]:
-    """Per figure and panel with several groups: the best seed-mean test error of the worst.
-
-    Every group of the panel reaches it (its own curve's minimum is at most that), so the epoch
-    at which each does is a fair speed comparison.
-    """
-    bests: dict[tuple[Any, ...], list[float]] = {}
-    for group in groups:
-        curve = group.mean_curves.get(VAL_ERR)
-        if curve is not None and curve.values:
-            bests.setdefault((group.figure_key, group.panel_key), []).append(min(curve.values))
-    return {key: max(values) for key, values in bests.items() if len(values) > 1}

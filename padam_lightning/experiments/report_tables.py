@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from padam_lightning.experiments.report_groups import VAL_ERR, Layout, RunGroup, common_targets
+from padam_lightning.experiments.report_groups import VAL_ERR, Layout, RunGroup
 from padam_lightning.experiments.run_logs import AxisValue, RunRecord
 
 #: The columns of ``results.csv`` (keys of ``results.json``'s runs), then one per axis.
@@ -52,6 +52,20 @@ def _axes_json(axes: dict[str, AxisValue]) -> dict[str, dict[str, str]]:
     return {axis: {"label": value.label, "title": value.title} for axis, value in axes.items()}
 
 
+def common_targets(groups: Sequence[RunGroup]) -> dict[tuple[Any, ...], float]:
+    """Per figure and panel with several groups: the best seed-mean test error of the worst.
+
+    Every group of the panel reaches it (its own curve's minimum is at most that), so the epoch
+    at which each does is a fair speed comparison.
+    """
+    bests: dict[tuple[Any, ...], list[float]] = {}
+    for group in groups:
+        curve = group.mean_curves.get(VAL_ERR)
+        if curve is not None and curve.values:
+            bests.setdefault((group.figure_key, group.panel_key), []).append(min(curve.values))
+    return {key: max(values) for key, values in bests.items() if len(values) > 1}
+
+
 def run_numbers(record: RunRecord, train_loss: str) -> dict[str, Any]:
     """Progress, final and best test error and final training loss (of tag ``train_loss``)."""
     err, loss = record.curves.get(VAL_ERR), record.curves.get(train_loss)
@@ -62,10 +76,10 @@ def run_numbers(record: RunRecord, train_loss: str) -> dict[str, Any]:
     return {
         "epochs": record.epochs_completed,
         "max_epochs": record.max_epochs,
-        "final_val_err": err.last() if err is not None else None,
+        "final_val_err": err.values[-1] if err is not None else None,
         "best_val_err": best_err,
         "best_epoch": best_epoch,
-        "final_train_loss": loss.last() if loss is not None else None,
+        "final_train_loss": loss.values[-1] if loss is not None else None,
     }
 
 
@@ -87,7 +101,10 @@ def results_json(
                 "finished": record.finished is not None,
                 "axes": _axes_json(record.axes),
                 **run_numbers(record, layout.train_loss),
-                "curves": {tag: curve.as_pairs() for tag, curve in sorted(record.curves.items())},
+                "curves": {
+                    tag: [[e, v] for e, v in zip(curve.epochs, curve.values, strict=True)]
+                    for tag, curve in sorted(record.curves.items())
+                },
             }
             for record in group.runs
         ]

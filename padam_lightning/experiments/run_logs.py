@@ -52,14 +52,6 @@ class Curve:
     epochs: tuple[int, ...]
     values: tuple[float, ...]
 
-    def last(self) -> float:
-        """The value at the last logged epoch."""
-        return self.values[-1]
-
-    def as_pairs(self) -> list[list[float]]:
-        """``[[epoch, value], ...]`` for JSON."""
-        return [[e, v] for e, v in zip(self.epochs, self.values, strict=True)]
-
 
 @dataclass(frozen=True)
 class AxisValue:
