@@ -285,21 +285,26 @@ class SignalInValidation(L.Callback):
 SAVING = "stopping after this batch and saving a checkpoint"
 
 
+_IN_VALIDATION = f"{__name__}.SignalInValidation --trainer.callbacks.epoch 1"
+_AT_LAST_TRAINING_BATCH = f"{__name__}.SignalAtStep --trainer.callbacks.step 6"
+
+
 @pytest.mark.parametrize(
-    ("stop", "ctrl_c_says"),
+    ("stop", "ctrl_c_says", "signum"),
     [
-        # Ctrl-C or SIGTERM while validating epoch 1 (tiny.yaml: 2 validation batches).
+        # While validating epoch 1 (tiny.yaml: 2 validation batches).
         (
-            f"{__name__}.SignalInValidation --trainer.callbacks.epoch 1",
+            _IN_VALIDATION,
             "padam-fit: stopping after this validation batch, without saving a checkpoint "
             "(none is saved during validation: the run's last checkpoint is kept;",
+            signal.SIGINT,
         ),
+        (_IN_VALIDATION, "", signal.SIGTERM),  # no message at the signal, only at the end
         # At epoch 1's last training batch: validation follows it, and the stop falls in it.
-        (f"{__name__}.SignalAtStep --trainer.callbacks.step 6", f"padam-fit: {SAVING}"),
+        (_AT_LAST_TRAINING_BATCH, f"padam-fit: {SAVING}", signal.SIGINT),
     ],
-    ids=["in-validation", "last-training-batch"],
+    ids=["ctrl-c-in-validation", "sigterm-in-validation", "ctrl-c-last-training-batch"],
 )
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stop_in_validation_says_it_keeps_the_last_checkpoint(
     tmp_path: Path,
     stop: str,
