@@ -81,9 +81,10 @@ class DivergenceGuard(L.Callback):
     launcher the others).
 
     Limitation: Lightning does not call callbacks' ``on_save_checkpoint`` for weights-only
-    checkpoints (``ModelCheckpoint(save_weights_only=True)``); those written mid-epoch
-    (``every_n_train_steps``) are saved before the guard has seen the last few steps' losses.
-    The run still stops when their copies arrive.
+    checkpoints (``ModelCheckpoint(save_weights_only=True)``), so their weights are not checked,
+    and those written mid-epoch (``every_n_train_steps``) on an accelerator are saved before the
+    guard has seen the last few steps' losses; the run still stops when those copies arrive.
+    (Weights-only checkpoints at the end of an epoch or of validation come after the waits.)
 
     Raises:
         TrainingDivergedError: From the training hooks, at the first loss that is NaN or
