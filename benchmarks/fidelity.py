@@ -300,6 +300,7 @@ def run_package(
     from padam_lightning.data import CIFARDataModule
     from padam_lightning.optim import Padam
     from padam_lightning.training.classifier import ImageClassifier
+    from padam_lightning.training.divergence import DivergenceGuard
     from padam_lightning.training.train_pass import TrainPass
 
     class Recorder(L.Callback):
@@ -361,7 +362,7 @@ def run_package(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[TrainPass(), Recorder()],
+        callbacks=[TrainPass(), DivergenceGuard(), Recorder()],  # padam-fit's, minus logging
     )
     trainer.fit(model, data)
 

@@ -64,7 +64,7 @@ from padam_lightning.cli.run_layout import (
     LAST_CHECKPOINT_PATH,
 )
 from padam_lightning.data import CIFARDataModule
-from padam_lightning.errors import UserError
+from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.optim import Padam
 from padam_lightning.training.classifier import (
     DEFAULT_OPTIMIZER_ARGS,
@@ -658,6 +658,14 @@ class _WithoutAdvertisements(logging.Filter):
 _NO_ADVERTISEMENTS = _WithoutAdvertisements()
 
 
+#: What padam-fit adds to the library's divergence message: its own options and resume policy.
+DIVERGENCE_HINT = (
+    " With padam-fit: start a new run with a lower --model.optimizer.init_args.lr (or "
+    "--trainer.precision bf16-mixed / 32-true); resuming this run would keep the optimizer "
+    "settings stored in its checkpoint. The checkpoint of the last completed epoch was kept."
+)
+
+
 def _quiet_known_warnings() -> None:
     """Silence warnings that are expected here and would only confuse users."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
@@ -683,6 +691,8 @@ def main(args: ArgsType = None) -> None:
         # ArgumentError: a parse error outside PadamCLI.parse_arguments (e.g. a checkpoint's
         # stored settings).
         message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
+        if isinstance(err, TrainingDivergedError):
+            message += DIVERGENCE_HINT
         rank_zero_only(print)(f"padam-fit: error: {message}", file=sys.stderr)
         sys.exit(err.exit_code if isinstance(err, UserError) else UserError.exit_code)
 

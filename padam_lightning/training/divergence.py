@@ -184,8 +184,6 @@ class DivergenceGuard(L.Callback):
                     f"the training loss became {value} at step {pending.step} (epoch "
                     f"{pending.epoch}, batch {pending.batch_idx}). The usual cause is a learning "
                     "rate too large for this optimizer (Adam-like methods want ~1e-3, Padam and "
-                    "SGD ~0.1) or fp16 overflow. Lower model.optimizer.init_args.lr (or use "
-                    "bf16-mixed / 32-true precision) and start the run again: a resumed run keeps "
-                    "the optimizer settings stored in its checkpoint. The checkpoint of the last "
-                    "completed epoch was kept."
+                    "SGD ~0.1) or fp16 overflow: lower the learning rate (or train in bf16 or "
+                    "float32) and start again. No checkpoint was written after that step."
                 )

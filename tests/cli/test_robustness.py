@@ -493,6 +493,8 @@ def test_divergence_from_the_command_line_names_the_step(
         err,
     )
     assert "learning rate" in err
+    # The library names no CLI option; padam-fit adds its own.
+    assert "--model.optimizer.init_args.lr" in err
     assert "Traceback" not in err
 
 
