@@ -243,7 +243,8 @@ def plan_jobs(
 def describe(spec: SweepSpec, states: Sequence[RunState], save_dir: str) -> str:
     """One header line: the sweep, its shape and what is left to do."""
     shape = " x ".join(
-        [f"{axis.name} {len(axis.choices)}" for axis in spec.axes] + [f"seeds {len(spec.seeds)}"]
+        [f"{axis} {len(choices)}" for axis, choices in spec.axes.items()]
+        + [f"seeds {len(spec.seeds)}"]
     )
     return (
         f"sweep {spec.name} ({spec.source}): {len(states)} runs ({shape}) in "

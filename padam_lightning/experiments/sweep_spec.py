@@ -79,20 +79,12 @@ _RESERVED_KEYS = ("seed_everything", "trainer.logger", "ckpt_path", "config")
 
 @dataclass(frozen=True)
 class Choice:
-    """One value of a grid axis: config files and overrides, named by a short label."""
+    """One value of a grid axis: config files and overrides, a short label and a display title."""
 
     label: str
+    title: str
     configs: tuple[str, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
-    title: str = ""
-
-
-@dataclass(frozen=True)
-class Axis:
-    """A grid axis: its name and its choices in file order."""
-
-    name: str
-    choices: tuple[Choice, ...]
 
 
 @dataclass(frozen=True)
@@ -101,7 +93,7 @@ class SweepSpec:
 
     name: str
     base: tuple[str, ...]
-    axes: tuple[Axis, ...]
+    axes: dict[str, tuple[Choice, ...]]  # axis name -> its choices, in file order
     seeds: tuple[int, ...]
     overrides: tuple[tuple[str, Any], ...]
     exclude: tuple[Mapping[str, frozenset[str]], ...]
@@ -135,7 +127,7 @@ class PlannedRun:
             "axes": {
                 axis: {
                     "label": choice.label,
-                    "title": choice.title or default_title(choice.label),
+                    "title": choice.title,
                     "index": index,
                 }
                 for axis, index, choice in self.choices
@@ -297,10 +289,10 @@ def _parse_choice(label: Any, value: Any, where: str) -> Choice:
             "(letters, digits, . _ + = -), e.g. resnet18 or p0.125."
         )
     here = f"{where}.{label}"
+    title = default_title(label)
     if isinstance(value, str | list):
-        return Choice(label, configs=_config_list(value, here))
+        return Choice(label, title, configs=_config_list(value, here))
     if isinstance(value, dict):
-        title = ""
         if any(key in CHOICE_KEYS for key in value):
             unknown = sorted(set(value) - set(CHOICE_KEYS))
             if unknown:
@@ -310,26 +302,26 @@ def _parse_choice(label: Any, value: Any, where: str) -> Choice:
                 )
             configs = _config_list(value.get("config"), f"{here}.config")
             overrides = _parse_overrides(value.get("overrides"), f"{here}.overrides")
-            title = value.get("title") or ""
+            title = value.get("title") or title
             if not isinstance(title, str):
                 raise UserError(f"{here}.title: expected a string, got {title!r}.")
         else:
             configs, overrides = (), _parse_overrides(value, here)
         if not configs and not overrides:
             raise UserError(f"{here}: the choice is empty; give a config file or overrides.")
-        return Choice(label, configs=configs, overrides=overrides, title=title)
+        return Choice(label, title, configs=configs, overrides=overrides)
     raise UserError(
         f"{here}: a choice is a config file, a list of config files, a mapping of overrides, "
         f"or {{config: ..., overrides: ...}}; got {value!r}."
     )
 
 
-def _parse_grid(value: Any, where: str) -> tuple[Axis, ...]:
+def _parse_grid(value: Any, where: str) -> dict[str, tuple[Choice, ...]]:
     if value is None:
-        return ()
+        return {}
     if not isinstance(value, dict):
         raise UserError(f"{where}: grid must map axis names to {{label: choice}} mappings.")
-    axes = []
+    axes = {}
     for axis_name, choices in value.items():
         if not isinstance(axis_name, str) or not _NAME.match(axis_name):
             raise UserError(f"{where}: grid axis name {axis_name!r} must be a short name.")
@@ -338,16 +330,11 @@ def _parse_grid(value: Any, where: str) -> tuple[Axis, ...]:
                 f"{where}: grid.{axis_name} must map labels to choices, e.g. "
                 "{resnet18: configs/resnet18.yaml}."
             )
-        axes.append(
-            Axis(
-                axis_name,
-                tuple(
-                    _parse_choice(label, choice, f"{where}: grid.{axis_name}")
-                    for label, choice in choices.items()
-                ),
-            )
+        axes[axis_name] = tuple(
+            _parse_choice(label, choice, f"{where}: grid.{axis_name}")
+            for label, choice in choices.items()
         )
-    return tuple(axes)
+    return axes
 
 
 def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
@@ -367,13 +354,13 @@ def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
 
 
 def _parse_exclude(
-    value: Any, axes: tuple[Axis, ...], where: str
+    value: Any, axes: dict[str, tuple[Choice, ...]], where: str
 ) -> tuple[Mapping[str, frozenset[str]], ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         raise UserError(f"{where}: exclude must be a list of {{axis: label(s)}} mappings.")
-    labels = {axis.name: {choice.label for choice in axis.choices} for axis in axes}
+    labels = {axis: {choice.label for choice in choices} for axis, choices in axes.items()}
     rules = []
     for rule in value:
         if not isinstance(rule, dict) or not rule:
@@ -405,10 +392,9 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
     """
     runs = []
     names: set[str] = set()
-    axis_choices = [axis.choices for axis in spec.axes]
-    for combination in itertools.product(*(enumerate(choices) for choices in axis_choices)):
+    for combination in itertools.product(*(enumerate(choices) for choices in spec.axes.values())):
         chosen = tuple(
-            (axis.name, index, choice)
+            (axis, index, choice)
             for axis, (index, choice) in zip(spec.axes, combination, strict=True)
         )
         labels = {axis: choice.label for axis, _, choice in chosen}
