@@ -12,6 +12,7 @@ from typing import Final
 
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import check_integrity
 
 from padam_lightning.data.splits import ImageSplit
 from padam_lightning.errors import DataError
@@ -30,9 +31,11 @@ def _expected_files(dataset_class: type[CIFAR10], data_dir: Path) -> list[Path]:
     return [folder / name for name in [*names, dataset_class.meta["filename"]]]
 
 
-def _how_to_fix(dataset_class: type[CIFAR10], data_dir: Path, corrupt: bool = False) -> str:
-    folder = data_dir / dataset_class.base_folder
-    first = f"Move {folder}/ aside (nothing was deleted), then download" if corrupt else "Download"
+def _how_to_fix(
+    dataset_class: type[CIFAR10], data_dir: Path, corrupt: bool = False, aside: Path | None = None
+) -> str:
+    aside = aside or data_dir / dataset_class.base_folder
+    first = f"Move {aside} aside (nothing was deleted), then download" if corrupt else "Download"
     return (
         f"{first} {dataset_class.filename} from {_DATA_PAGE} and extract it into {data_dir}/ "
         f"(giving {data_dir / dataset_class.base_folder}/), or use --data.dataset imagefolder "
@@ -66,6 +69,12 @@ def load_cifar_split(dataset: str, data_dir: str | Path, train: bool, download: 
     root = Path(data_dir)
     folder = root / dataset_class.base_folder
     missing = [path.name for path in _expected_files(dataset_class, root) if not path.is_file()]
+    # torchvision extracts an archive already in the folder (download=True) when its MD5 matches,
+    # and fetches a fresh one otherwise: a damaged archive is not a missing one.
+    archive = root / dataset_class.filename
+    archive_intact = None
+    if missing and archive.is_file():
+        archive_intact = check_integrity(str(archive), dataset_class.tgz_md5)
     try:
         # With download=True torchvision fetches the archive only when a file is missing or
         # fails its MD5; either way it checks every MD5 before unpickling.
@@ -78,6 +87,13 @@ def load_cifar_split(dataset: str, data_dir: str | Path, train: bool, download: 
     except Exception as error:
         # A failed download (URLError, HTTPError, OSError, ...) or torchvision's RuntimeError
         # for a file that is missing or fails its MD5.
+        if missing and download and archive_intact is False:
+            problem = (
+                f"not found in {root}/: the archive {archive} there fails its checksum (damaged "
+                f"or incomplete) and downloading a fresh copy failed ({_describe(error)})"
+            )
+            fix = _how_to_fix(dataset_class, root, corrupt=True, aside=archive)
+            raise DataError(f"{title} {problem}. {fix}") from error
         if missing and download:
             problem = f"not found in {root}/ and the download failed ({_describe(error)})"
         elif missing:
@@ -85,6 +101,13 @@ def load_cifar_split(dataset: str, data_dir: str | Path, train: bool, download: 
                 f"not found in {root}/ (missing in {folder}/: {', '.join(missing)}) and "
                 "--data.download is false"
             )
+            if archive_intact:
+                raise DataError(
+                    f"{title} {problem}; the archive {archive} is there and intact: pass "
+                    "--data.download true to extract it (nothing is downloaded then)."
+                ) from error
+            if archive_intact is False:
+                problem += f"; the archive {archive} there fails its checksum (damaged)"
         elif download:
             problem = (
                 f"files in {folder}/ failed their checksum check (corrupt or incomplete) and "

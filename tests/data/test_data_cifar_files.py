@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from urllib.error import URLError
 
@@ -74,6 +75,39 @@ def test_missing_files_and_failed_download(
     assert "name resolution" in message
     assert f"{dataset.replace('cifar', 'cifar-')}-python.tar.gz" in message
     assert len(no_network) == 1 and no_network[0].startswith("https://www.cs.toronto.edu/")
+
+
+@pytest.mark.parametrize(("dataset", "title"), [("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")])
+def test_a_damaged_archive_is_named_not_called_missing(
+    tmp_path: Path, no_network: list[str], dataset: str, title: str
+) -> None:
+    archive = tmp_path / f"{dataset.replace('cifar', 'cifar-')}-python.tar.gz"
+    archive.write_bytes(b"the first kilobytes of an interrupted download")
+    for download in (True, False):
+        data = CIFARDataModule(dataset, data_dir=str(tmp_path), download=download)
+        with pytest.raises(DataError) as raised:
+            data.setup("fit")
+        message = str(raised.value)
+        assert f"the archive {archive} there fails its checksum (damaged" in message
+        if download:
+            assert "downloading a fresh copy failed (URLError" in message
+            assert f"Move {archive} aside (nothing was deleted)" in message
+    assert archive.read_bytes() == b"the first kilobytes of an interrupted download"
+
+
+def test_an_intact_archive_without_download_says_how_to_extract_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"stands for the real archive")
+    monkeypatch.setattr(
+        torchvision.datasets.CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest()
+    )
+    data = CIFARDataModule("cifar10", data_dir=str(tmp_path), download=False)
+    with pytest.raises(DataError) as raised:
+        data.setup("fit")
+    message = str(raised.value)
+    assert f"the archive {archive} is there and intact: pass --data.download true" in message
 
 
 def test_real_checksums_refuse_fake_files(tmp_path: Path) -> None:
