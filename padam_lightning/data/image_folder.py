@@ -1,7 +1,8 @@
 """A folder of 32x32 images, one subfolder per class, decoded once and cached as tensors.
 
 Layout: ``DATA_DIR/train/<class>/*.jpg|png`` and ``DATA_DIR/test/<class>/*.jpg|png`` (the CIFAR-10
-JPEGs, for instance). Class indices follow the sorted names of the class folders under ``train/``.
+JPEGs, for instance; images in subfolders of a class folder count, as in torchvision's
+``ImageFolder``). Class indices follow the sorted names of the class folders under ``train/``.
 The split is stored in a fixed shuffled order (:func:`storage_order`: a permutation of the
 sorted listing that depends on nothing but the number of images, not on any seed), not class by
 class: evaluation reads a split in its stored order, so any prefix of it (``limit_val_batches``)
@@ -65,12 +66,33 @@ def class_names(data_dir: str | Path) -> list[str]:
     return names
 
 
+def _images_under(folder: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(path relative to ``folder``, stat) of each image at any depth, in sorted order.
+
+    Subfolders count, as in torchvision's ``ImageFolder``; hidden files and folders do not.
+    """
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name[0] == ".":
+            continue
+        if entry.is_dir():
+            for relative, stat in _images_under(entry.path):
+                yield f"{entry.name}/{relative}", stat
+        elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            yield entry.name, entry.stat()
+
+
 def _list_images(split_dir: Path, classes: list[str]) -> list[tuple[str, int, os.stat_result]]:
-    """Return (path relative to split_dir, label, stat) of every image, in a fixed order."""
+    """Return (path relative to split_dir, label, stat) of every image, in a fixed order.
+
+    Raises:
+        DataError: If ``split_dir`` is missing or holds no images, a class folder is not one of
+            ``classes``, or (training split) a class folder holds no images.
+    """
     if not split_dir.is_dir():
         raise DataError(f"Image folder {split_dir}/ not found. {_LAYOUT_HINT}")
     index = {name: i for i, name in enumerate(classes)}
     found = []
+    counts = dict.fromkeys(classes, 0)
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
         if not entry.is_dir() or entry.name[0] == ".":
             continue
@@ -79,11 +101,26 @@ def _list_images(split_dir: Path, classes: list[str]) -> list[tuple[str, int, os
                 f"Class folder {split_dir / entry.name}/ has no counterpart in "
                 f"{split_dir.parent / 'train'}/ (classes there: {', '.join(classes)})."
             )
-        for file in sorted(os.scandir(entry.path), key=lambda e: e.name):
-            if file.is_file() and Path(file.name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append((f"{entry.name}/{file.name}", index[entry.name], file.stat()))
+        for relative, stat in _images_under(entry.path):
+            found.append((f"{entry.name}/{relative}", index[entry.name], stat))
+            counts[entry.name] += 1
     if not found:
         raise DataError(f"Image folder {split_dir}/ holds no images. {_LAYOUT_HINT}")
+    empty = [name for name, count in counts.items() if count == 0]
+    if empty and split_dir.name == "train":
+        # Each class folder is an output of the network: one without images would never be
+        # learned, and would change the class count (torchvision's ImageFolder refuses it too).
+        raise DataError(
+            f"Class folder {split_dir / empty[0]}/ holds no images"
+            + (f" (nor do {', '.join(empty[1:])})" if empty[1:] else "")
+            + f": add its images or remove the folder. {_LAYOUT_HINT}"
+        )
+    if empty:
+        warnings.warn(
+            f"{split_dir}/ has no images of class {', '.join(empty)}: its error rates cover "
+            "the other classes only.",
+            stacklevel=3,
+        )
     return found
 
 

@@ -152,6 +152,43 @@ def test_test_class_must_exist_in_train(tmp_path: Path) -> None:
         load_image_folder_split(tmp_path, "test")
 
 
+def test_images_in_subfolders_of_a_class_count_as_that_class(tmp_path: Path) -> None:
+    # As in torchvision's ImageFolder: a class folder's images at any depth are its images.
+    written = write_image_folder(tmp_path, {"train": {"cat": 3, "dog": 2}}, fmt="png")
+    nested = tmp_path / "train" / "cat" / "sub" / "deeper"
+    nested.mkdir(parents=True)
+    moved = tmp_path / "train" / "cat" / "0001.png"
+    moved.rename(nested / "0001.png")
+    (tmp_path / "train" / "cat" / ".hidden").mkdir()
+    (tmp_path / "train" / "cat" / ".hidden" / "x.png").write_bytes(moved.name.encode())
+    split = load_image_folder_split(tmp_path, "train")
+    assert len(split.labels) == 5 and int((split.labels == 0).sum()) == 3
+    stored = {tuple(image.flatten()[:8].tolist()) for image in split.images[split.labels == 0]}
+    assert stored == {tuple(image.flatten()[:8].tolist()) for image in written["train"]["cat"]}
+
+
+def test_an_empty_training_class_folder_is_refused(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"train": {"cat": 2, "dog": 1}}, fmt="png")
+    for name in ("ant", "zebra"):
+        (tmp_path / "train" / name).mkdir()
+    (tmp_path / "train" / "zebra" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as raised:
+        load_image_folder_split(tmp_path, "train")
+    message = str(raised.value)
+    assert f"Class folder {tmp_path / 'train' / 'ant'}/ holds no images (nor do zebra)" in message
+    assert "remove the folder" in message
+
+
+def test_a_test_split_without_a_class_warns(tmp_path: Path) -> None:
+    write_image_folder(
+        tmp_path, {"train": {"a": 1, "b": 1, "c": 1}, "test": {"a": 1, "c": 1}}, fmt="png"
+    )
+    (tmp_path / "test" / "c" / "0000.png").unlink()  # c's folder is there but empty
+    with pytest.warns(UserWarning, match=r"has no images of class b, c: its error rates cover"):
+        split = load_image_folder_split(tmp_path, "test")
+    assert split.labels.tolist() == [0]
+
+
 def test_unwritable_cache_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_image_folder(tmp_path, {"train": {"a": 2}}, fmt="png")
 
