@@ -7,6 +7,12 @@ CONFIG ?= configs/wrn.yaml
 SWEEP ?= configs/sweeps/optimizers.yaml
 # CIFAR-10 as JPEGs (train/<class>/, test/<class>/), used by `make fit` when data/ has no CIFAR-10.
 CIFAR_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
+# Where it is extracted (configs/data/cifar10_jpeg.yaml reads it there), and the file that marks
+# a complete extraction.
+JPEG_DIR := data/cifar10-jpeg
+JPEG_MARKER := .extracted
+# The training command (tests replace it with a stand-in).
+FIT ?= $(BIN)/padam-fit
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint format bench bench-gpu fit fit-cpu demo tensorboard sweep report clean
@@ -42,13 +48,24 @@ bench-gpu: ## On a CUDA machine: every GPU goal and a short ResNet-18 run (bench
 
 fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --config $(CONFIG).
 	@# Offline machines: use the CIFAR-10 JPEG copy when there is no CIFAR-10 download in data/.
+	@# The tarball is extracted into a temporary folder that is renamed only once tar has
+	@# succeeded, with a marker file: an interrupted extraction is never trained on, it is
+	@# removed and redone (also a partial folder left by versions without the marker).
 	@if [ ! -d data/cifar-10-batches-py ] && [ -f "$(CIFAR_JPEG)" ]; then \
-		mkdir -p data/cifar10-jpeg; \
-		[ -d data/cifar10-jpeg/train ] || tar -xzf "$(CIFAR_JPEG)" -C data/cifar10-jpeg; \
-		echo "make fit: using the CIFAR-10 JPEGs of $(CIFAR_JPEG) in data/cifar10-jpeg"; \
-		$(BIN)/padam-fit fit --config $(CONFIG) --config configs/data/cifar10_jpeg.yaml $(ARGS); \
+		if [ ! -f $(JPEG_DIR)/$(JPEG_MARKER) ]; then \
+			echo "make fit: extracting $(CIFAR_JPEG) into $(JPEG_DIR)"; \
+			rm -rf $(JPEG_DIR).partial && mkdir -p $(JPEG_DIR).partial && \
+			tar -xzf "$(CIFAR_JPEG)" -C $(JPEG_DIR).partial && \
+			touch $(JPEG_DIR).partial/$(JPEG_MARKER) && \
+			rm -rf $(JPEG_DIR) && mv $(JPEG_DIR).partial $(JPEG_DIR) || { \
+				rm -rf $(JPEG_DIR).partial; \
+				echo "make fit: error: could not extract $(CIFAR_JPEG) into $(JPEG_DIR)" >&2; \
+				exit 1; }; \
+		fi; \
+		echo "make fit: using the CIFAR-10 JPEGs of $(CIFAR_JPEG) in $(JPEG_DIR)"; \
+		$(FIT) fit --config $(CONFIG) --config configs/data/cifar10_jpeg.yaml $(ARGS); \
 	else \
-		$(BIN)/padam-fit fit --config $(CONFIG) $(ARGS); \
+		$(FIT) fit --config $(CONFIG) $(ARGS); \
 	fi
 
 fit-cpu: $(STAMP) ## A CPU-scale run (WRN-10-1, 10 epochs, 10-12 min on 2 cores): configs/cpu.yaml.
