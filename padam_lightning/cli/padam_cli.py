@@ -488,11 +488,13 @@ class PadamCLI(LightningCLI):
 
         Runs after the trainer, model and data are built, before ``Trainer.fit`` creates or
         touches the run folder: the lr schedulers, the callbacks' settings and the data seed are
-        compared with the checkpoint's (``cli/resume.py`` lists what Lightning restores).
+        compared with the checkpoint's (``cli/resume.py`` lists what Lightning restores). A run
+        without a logger must not overwrite files already there (:meth:`_refuse_to_overwrite`).
 
         Raises:
             UserError: If the checkpoint cannot continue the run this command describes.
         """
+        self._refuse_to_overwrite("fit")
         if self._resume is None:
             return
         path, checkpoint = self._resume
@@ -502,6 +504,58 @@ class PadamCLI(LightningCLI):
         check_callbacks(path, checkpoint, self.trainer)
         datamodule = getattr(self, "datamodule", None)
         check_data(path, checkpoint, datamodule, getattr(datamodule, "effective_seed", None))
+
+    def before_validate(self) -> None:
+        """See :meth:`_refuse_to_overwrite`."""
+        self._refuse_to_overwrite("validate")
+
+    def before_test(self) -> None:
+        """See :meth:`_refuse_to_overwrite`."""
+        self._refuse_to_overwrite("test")
+
+    def before_predict(self) -> None:
+        """See :meth:`_refuse_to_overwrite`."""
+        self._refuse_to_overwrite("predict")
+
+    def _refuse_to_overwrite(self, stage: str) -> None:
+        """Refuse a run without a logger whose files would replace files already there.
+
+        With a logger every run writes into a fresh run folder (a resume into its own). Without
+        one (``--trainer.logger false``), Lightning writes checkpoints to
+        ``<default_root_dir>/checkpoints`` and padam-fit the config to
+        ``<default_root_dir>/config.yaml`` (``config-<stage>.yaml`` for an evaluation), and
+        ``default_root_dir`` is the working directory unless given: a user's own ``config.yaml``
+        or another run's checkpoints would be overwritten. Only a ``fit`` that resumes from a
+        checkpoint of that folder may rewrite them: they are its own run's.
+
+        Raises:
+            UserError: If such a file exists, before anything is written.
+        """
+        if self.trainer.loggers:
+            return
+        root = Path(self.trainer.default_root_dir)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        checkpoints = root / LAST_CHECKPOINT_PATH.parent
+        if (
+            stage == "fit"
+            and ckpt_path is not None
+            and Path(str(ckpt_path)).resolve().parent == checkpoints.resolve()
+        ):
+            return  # resuming the run that owns this folder
+        config_file = root / (CONFIG_FILE if stage == "fit" else f"config-{stage}.yaml")
+        taken = [config_file] if config_file.exists() else []
+        if stage == "fit" and self.trainer.checkpoint_callbacks and checkpoints.is_dir():
+            taken += sorted(checkpoints.glob("*.ckpt"))[:1]
+        if taken:
+            writes = f"{config_file.name} and checkpoints/" if stage == "fit" else config_file.name
+            raise UserError(
+                f"without a logger, {stage} writes {writes} into {root} "
+                "(--trainer.default_root_dir, by default the working directory), and "
+                f"{taken[0]} already exists; padam-fit does not overwrite it. Pass "
+                "--trainer.default_root_dir with a new folder, or keep the logger (each run "
+                "then gets its own folder under lightning_logs/)."
+            )
 
     def _after_evaluation(self, stage: str) -> None:
         """Say where an evaluation's results went (they are not in the run's own curves)."""

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from jsonargparse import Namespace
 from test_robustness import tiny_cli_args
 
@@ -207,3 +208,72 @@ def test_predict_saves_each_test_images_class_beside_the_run_and_leaves_the_run(
     assert saved["pred"].shape == saved["label"].shape and saved["pred"].dtype == torch.int64
     assert saved["err"] == pytest.approx(float((saved["pred"] != saved["label"]).float().mean()))
     assert saved["err"] == pytest.approx(next(iter(test_err.values())), abs=1e-6)
+
+
+def _loggerless(*extra: str, command: str = "fit") -> list[str]:
+    """The tiny run without a logger: Lightning's files go to the working directory."""
+    return [
+        command,
+        "--config",
+        str(CONFIGS / "wrn.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.logger",
+        "false",
+        *extra,
+    ]
+
+
+def test_a_run_without_a_logger_never_overwrites_files_in_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # A fresh folder: Lightning's documented layout, config.yaml and checkpoints/ there.
+    main(_loggerless())
+    assert (tmp_path / "config.yaml").is_file()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    # Resuming that run from its own checkpoint may rewrite its own files.
+    main(_loggerless("--trainer.max_epochs", "2", "--ckpt_path", str(last)))
+    assert torch_load_global_step(last) == 6  # 2 epochs of 3 batches
+
+    # Another run there would replace the first run's checkpoints: refused, nothing touched.
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for stamp in before:
+        os.utime(stamp, (1e9, 1e9))
+    with pytest.raises(SystemExit) as exit_info:
+        main(_loggerless())
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("padam-fit: error:") == 1 and "Traceback" not in err
+    assert "already exists; padam-fit does not overwrite it" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+    # A user's own config.yaml in a folder without checkpoints: refused, kept, nothing written.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("mine\n")
+    monkeypatch.chdir(mine)
+    for extra in ([], ["--trainer.enable_checkpointing", "false"]):
+        with pytest.raises(SystemExit):
+            main(_loggerless(*extra))
+        assert f"{mine / 'config.yaml'} already exists" in capsys.readouterr().err
+    assert (mine / "config.yaml").read_text() == "mine\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"]
+
+    # An evaluation writes config-<stage>.yaml: the first one, never over an existing one.
+    for stage in ("validate", "test"):
+        main(_loggerless("--ckpt_path", str(last), command=stage))
+        written = mine / f"config-{stage}.yaml"
+        assert written.read_text().startswith("# lightning.pytorch==")
+        written.write_text("mine\n")
+        with pytest.raises(SystemExit):
+            main(_loggerless("--ckpt_path", str(last), command=stage))
+        assert f"config-{stage}.yaml already exists" in capsys.readouterr().err
+        assert written.read_text() == "mine\n"
+
+
+def torch_load_global_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
