@@ -44,7 +44,12 @@ from padam_lightning.experiments.report_tables import (
     write_csv,
     write_json,
 )
-from padam_lightning.experiments.run_logs import UnreadableRunError, find_run_dirs, read_run
+from padam_lightning.experiments.run_logs import (
+    UnreadableRunError,
+    check_output_folder,
+    find_run_dirs,
+    read_run,
+)
 
 PROG = "padam-report"
 DEFAULT_TARGETS = (0.10,)
@@ -175,6 +180,7 @@ def run_report(argv: Sequence[str]) -> int:
     targets = args.target_err
     if any(not 0 < t < 1 for t in targets):
         raise UserError("--target-err values are error fractions between 0 and 1, e.g. 0.1.")
+    check_output_folder(args.out, "--out")  # before reading the runs, which takes a while
     groups, layout, notes = build_report(
         args.logdir,
         panels=args.panels,
@@ -183,15 +189,20 @@ def run_report(argv: Sequence[str]) -> int:
     )
     for note in notes:
         print(f"{PROG}: {note}", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
     title = args.title or f"Results: {args.logdir}"
-    written = save_figures(build_figures(groups, layout), args.out)
-    results = results_json(groups, layout, targets, args.logdir)
-    markdown = args.out / "results.md"
-    markdown.write_text(markdown_table(results, title))
-    json_path, csv_path = args.out / "results.json", args.out / "results.csv"
-    write_json(json_path, results)
-    write_csv(csv_path, results)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = save_figures(build_figures(groups, layout), args.out)
+        results = results_json(groups, layout, targets, args.logdir)
+        markdown = args.out / "results.md"
+        markdown.write_text(markdown_table(results, title))
+        json_path, csv_path = args.out / "results.json", args.out / "results.csv"
+        write_json(json_path, results)
+        write_csv(csv_path, results)
+    except OSError as err:
+        # What the check above cannot foresee: a full disk, a folder named like an output file.
+        target = err.filename or args.out
+        raise UserError(f"cannot write {target}: {err.strerror or err}") from err
     written += [markdown, json_path, csv_path]
     runs = sum(len(g.runs) for g in groups)
     print(f"{PROG}: {runs} run(s) in {len(groups)} group(s); wrote {', '.join(map(str, written))}")

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from padam_lightning.cli.run_layout import CONFIG_FILE, EVAL_FOLDER, FINISHED_FILE
+from padam_lightning.errors import UserError
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 EPOCH_TAG = "epoch"
@@ -102,6 +103,33 @@ class RunRecord:
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         return value
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Check that ``path`` is a folder, or can be created as one, that this user can write into.
+
+    Called before any work, so a wrong path is one line up front rather than a traceback from
+    ``mkdir`` (``FileExistsError``, ``NotADirectoryError``) after minutes of reading or training.
+
+    Args:
+        path: The folder (it and its parents may be missing).
+        option: The command-line option that gave it, for the message (e.g. ``--out``).
+
+    Raises:
+        UserError: If ``path`` or one of its parents is an existing file, or the nearest
+            existing folder is not writable.
+    """
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder; pass a folder (created if new).")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"{option} {path}: {existing} is a file, not a folder; pass a folder (created if new)."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write into {existing} (permission denied).")
 
 
 def find_run_dirs(logdir: Path) -> list[Path]:

@@ -34,7 +34,7 @@ from typing import Any
 
 from padam_lightning.cli.run_layout import DEFAULT_LOG_DIR
 from padam_lightning.errors import UserError
-from padam_lightning.experiments.run_logs import RUN_FILE
+from padam_lightning.experiments.run_logs import RUN_FILE, check_output_folder
 from padam_lightning.experiments.sweep_jobs import (
     FitJob,
     Outcome,
@@ -319,6 +319,9 @@ def run_sweep(argv: Sequence[str]) -> int:
     if args.executor == "slurm" and args.runs_per_gpu != 1:
         raise UserError("--runs-per-gpu is for the local executor; SLURM gives each run its GPU.")
     spec = load_sweep(args.sweep)
+    # A file in the way of the run folders is one line now, not a failure of every run.
+    check_output_folder(Path(args.save_dir), "--save-dir")
+    check_output_folder(Path(args.save_dir) / spec.name, "the sweep's folder")
     fit_command = shlex.split(args.fit_command) if args.fit_command else default_fit_command()
     if not fit_command:
         raise UserError("--fit-command is empty; give the training command, e.g. padam-fit.")

@@ -201,10 +201,15 @@ def load_sweep(path: str | Path) -> SweepSpec:
         The parsed sweep.
 
     Raises:
-        UserError: If the file is missing, not YAML, or breaks the schema (the message names the
-            key and what is expected).
+        UserError: If the file is missing, a folder, unreadable, not YAML, or breaks the schema
+            (the message names the key and what is expected).
     """
     source = Path(path)
+    if source.is_dir():
+        raise UserError(
+            f"sweep file {source} is a folder; pass a YAML file such as "
+            "configs/sweeps/optimizers.yaml."
+        )
     if not source.is_file():
         raise UserError(
             f"sweep file {source} not found; pass a YAML file such as "
@@ -212,7 +217,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
         )
     try:
         data = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as err:
+    except OSError as err:  # e.g. no read permission
+        raise UserError(f"sweep file {source} cannot be read: {err.strerror or err}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:  # not text, or not YAML
         raise UserError(f"sweep file {source} is not valid YAML: {err}".replace("\n", " ")) from err
     return parse_sweep(data, source=source)
 

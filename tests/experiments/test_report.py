@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -437,3 +439,69 @@ def test_runs_of_one_folder_with_the_same_seed_are_noted_and_eval_folders_skippe
     assert [len(g.runs) for g in groups] == [2]
     assert len(notes) == 1 and "share a seed" in notes[0], notes
     assert "version_0" in notes[0] and "version_1" in notes[0]
+
+
+@pytest.mark.parametrize(
+    ("make_out", "message"),
+    [
+        # An existing file as --out (was FileExistsError from mkdir).
+        (lambda tmp: _file(tmp / "README.md"), "--out {tmp}/README.md is a file, not a folder"),
+        # A path below a file (was NotADirectoryError from mkdir), and deeper below one.
+        (lambda tmp: _file(tmp / "somefile") / "sub", "{tmp}/somefile is a file, not a folder"),
+        (lambda tmp: _file(tmp / "f") / "a" / "b", "--out {tmp}/f/a/b: {tmp}/f is a file"),
+    ],
+    ids=["out-is-a-file", "out-below-a-file", "out-two-below-a-file"],
+)
+def test_an_out_path_that_cannot_be_a_folder_is_one_line_before_reading_runs(
+    tmp_path: Path,
+    optimizer_logs: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_out: Callable[[Path], Path],
+    message: str,
+) -> None:
+    out = make_out(tmp_path)
+    assert main([str(optimizer_logs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("padam-report: error: ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path) in err
+    # The file in the way is left as it was, and nothing was created.
+    assert [p.read_text() for p in tmp_path.iterdir() if p.is_file()] == ["mine"]
+
+
+def _file(path: Path) -> Path:
+    path.write_text("mine")
+    return path
+
+
+def test_an_output_file_that_cannot_be_written_is_one_line(
+    tmp_path: Path, optimizer_logs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A folder where results.md goes: only the writing finds out (was IsADirectoryError).
+    out = tmp_path / "out"
+    (out / "results.md").mkdir(parents=True)
+    assert main([str(optimizer_logs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"padam-report: error: cannot write {out / 'results.md'}: Is a directory\n"
+
+
+def test_an_unwritable_out_parent_is_refused_up_front(
+    tmp_path: Path,
+    optimizer_logs: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # os.access stands in for a read-only folder: these tests may run as root, which writes
+    # anywhere.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
+    assert main([str(optimizer_logs), "--out", str(locked / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"padam-report: error: --out {locked}/report: cannot write into {locked} "
+        "(permission denied).\n"
+    )
+    assert not (locked / "report").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import stat
 import sys
@@ -352,3 +353,52 @@ def test_slurm_additional_needs_key_value(
     sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
     assert main([str(sweep), "--executor", "slurm", "--slurm-additional", "account"]) == 2
     assert "--slurm-additional account: expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_paths_that_cannot_work_are_one_line_before_any_run(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    run = [str(sweep), "--fit-command", FIT_COMMAND]
+
+    def error_of(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("padam-sweep: error: ") and err.count("\n") == 1, err
+        return err.removeprefix("padam-sweep: error: ").strip()
+
+    # The sweep file: a folder, not text.
+    assert error_of([str(project)]) == (
+        f"sweep file {project} is a folder; pass a YAML file such as "
+        "configs/sweeps/optimizers.yaml."
+    )
+    (project / "binary.yaml").write_bytes(b"\xff\xfe\x00")
+    assert error_of([str(project / "binary.yaml")]).startswith(
+        f"sweep file {project / 'binary.yaml'} is not valid YAML: "
+    )
+    # --save-dir: a file, a path below a file, a file where the sweep's folder goes.
+    (project / "notes.txt").write_text("mine")
+    for dry in ([], ["--dry-run"]):
+        assert error_of([*run, *dry, "--save-dir", "notes.txt"]) == (
+            "--save-dir notes.txt is a file, not a folder; pass a folder (created if new)."
+        )
+    assert error_of([*run, "--save-dir", "notes.txt/logs"]) == (
+        "--save-dir notes.txt/logs: notes.txt is a file, not a folder; pass a folder "
+        "(created if new)."
+    )
+    (project / "logs").mkdir()
+    (project / "logs" / "demo").write_text("mine")
+    assert error_of([*run, "--save-dir", "logs"]) == (
+        "the sweep's folder logs/demo is a file, not a folder; pass a folder (created if new)."
+    )
+    # Not writable (os.access stands in for a read-only folder: tests may run as root).
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path).name != "ro" and real_access(path, mode)
+    )
+    (project / "ro").mkdir()
+    assert error_of([*run, "--save-dir", "ro/logs"]) == (
+        "--save-dir ro/logs: cannot write into ro (permission denied)."
+    )
+    assert (project / "notes.txt").read_text() == "mine"
+    assert not any(project.rglob("calls.jsonl"))  # no run started
