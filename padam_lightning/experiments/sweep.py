@@ -264,28 +264,74 @@ def dry_run_text(jobs: Sequence[FitJob], states: Sequence[RunState]) -> str:
     return "\n".join(lines)
 
 
-def gpu_ids(gpus: str | None) -> list[int]:
-    """GPU ids to run on: ``--gpus`` (``"0,1"``), else ``CUDA_VISIBLE_DEVICES``, else torch's.
+def _index_list(text: str) -> list[int] | None:
+    """``"0, 1"`` -> ``[0, 1]``; ``None`` unless every entry is an index and none repeats."""
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    if all(e.isdigit() for e in entries) and len(set(map(int, entries))) == len(entries):
+        return [int(entry) for entry in entries]
+    return None
+
+
+def _cuda_device_count() -> int:
+    """How many GPUs CUDA shows this process (0 without CUDA or a CUDA build of torch)."""
+    import torch  # imported here: a dry run or a CPU sweep does not pay for it
+
+    return torch.cuda.device_count()
+
+
+def visible_gpus() -> tuple[list[int], str]:
+    """The GPU ids (as nvidia-smi numbers them) this process may use, and where that comes from.
+
+    ``CUDA_VISIBLE_DEVICES`` when set (CUDA stops at the first index the machine lacks, so only
+    the ids before it are usable), else every GPU torch sees.
 
     Raises:
-        UserError: If ``--gpus`` or ``CUDA_VISIBLE_DEVICES`` is not a list of distinct indices.
+        UserError: If ``CUDA_VISIBLE_DEVICES`` names GPUs other than by index (UUIDs, MIG).
     """
-    text = os.environ.get("CUDA_VISIBLE_DEVICES") if gpus is None else gpus
+    text = os.environ.get("CUDA_VISIBLE_DEVICES")
     if text is None:
-        import torch  # imported here: a dry run or a CPU sweep does not pay for it
-
-        return list(range(torch.cuda.device_count()))
-    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
-    if gpus is None and entries in ([], ["-1"]):  # CUDA's ways of hiding every GPU
-        return []
-    if entries and all(e.isdigit() for e in entries) and len(set(entries)) == len(entries):
-        return [int(entry) for entry in entries]
-    if gpus is None:
+        count = _cuda_device_count()
+        return list(range(count)), f"torch sees {count} GPU(s)"
+    listed = [] if text.strip() in ("", "-1") else _index_list(text)  # "" and -1 hide them all
+    if listed is None:
         raise UserError(
             f"CUDA_VISIBLE_DEVICES={text} does not list GPUs by index; pass "
-            "--gpus 0,1,... (indices as nvidia-smi numbers them)."
+            "--gpus 0,1,... (indices as nvidia-smi numbers them) with CUDA_VISIBLE_DEVICES unset."
         )
-    raise UserError(f"--gpus {gpus}: expected distinct non-negative GPU indices like 0,1")
+    count = _cuda_device_count() if listed else 0
+    return listed[:count], f"CUDA_VISIBLE_DEVICES={text}, of which torch sees {count} GPU(s)"
+
+
+def gpu_ids(gpus: str | None) -> list[int]:
+    """GPU ids to run on: ``--gpus`` (``"0,1"``), else every visible one (:func:`visible_gpus`).
+
+    Each run gets one id as its ``CUDA_VISIBLE_DEVICES``: an id that does not exist here would
+    leave the run without a GPU, training on the CPU, so such ids are refused.
+
+    Raises:
+        UserError: If ``--gpus`` is not a list of distinct indices, or names a GPU that is not
+            visible; if ``CUDA_VISIBLE_DEVICES`` lists a GPU this machine lacks.
+    """
+    visible, source = visible_gpus()
+    if gpus is None:
+        listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if listed is not None and len(visible) < len(_index_list(listed) or []):
+            raise UserError(
+                f"CUDA_VISIBLE_DEVICES={listed} lists GPUs this machine does not have ({source}); "
+                "list only GPUs that nvidia-smi shows, or unset it."
+            )
+        return visible
+    wanted = _index_list(gpus)
+    if not wanted:
+        raise UserError(f"--gpus {gpus}: expected distinct non-negative GPU indices like 0,1")
+    missing = [g for g in wanted if g not in visible]
+    if missing:
+        shown = ", ".join(map(str, visible)) if visible else "none"
+        raise UserError(
+            f"--gpus {gpus}: no GPU {', '.join(map(str, missing))} here ({source}; usable ids: "
+            f"{shown}); runs on it would train on the CPU. Without GPUs, leave out --gpus."
+        )
+    return wanted
 
 
 def summary_text(outcomes: Sequence[Outcome], skipped: int) -> str:
@@ -322,6 +368,9 @@ def run_sweep(argv: Sequence[str]) -> int:
     # A file in the way of the run folders is one line now, not a failure of every run.
     check_output_folder(Path(args.save_dir), "--save-dir")
     check_output_folder(Path(args.save_dir) / spec.name, "the sweep's folder")
+    gpus: list[int] | None = None
+    if args.executor != "slurm" and args.gpus is not None:
+        gpus = gpu_ids(args.gpus)  # in dry runs too: a run given a missing GPU trains on the CPU
     fit_command = shlex.split(args.fit_command) if args.fit_command else default_fit_command()
     if not fit_command:
         raise UserError("--fit-command is empty; give the training command, e.g. padam-fit.")
@@ -356,7 +405,7 @@ def run_sweep(argv: Sequence[str]) -> int:
         print(f"{PROG}: {line}", flush=True)
 
     if args.executor != "slurm":
-        gpus = gpu_ids(args.gpus)
+        gpus = gpu_ids(args.gpus) if gpus is None else gpus
         # Round-robin over the GPUs, so the first runs spread over all of them.
         slots: list[int | None] = [g for _ in range(args.runs_per_gpu) for g in gpus]
         slots = slots or [None] * (args.max_parallel or args.runs_per_gpu)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import submitit
+import torch
 import yaml
 
 from padam_lightning.errors import UserError
@@ -215,6 +216,14 @@ def test_resuming_with_other_settings_warns(
     assert "run.json" in err
 
 
+@pytest.fixture
+def six_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine whose torch sees GPUs 0-5 (the runs themselves are fakes and use none)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 6)
+
+
+@pytest.mark.usefixtures("six_gpus")
 def test_gpu_runs_queue_one_per_gpu_and_report_failures(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -260,6 +269,7 @@ def test_runs_per_gpu_runs_k_at_once_on_the_cpu(
         assert call["cuda_visible_devices"] == ""
 
 
+@pytest.mark.usefixtures("six_gpus")
 def test_runs_per_gpu_shares_each_gpu_among_k_runs(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -402,3 +412,78 @@ def test_paths_that_cannot_work_are_one_line_before_any_run(
     )
     assert (project / "notes.txt").read_text() == "mine"
     assert not any(project.rglob("calls.jsonl"))  # no run started
+
+
+@pytest.mark.parametrize(
+    ("gpu_count", "visible", "gpus", "message"),
+    [
+        # The tester's case: --gpus 5 on a machine without GPU 5, and without GPUs at all.
+        (2, None, "5", "--gpus 5: no GPU 5 here (torch sees 2 GPU(s); usable ids: 0, 1)"),
+        (0, None, "5", "--gpus 5: no GPU 5 here (torch sees 0 GPU(s); usable ids: none)"),
+        (0, None, "0", "--gpus 0: no GPU 0 here (torch sees 0 GPU(s); usable ids: none)"),
+        (2, None, "0,2,7", "--gpus 0,2,7: no GPU 2, 7 here"),
+        # CUDA_VISIBLE_DEVICES limits what may be used; its ids are nvidia-smi's.
+        (2, "2,3", "0", "--gpus 0: no GPU 0 here (CUDA_VISIBLE_DEVICES=2,3, of which torch "),
+        (0, "", "0", "--gpus 0: no GPU 0 here (CUDA_VISIBLE_DEVICES=, of which torch sees 0"),
+        (0, "-1", "1", "--gpus 1: no GPU 1 here (CUDA_VISIBLE_DEVICES=-1, of which torch"),
+        # CUDA stops at the first id the machine lacks: 5 is listed but not usable.
+        (1, "0,5", "5", "--gpus 5: no GPU 5 here (CUDA_VISIBLE_DEVICES=0,5, of which torch sees 1"),
+        # Without --gpus: every listed GPU must exist.
+        (1, "0,5", None, "CUDA_VISIBLE_DEVICES=0,5 lists GPUs this machine does not have"),
+        (2, "GPU-1234", "0", "CUDA_VISIBLE_DEVICES=GPU-1234 does not list GPUs by index"),
+        (2, None, "1,1", "--gpus 1,1: expected distinct non-negative GPU indices like 0,1"),
+        (2, None, "-1", "--gpus -1: expected distinct non-negative GPU indices like 0,1"),
+    ],
+)
+def test_gpus_the_machine_does_not_show_are_refused_before_any_run(
+    project: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    gpu_count: int,
+    visible: str | None,
+    gpus: str | None,
+    message: str,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpu_count)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    args = [str(sweep), "--fit-command", FIT_COMMAND, *(["--gpus", gpus] if gpus else [])]
+    runs = [args] if gpus is None else [args, [*args, "--dry-run"]]
+    for argv in runs:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"padam-sweep: error: {message}"), err
+        assert err.count("\n") == 1
+    assert not any(project.rglob("calls.jsonl"))  # no run started
+
+
+@pytest.mark.parametrize(
+    ("gpu_count", "visible", "gpus", "seen"),
+    [
+        (2, None, "1", "1"),
+        (2, "2,3", "3", "3"),  # an id CUDA_VISIBLE_DEVICES lists, as nvidia-smi numbers it
+        (2, "2,3", None, "2"),  # the first of the listed GPUs
+        (0, "", None, None),  # no GPUs, none asked for: CPU runs, as before
+    ],
+)
+def test_visible_gpus_are_used(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gpu_count: int,
+    visible: str | None,
+    gpus: str | None,
+    seen: str | None,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpu_count)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    args = [str(sweep), "--fit-command", FIT_COMMAND, *(["--gpus", gpus] if gpus else [])]
+    assert main(args) == 0
+    (call,) = _calls(project / "lightning_logs" / "demo" / "a-seed0")
+    assert call["cuda_visible_devices"] == (visible if seen is None else seen)
