@@ -48,6 +48,7 @@ from padam_lightning.cli.checkpointing import (
     LastCheckpoint,
     RunSummary,
 )
+from padam_lightning.cli.config_files import check_callback_stacking, config_file_args
 from padam_lightning.cli.parse_errors import option_strings, summarize_parse_error
 from padam_lightning.cli.resume import (
     check_callbacks,
@@ -345,6 +346,8 @@ class PadamCLI(LightningCLI):
         """
         command = sys.argv[1:] if args is None else args
         self._command_args = [str(a) for a in command] if isinstance(command, list) else None
+        # Before jsonargparse merges the files, which keeps only the last file's callback list.
+        check_callback_stacking(config_file_args(self._command_args or []))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:

@@ -1,0 +1,78 @@
+"""Stacked ``--config`` files keep every callback they add, or padam-fit says which one is dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from padam_lightning.cli import build_cli, main
+from padam_lightning.cli.config_files import config_file_args
+from padam_lightning.training.partial_schedule import PartialSchedule
+from padam_lightning.training.train_pass import TrainPass
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+EXPERIMENTS = CONFIGS / "experiments"
+
+
+def _args(tmp_path: Path, *configs: Path) -> list[str]:
+    files = [CONFIGS / "wrn.yaml", CONFIGS / "tiny.yaml", *configs]
+    return [
+        *(arg for config in files for arg in ("--config", str(config))),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
+
+
+@pytest.mark.parametrize(
+    "order", [("p_schedule", "released_metrics"), ("released_metrics", "p_schedule")]
+)
+def test_the_experiment_configs_stack_in_either_order(
+    tmp_path: Path, order: tuple[str, str]
+) -> None:
+    configs = [EXPERIMENTS / f"{name}.yaml" for name in order]
+    cli = build_cli(_args(tmp_path, *configs), run=False)
+    added = [type(c) for c in cli.trainer.callbacks if type(c) in (PartialSchedule, TrainPass)]
+    expected = {"p_schedule": PartialSchedule, "released_metrics": TrainPass}
+    assert added == [expected[name] for name in order]
+
+
+def test_a_later_config_that_replaces_the_callbacks_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replacing = tmp_path / "mine.yaml"
+    replacing.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n"
+    )
+    schedule = EXPERIMENTS / "p_schedule.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_args(tmp_path, schedule, EXPERIMENTS / "released_metrics.yaml", replacing)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("padam-fit: error:") == 1 and "Traceback" not in err
+    assert f"--config {replacing} sets trainer.callbacks" in err
+    assert f"PartialSchedule (from {schedule})" in err and "TrainPass (from" in err
+    assert "write 'callbacks+:' instead of 'callbacks:'" in err
+    # Dotted keys and an emptied list drop the callbacks just the same.
+    for text in ("trainer.callbacks: []\n", "trainer:\n  callbacks: null\n"):
+        replacing.write_text(text)
+        with pytest.raises(SystemExit):
+            main(["fit", *_args(tmp_path, schedule, replacing)])
+        assert "would drop PartialSchedule" in capsys.readouterr().err
+
+
+def test_a_config_that_sets_the_callbacks_first_is_added_to(tmp_path: Path) -> None:
+    first = tmp_path / "mine.yaml"
+    first.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n"
+    )
+    cli = build_cli(_args(tmp_path, first, EXPERIMENTS / "p_schedule.yaml"), run=False)
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert "LearningRateMonitor" in names and "PartialSchedule" in names
+
+
+def test_config_file_args_reads_both_spellings() -> None:
+    assert config_file_args(["fit", "--config", "a.yaml", "--config=b.yaml", "--x", "1"]) == [
+        "a.yaml",
+        "b.yaml",
+    ]
