@@ -1,18 +1,25 @@
-"""Stacked ``--config`` files keep every callback they add, or padam-fit says which one is dropped."""
+"""Stacked ``--config`` files keep every callback they add, or padam-fit names the dropped one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from lightning.pytorch import Callback
 
-from padam_lightning.cli import build_cli, main
+from padam_lightning.cli import PadamCLI, build_cli, main
 from padam_lightning.cli.config_files import config_file_args
 from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.train_pass import TrainPass
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EXPERIMENTS = CONFIGS / "experiments"
+#: A config of a user's own that sets (replaces) the trainer's callback list.
+LR_MONITOR_CALLBACKS = """\
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.LearningRateMonitor
+"""
 
 
 def _args(tmp_path: Path, *configs: Path) -> list[str]:
@@ -24,6 +31,12 @@ def _args(tmp_path: Path, *configs: Path) -> list[str]:
     ]
 
 
+def _callbacks(cli: PadamCLI) -> list[Callback]:
+    """The built trainer's callbacks (a property Lightning sets in ``__init__``, unseen by mypy)."""
+    callbacks: list[Callback] = cli.trainer.callbacks  # type: ignore[attr-defined]
+    return callbacks
+
+
 @pytest.mark.parametrize(
     "order", [("p_schedule", "released_metrics"), ("released_metrics", "p_schedule")]
 )
@@ -32,7 +45,7 @@ def test_the_experiment_configs_stack_in_either_order(
 ) -> None:
     configs = [EXPERIMENTS / f"{name}.yaml" for name in order]
     cli = build_cli(_args(tmp_path, *configs), run=False)
-    added = [type(c) for c in cli.trainer.callbacks if type(c) in (PartialSchedule, TrainPass)]
+    added = [type(c) for c in _callbacks(cli) if type(c) in (PartialSchedule, TrainPass)]
     expected = {"p_schedule": PartialSchedule, "released_metrics": TrainPass}
     assert added == [expected[name] for name in order]
 
@@ -41,9 +54,7 @@ def test_a_later_config_that_replaces_the_callbacks_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     replacing = tmp_path / "mine.yaml"
-    replacing.write_text(
-        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n"
-    )
+    replacing.write_text(LR_MONITOR_CALLBACKS)
     schedule = EXPERIMENTS / "p_schedule.yaml"
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *_args(tmp_path, schedule, EXPERIMENTS / "released_metrics.yaml", replacing)])
@@ -63,11 +74,9 @@ def test_a_later_config_that_replaces_the_callbacks_is_refused(
 
 def test_a_config_that_sets_the_callbacks_first_is_added_to(tmp_path: Path) -> None:
     first = tmp_path / "mine.yaml"
-    first.write_text(
-        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n"
-    )
+    first.write_text(LR_MONITOR_CALLBACKS)
     cli = build_cli(_args(tmp_path, first, EXPERIMENTS / "p_schedule.yaml"), run=False)
-    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    names = [type(c).__name__ for c in _callbacks(cli)]
     assert "LearningRateMonitor" in names and "PartialSchedule" in names
 
 
