@@ -15,7 +15,9 @@ a run with ``finished.json`` from the same arguments is skipped, a run with
 ``checkpoints/last.ckpt`` resumes with ``--ckpt_path last``, the others start. So a run finished by
 a trial with other arguments (``-- --trainer.max_epochs 2``) is continued rather than skipped, and
 one whose ``finished.json`` is damaged is resumed. A failed run does not stop the others; the
-failures are listed at the end and the exit status is 1. A run that resumes with other arguments
+failures are listed at the end and the exit status is 1. A run stopped by a signal (Ctrl-C,
+SIGTERM, SIGHUP) is listed as interrupted, to be resumed by the same command; one that wrote
+``finished.json`` before the signal came counts as finished. A run that resumes with other arguments
 than its last attempt (epochs aside) gets a warning; run trials with other settings under their
 own ``--save-dir``.
 """
@@ -335,12 +337,15 @@ def gpu_ids(gpus: str | None) -> list[int]:
 
 
 def summary_text(outcomes: Sequence[Outcome], skipped: int) -> str:
-    """What happened: counts, then each failed run with its reason and the end of its log."""
-    failed = [o for o in outcomes if not o.ok]
-    lines = [
-        f"{len(outcomes) - len(failed)} run(s) finished, {skipped} skipped (already finished), "
-        f"{len(failed)} failed"
-    ]
+    """What happened: counts, each interrupted run, each failed run with the end of its log."""
+    failed = [o for o in outcomes if not o.ok and not o.interrupted]
+    interrupted = [o for o in outcomes if o.interrupted]
+    finished = len(outcomes) - len(failed) - len(interrupted)
+    counts = (
+        f"{finished} run(s) finished, {skipped} skipped (already finished), {len(failed)} failed"
+    )
+    lines = [counts + (f", {len(interrupted)} interrupted" if interrupted else "")]
+    lines += [f"INTERRUPTED {outcome.name}: {outcome.reason}" for outcome in interrupted]
     for outcome in failed:
         lines.append(f"FAILED {outcome.name}: {outcome.reason}")
         if outcome.log_path.is_file():

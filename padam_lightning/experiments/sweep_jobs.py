@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -43,6 +44,9 @@ LOG_FILE = "fit.log"
 LOG_HEADER = "### padam-sweep"
 #: Flags a resumed attempt may change: resuming itself, and training on for more epochs.
 _RESUME_FLAGS = ("--ckpt_path", "--trainer.max_epochs")
+#: Signals that stop a run without anything being wrong with it (Ctrl-C, a scheduler's or the
+#: sweep's own stop, a closed terminal): the run is interrupted, not failed, and resumes.
+INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _comparable(arguments: Sequence[str]) -> list[str]:
@@ -69,6 +73,32 @@ class RunState(Enum):
 
 class RunFailedError(RuntimeError):
     """A sweep run whose ``padam-fit`` exited with an error or stopped before its last epoch."""
+
+
+class RunInterruptedError(RunFailedError):
+    """A sweep run stopped by a signal (Ctrl-C, SIGTERM, SIGHUP); the next sweep resumes it."""
+
+
+def exit_signal(returncode: int) -> signal.Signals | None:
+    """The signal that ended a process, from its exit status; ``None`` for a plain exit.
+
+    A process killed by a signal has status ``-N`` (``subprocess``), one that caught it and
+    exited with ``128 + N`` as shells do (``padam-fit``: 130 after Ctrl-C, 143 after SIGTERM).
+    """
+    number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    try:
+        return signal.Signals(number) if number else None
+    except ValueError:
+        return None
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells one write of ``path`` from another: inode, modification time, size."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 @dataclass
@@ -100,6 +130,8 @@ class FitJob(submitit.helpers.Checkpointable):
     _process: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: Set by :meth:`stop`: however ``padam-fit`` then ends, the sweep interrupted it.
+    _stopped: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def log_path(self) -> Path:
@@ -147,7 +179,13 @@ class FitJob(submitit.helpers.Checkpointable):
         return list(self.command)
 
     def __call__(self) -> str:
-        """Run the fit; return the run name, or raise :class:`RunFailedError`."""
+        """Run the fit; return the run name, or raise :class:`RunFailedError`.
+
+        The run finished when this attempt wrote ``finished.json``, whatever the exit status (a
+        Ctrl-C that comes after it ends the process with -2 or 130); not when an earlier attempt
+        with other arguments left one. A run stopped by a signal raises
+        :class:`RunInterruptedError`.
+        """
         run_dir = Path(self.run_dir)
         state = self.state()
         if state is RunState.DONE:
@@ -156,18 +194,38 @@ class FitJob(submitit.helpers.Checkpointable):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_FILE).write_text(json.dumps(self.identity, indent=2) + "\n")
         started = datetime.datetime.now().isoformat(timespec="seconds")
+        finished_path = run_dir / FINISHED_FILE
+        finished_before = _file_stamp(finished_path)
         with open(self.log_path, "ab") as log:
             log.write(f"{LOG_HEADER} {started}: {shlex.join(argv)}\n".encode())
             log.flush()
             returncode = self._run_logged(argv, log)
+        written = _file_stamp(finished_path) not in (None, finished_before)
+        if written and read_json_object(finished_path)[0] is not None:
+            return self.name
+        stopped_by = exit_signal(returncode)
+        if self._stopped or stopped_by in INTERRUPTING_SIGNALS:
+            status = f"exit status {returncode}"
+            if stopped_by is signal.SIGINT:
+                how = f"Ctrl-C (SIGINT, {status})"
+            else:  # SIGTERM, SIGHUP, or whatever ended it after padam-sweep stopped it
+                how = f"{stopped_by.name if stopped_by else 'padam-sweep'} ({status})"
+            if (run_dir / LAST_CHECKPOINT_PATH).is_file():
+                hint = "rerun the same padam-sweep command to resume it from its last checkpoint"
+            else:
+                hint = (
+                    "it saved no checkpoint; rerun the same padam-sweep command to start it again"
+                )
+            raise RunInterruptedError(f"padam-fit was stopped by {how}; {hint}")
         if returncode != 0:
-            raise RunFailedError(f"padam-fit exited with status {returncode} (see {self.log_path})")
-        if self.state() is not RunState.DONE:
+            killed = f", killed by {stopped_by.name}" if returncode < 0 and stopped_by else ""
             raise RunFailedError(
-                f"padam-fit stopped before the last epoch (no {FINISHED_FILE}; see "
-                f"{self.log_path}); rerun the sweep to resume it"
+                f"padam-fit exited with status {returncode}{killed} (see {self.log_path})"
             )
-        return self.name
+        raise RunFailedError(
+            f"padam-fit stopped before the last epoch (no {FINISHED_FILE}; see "
+            f"{self.log_path}); rerun the sweep to resume it"
+        )
 
     def _run_logged(self, argv: list[str], log: BinaryIO) -> int:
         """Run ``argv`` with stdout and stderr into ``log`` (and this stdout when ``echo``)."""
@@ -195,6 +253,7 @@ class FitJob(submitit.helpers.Checkpointable):
         """Stop a running ``padam-fit`` (it resumes from ``last.ckpt`` next time)."""
         process = self._process
         if process is not None and process.poll() is None:
+            self._stopped = True
             process.terminate()
             try:
                 process.wait(timeout=120)
@@ -214,12 +273,18 @@ class FitJob(submitit.helpers.Checkpointable):
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a run ended: ``reason`` says why it failed, and is empty when it finished."""
+    """How a run ended.
+
+    Attributes:
+        reason: Why it failed or was interrupted; empty when it finished.
+        interrupted: Whether a signal stopped it (it resumes when the sweep is run again).
+    """
 
     name: str
     log_path: Path
     seconds: float
     reason: str = ""
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -227,15 +292,25 @@ class Outcome:
         return not self.reason
 
 
-def _failure_reason(error: BaseException) -> str:
-    """The informative line of an error; submitit wraps job errors in a traceback and notes."""
+def _failure_reason(error: BaseException) -> tuple[str, bool]:
+    """The informative line of an error, and whether it is an interruption.
+
+    Submitit wraps job errors in a traceback and notes, so the line is searched for.
+    """
+    if isinstance(error, RunFailedError):  # raised here, not through submitit
+        return str(error), isinstance(error, RunInterruptedError)
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    marker = f"{RunFailedError.__name__}: "
+    for kind in (RunInterruptedError, RunFailedError):
+        marker = f"{kind.__name__}: "
+        for line in reversed(lines):
+            if marker in line:
+                return line.split(marker, 1)[1], kind is RunInterruptedError
+    return _other_reason(lines, error), False
+
+
+def _other_reason(lines: list[str], error: BaseException) -> str:
+    """The exception line of a traceback (``module.SomeError: message``), else the first."""
     for line in reversed(lines):
-        if marker in line:
-            return line.split(marker, 1)[1]
-    for line in reversed(lines):
-        # The exception line of a traceback: "module.SomeError: message".
         head = line.split(": ", 1)[0]
         if head.endswith(("Error", "Exception", "Interrupt", "Exit")) and " " not in head:
             return line
@@ -249,16 +324,15 @@ def _ended(
     job: FitJob, error: BaseException | None, start: float, place: str, announce: Announce
 ) -> Outcome:
     """The outcome of ``job``, announced as ``[i/n] name: finished in 1m05s`` or ``FAILED``."""
-    outcome = Outcome(
-        job.name,
-        job.log_path,
-        time.monotonic() - start,
-        "" if error is None else _failure_reason(error),
-    )
+    reason, interrupted = ("", False) if error is None else _failure_reason(error)
+    outcome = Outcome(job.name, job.log_path, time.monotonic() - start, reason, interrupted)
     minutes, secs = divmod(round(outcome.seconds), 60)
     hours, minutes = divmod(minutes, 60)
     took = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-    ending = f"finished in {took}" if outcome.ok else f"FAILED after {took}: {outcome.reason}"
+    if outcome.ok:
+        ending = f"finished in {took}"
+    else:
+        ending = f"{'interrupted' if interrupted else 'FAILED'} after {took}: {reason}"
     announce(f"{place} {job.name}: {ending}")
     return outcome
 

@@ -9,6 +9,11 @@ overrides it was given:
 - ``--fake.crash_once true``: without ``--ckpt_path`` writes only ``last.ckpt`` and exits 1 (an
   interrupted run); with ``--ckpt_path last`` finishes;
 - ``--fake.fail true``: prints an error and exits 3 without writing anything else;
+- ``--fake.exit N``: writes ``last.ckpt`` (and ``finished.json`` too with
+  ``--fake.finish_first true``), then exits with status N, or, N negative, kills itself with
+  signal -N (as a process killed by it);
+- ``--fake.wait_for_sigint FILE``: writes ``last.ckpt``, creates FILE, waits for Ctrl-C (up to a
+  minute) and exits 130 as ``padam-fit`` does after one (143 after SIGTERM);
 - ``--fake.rendezvous DIR --fake.parties N``: marks its arrival in DIR, then waits (up to a
   minute) until N runs have arrived, so it finishes only if N runs ran at the same time; exit 4
   when they never do.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -54,6 +60,26 @@ def main(argv: list[str]) -> int:
     if options.get("fake.fail") == "true":
         print("RuntimeError: the fake run failed on purpose", file=sys.stderr)
         return 3
+    if "fake.exit" in options or "fake.wait_for_sigint" in options:
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"fake")
+    if "fake.wait_for_sigint" in options:
+        signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        Path(options["fake.wait_for_sigint"]).touch()
+        time.sleep(60)
+        return 4
+    if "fake.exit" in options:
+        if options.get("fake.finish_first") == "true":
+            finished = {"epoch": max_epochs - 1, "max_epochs": max_epochs, "metrics": {}}
+            (run_dir / "finished.json").write_text(json.dumps(finished))
+        status = int(options["fake.exit"])
+        if status < 0:
+            sys.stdout.flush()
+            if -status != signal.SIGKILL:  # SIGKILL has no handler to reset
+                signal.signal(-status, signal.SIG_DFL)
+            os.kill(os.getpid(), -status)
+        return status
     if "fake.rendezvous" in options:
         meeting = Path(options["fake.rendezvous"])
         meeting.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import signal
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -487,3 +491,94 @@ def test_visible_gpus_are_used(
     assert main(args) == 0
     (call,) = _calls(project / "lightning_logs" / "demo" / "a-seed0")
     assert call["cuda_visible_devices"] == (visible if seen is None else seen)
+
+
+def test_runs_stopped_by_signals_are_interrupted_and_finished_ones_finished(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # How padam-fit can end: its status after Ctrl-C (130) or SIGTERM (143), killed by a signal
+    # (-N: e.g. a Ctrl-C after its handler was gone), and the same after finished.json.
+    endings = {
+        "int130": {"fake.exit": 130},
+        "int-2": {"fake.exit": -2},
+        "term143": {"fake.exit": 143},
+        "term-15": {"fake.exit": -15},
+        "hup-1": {"fake.exit": -1},
+        "fin-2": {"fake.exit": -2, "fake.finish_first": True},
+        "fin130": {"fake.exit": 130, "fake.finish_first": True},
+        "kill-9": {"fake.exit": -9},
+    }
+    grid = {"end": {name: {"config": "a.yaml", "overrides": o} for name, o in endings.items()}}
+    sweep = _write_sweep(project, grid)
+    assert main([str(sweep), "--fit-command", FIT_COMMAND]) == 1
+    out = capsys.readouterr().out
+    assert "2 run(s) finished, 0 skipped (already finished), 1 failed, 5 interrupted" in out
+    assert "fin-2-seed0: finished in " in out and "fin130-seed0: finished in " in out
+    resume = "rerun the same padam-sweep command to resume it from its last checkpoint"
+    for name, how, status in [
+        ("int130", "Ctrl-C (SIGINT, ", 130),
+        ("int-2", "Ctrl-C (SIGINT, ", -2),
+        ("term143", "SIGTERM (", 143),
+        ("term-15", "SIGTERM (", -15),
+        ("hup-1", "SIGHUP (", -1),
+    ]:
+        reason = f"padam-fit was stopped by {how}exit status {status}); {resume}"
+        assert f"{name}-seed0: interrupted after " in out and f": {reason}\n" in out
+        assert f"INTERRUPTED {name}-seed0: {reason}\n" in out
+    assert "FAILED kill-9-seed0: padam-fit exited with status -9, killed by SIGKILL" in out
+    assert out.count("FAILED") == 2  # its progress line and its summary line
+    # The same command: the finished runs are skipped, the others resume.
+    assert main([str(sweep), "--dry-run", "--fit-command", FIT_COMMAND]) == 0
+    out = capsys.readouterr().out
+    assert "6 to resume, 2 finished" in out
+
+
+def test_a_finished_json_from_an_earlier_attempt_does_not_make_a_run_finished(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _write_sweep(project, {"cfg": {"b": "b.yaml"}})
+    args = [str(sweep), "--fit-command", FIT_COMMAND]
+    assert main([*args, "--", "--trainer.max_epochs", "1"]) == 0  # a trial: finished.json
+    # Other arguments: it resumes; this attempt ends (status 0) without writing finished.json.
+    assert main([*args, "--", "--fake.exit", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "0 run(s) finished, 0 skipped (already finished), 1 failed" in out
+    assert "FAILED b-seed0: padam-fit stopped before the last epoch (no finished.json" in out
+    # ... and one stopped by Ctrl-C is interrupted, not finished by the trial's file.
+    assert main([*args, "--", "--fake.exit", "130"]) == 1
+    assert "INTERRUPTED b-seed0: padam-fit was stopped by Ctrl-C" in capsys.readouterr().out
+
+
+def test_ctrl_c_in_the_terminal_reports_the_running_run_as_interrupted(project: Path) -> None:
+    # Ctrl-C goes to the terminal's whole process group: padam-sweep and the running padam-fit.
+    started = project / "started"
+    sweep = _write_sweep(
+        project,
+        {"cfg": {"w": {"config": "a.yaml", "overrides": {"fake.wait_for_sigint": str(started)}}}},
+    )
+    command = [sys.executable, "-m", "padam_lightning.experiments.sweep", str(sweep)]
+    with subprocess.Popen(
+        [*command, "--fit-command", FIT_COMMAND],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    ) as sweep_process:
+        deadline = time.monotonic() + 60
+        while not started.exists() and sweep_process.poll() is None:
+            assert time.monotonic() < deadline, "the fake run never started"
+            time.sleep(0.05)
+        os.killpg(sweep_process.pid, signal.SIGINT)
+        out, _ = sweep_process.communicate(timeout=60)
+    assert sweep_process.returncode == 130, out
+    assert "padam-sweep: [1/1] w-seed0: interrupted after " in out, out
+    # padam-fit got the Ctrl-C, or first the SIGTERM with which padam-sweep stops its runs
+    # (caught: 143, or while exiting after the Ctrl-C, when Python's handlers are gone: -15).
+    stopped = r"(Ctrl-C \(SIGINT, exit status 130\)|SIGTERM \(exit status (143|-15)\))"
+    resume = "rerun the same padam-sweep command to resume it from its last checkpoint"
+    assert re.search(f"was stopped by {stopped}; {resume}", out), out
+    assert "FAILED" not in out
+    assert out.rstrip().endswith(
+        "padam-sweep: interrupted; run the same command again to resume the sweep."
+    )
