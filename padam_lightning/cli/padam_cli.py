@@ -88,6 +88,9 @@ usage: padam-fit {fit,validate,test,predict} --config FILE [--config FILE ...] [
 
 padam-fit --help and padam-fit fit --help list every option."""
 
+#: The largest seed ``seed_everything`` takes (numpy's seeds are unsigned 32-bit integers).
+_MAX_SEED = 2**32 - 1
+
 #: The subcommands that evaluate a checkpoint; they log to ``<run>/eval/<stage>-<N>``.
 EVALUATION_STAGES = ("validate", "test", "predict")
 
@@ -269,6 +272,34 @@ def _scheduler_states(optimizer_config: Any) -> list[dict[str, Any]]:
     return [scheduler.state_dict()]
 
 
+def check_numeric_settings(config: Namespace) -> None:
+    """Refuse numbers that parse as the right type but that Lightning fails on with a traceback.
+
+    jsonargparse checks types only; Lightning checks most trainer numbers itself (``max_steps``,
+    ``num_nodes``, ``limit_*_batches``: reported in one line by
+    :meth:`PadamCLI.instantiate_trainer`). These it does not check, and fails later: the seed
+    (numpy's ``ValueError`` in ``seed_everything``), ``check_val_every_n_epoch`` and
+    ``accumulate_grad_batches`` of 0 (a ``ZeroDivisionError`` in the first epoch).
+
+    Args:
+        config: The parsed config of the subcommand (``seed_everything``, ``trainer``, ...).
+
+    Raises:
+        UserError: Naming the first setting out of range, its value and what it accepts.
+    """
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= _MAX_SEED:
+        raise UserError(
+            f"seed_everything: {seed} is out of range; expected an integer from 0 to {_MAX_SEED} "
+            "(numpy's seed range), true (a random seed) or false (no seeding)."
+        )
+    trainer = config.get("trainer") or Namespace()
+    for key in ("check_val_every_n_epoch", "accumulate_grad_batches"):
+        value = trainer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise UserError(f"trainer.{key}: expected a positive integer, got {value}.")
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Save the resolved config in the run folder: ``config.yaml`` for ``fit``.
 
@@ -355,6 +386,7 @@ class PadamCLI(LightningCLI):
             raise UserError(summarize_parse_error(str(err), options)) from None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        check_numeric_settings(config)
         trainer = config.trainer
         on_cuda = _trains_on_cuda(trainer.get("accelerator"))
         if trainer.get("precision") is None and on_cuda:
@@ -657,12 +689,13 @@ class PadamCLI(LightningCLI):
 
         Raises:
             UserError: If Lightning refuses a trainer setting (an unknown accelerator or strategy
-                name, devices the machine does not have).
+                name, devices the machine does not have or a device count of the wrong kind).
         """
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except (ValueError, MisconfigurationException) as err:
-            # Trainer.__init__ only resolves its arguments: a ValueError there is a bad setting.
+        except (ValueError, TypeError, MisconfigurationException) as err:
+            # Trainer.__init__ only resolves its arguments: a ValueError there is a bad setting,
+            # and so is a TypeError (`--trainer.devices -2`: "should be an int > 0").
             raise UserError(f"invalid trainer setting: {err}") from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()

@@ -12,12 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from jsonargparse import Namespace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.datasets import CIFAR10
 from torchvision.io import encode_png
 
 from padam_lightning.cli import main
-from padam_lightning.cli.padam_cli import _latest_run_checkpoint, _trains_on_cuda
+from padam_lightning.cli.padam_cli import (
+    _latest_run_checkpoint,
+    _trains_on_cuda,
+    check_numeric_settings,
+)
+from padam_lightning.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EPOCH_TAGS = ("train/loss", "train/err", "val/loss", "val/err", "optim/lr", "optim/partial")
@@ -121,6 +127,11 @@ def _user_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
         (["--ckpt_path", "last"], "no checkpoint found"),
         (["--trainer.max_epochs", "-3"], "max_epochs"),
+        (["--seed_everything", "-1"], "seed_everything: -1 is out of range; expected an integer"),
+        (["--seed_everything", "5000000000"], "from 0 to 4294967295"),
+        (["--trainer.check_val_every_n_epoch", "0"], "expected a positive integer, got 0"),
+        (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches: expected a"),
+        (["--trainer.devices", "-2"], "invalid trainer setting: `devices`"),
         (["--data.dataset", "imagefolder", "--data.data_dir", "/nonexistent/cifar"], "not found"),
     ],
 )
@@ -358,3 +369,16 @@ def test_testing_a_checkpoint_keeps_the_training_config(
     test_err = read_scalars(evaluation)["test/err"]
     assert len(test_err) == 1 and 0.0 <= test_err[0][1] <= 1.0
     assert "test/err" not in read_scalars(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("seed", "accepted"),
+    [(0, True), (2**32 - 1, True), (True, True), (False, True), (None, True), (2**32, False)],
+)
+def test_the_seed_range_is_numpys(seed: int | bool | None, accepted: bool) -> None:
+    config = Namespace(seed_everything=seed, trainer=Namespace())
+    if accepted:
+        check_numeric_settings(config)
+    else:
+        with pytest.raises(UserError, match="out of range"):
+            check_numeric_settings(config)
