@@ -19,7 +19,9 @@ failures are listed at the end and the exit status is 1. A run stopped by a sign
 SIGTERM, SIGHUP) is listed as interrupted, to be resumed by the same command; one that wrote
 ``finished.json`` before the signal came counts as finished. A run that resumes with other arguments
 than its last attempt (epochs aside) gets a warning; run trials with other settings under their
-own ``--save-dir``.
+own ``--save-dir``. Before any run starts (and in ``--dry-run``), ``padam-fit`` parses the
+arguments of the first run to do with ``--print_config``: an option it refuses after ``--``
+would fail every run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import fnmatch
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Expand a sweep file (a grid of configs and overrides, times seeds) into padam-fit "
             "runs and run them: finished runs are skipped, interrupted ones resume, so the same "
-            "command restarts a sweep after a crash. Arguments after `--` go to every run."
+            "command restarts a sweep after a crash. Arguments after `--` go to every run; "
+            "padam-fit parses the first run's arguments (--print_config) before any starts."
         ),
         epilog=(
             "executors: local (the default; auto and submitit-local mean the same) runs on this "
@@ -266,6 +270,46 @@ def dry_run_text(jobs: Sequence[FitJob], states: Sequence[RunState]) -> str:
     return "\n".join(lines)
 
 
+def check_fit_arguments(job: FitJob, timeout_s: float = 600.0) -> None:
+    """Let ``padam-fit`` parse one run's arguments (``--print_config``) before any run starts.
+
+    The arguments after ``--`` go to every run, so an option ``padam-fit`` refuses (a typo)
+    would make each of them fail after its start-up; one parse (a few seconds: ``padam-fit``
+    imports Lightning) finds it first. It also checks this run's configs and sweep overrides.
+
+    Args:
+        job: The run to check (its command, without ``--ckpt_path``, runs in its ``cwd``).
+        timeout_s: How long the parse may take.
+
+    Raises:
+        UserError: If the command cannot be started, or refuses the arguments (the message
+            is the last line ``padam-fit`` printed, e.g. its ``unknown option ...`` line).
+    """
+    command = [*job.command, "--print_config"]
+    try:
+        result = subprocess.run(
+            command, cwd=job.cwd, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except OSError as err:
+        raise UserError(
+            f"cannot run the training command {shlex.join(job.command[:1])}: "
+            f"{err.strerror or err}; check --fit-command or the installation."
+        ) from err
+    except subprocess.TimeoutExpired as err:
+        raise UserError(
+            f"checking the arguments of {job.name} with --print_config took over {timeout_s:.0f} "
+            f"s: {shlex.join(command)}"
+        ) from err
+    if result.returncode == 0:
+        return
+    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {result.returncode}"
+    raise UserError(
+        f"padam-fit refuses the arguments of run {job.name} (parsed with --print_config before "
+        f"any run starts): {last.removeprefix('padam-fit: error: ')}"
+    )
+
+
 def _index_list(text: str) -> list[int] | None:
     """``"0, 1"`` -> ``[0, 1]``; ``None`` unless every entry is an index and none repeats."""
     entries = [entry.strip() for entry in text.split(",") if entry.strip()]
@@ -398,10 +442,14 @@ def run_sweep(argv: Sequence[str]) -> int:
                 "folder to start it over with the new ones.",
                 file=sys.stderr,
             )
+    # Checked before padam-fit's slower parse below: a mistake in the sweep's own flags first.
+    parameters = slurm_parameters(args, job_name=spec.name) if args.executor == "slurm" else {}
+    todo = [job for job, state in zip(jobs, states, strict=True) if state is not RunState.DONE]
+    if todo:
+        check_fit_arguments(todo[0])  # a bad option after `--` would fail every run
     if args.dry_run:
         print(dry_run_text(jobs, states))
         return 0
-    todo = [job for job, state in zip(jobs, states, strict=True) if state is not RunState.DONE]
     if not todo:
         print(f"{PROG}: nothing to do; delete a run's folder to run it again.")
         return 0
@@ -417,7 +465,7 @@ def run_sweep(argv: Sequence[str]) -> int:
         outcomes = run_local(todo, announce, slots[: args.max_parallel or len(slots)])
     else:
         folder = cwd / args.save_dir / spec.name / ".submitit" / "%j"
-        executor = slurm_executor(folder, slurm_parameters(args, job_name=spec.name))
+        executor = slurm_executor(folder, parameters)
         outcomes = run_slurm(todo, announce, executor=executor, wait=not args.no_wait)
         if args.no_wait:
             announce(f"submitted {len(todo)} job(s); rerun this command after they end.")

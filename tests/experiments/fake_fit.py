@@ -4,6 +4,9 @@ It reads the logger flags the sweep passes to find the run folder, appends its a
 directory and ``CUDA_VISIBLE_DEVICES`` to ``calls.jsonl`` there, and then, depending on the
 overrides it was given:
 
+- ``--print_config`` last: checks the options as padam-fit's parser would (known sections
+  only), records the call in ``print_config.jsonl`` in the working directory, exits 0 or 2 with
+  a ``padam-fit: error:`` line; no run folder;
 - default: writes ``checkpoints/last.ckpt`` and ``finished.json`` (a finished run, with the
   ``max_epochs`` of its configs and flags), exit 0;
 - ``--fake.crash_once true``: without ``--ckpt_path`` writes only ``last.ckpt`` and exits 1 (an
@@ -30,9 +33,27 @@ from pathlib import Path
 
 import yaml
 
+#: Option sections padam-fit knows (a stand-in for its parser) and the fake's own.
+KNOWN = ("config", "seed_everything", "ckpt_path", "trainer.", "model.", "data.", "fake.")
+
+
+def print_config(argv: list[str]) -> int:
+    """What ``padam-fit fit ... --print_config`` does for the sweep: parse, then exit."""
+    with open("print_config.jsonl", "a") as calls:
+        calls.write(json.dumps(argv) + "\n")
+    for flag in argv[1::2]:
+        name = flag.removeprefix("--")
+        if not flag.startswith("--") or not name.startswith(KNOWN):
+            print(f"padam-fit: error: unknown option {flag}", file=sys.stderr)
+            return 2
+    print("# the config")
+    return 0
+
 
 def main(argv: list[str]) -> int:
     assert argv[0] == "fit", argv
+    if argv[-1] == "--print_config":
+        return print_config(argv[:-1])
     options: dict[str, str] = {}
     max_epochs = None
     rest = argv[1:]

@@ -47,6 +47,18 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def padam_fit_on_path(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake as ``padam-fit`` on PATH (bin/padam-fit), for commands printed by that name."""
+    script = project / "bin" / "padam-fit"
+    script.parent.mkdir()
+    script.write_text(f'#!/bin/sh\nexec {FIT_COMMAND} "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return script
+
+
+@pytest.mark.usefixtures("padam_fit_on_path")
 def test_dry_run_prints_states_and_full_commands(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -94,7 +106,7 @@ def test_local_sweep_skips_finished_runs_and_resumes_interrupted_ones(
             }
         },
     )
-    args = [str(sweep), "--executor", "local", "--fit-command", FIT_COMMAND, "--", "--x.y", "7"]
+    args = [str(sweep), "--executor", "local", "--fit-command", FIT_COMMAND, "--", "--model.y", "7"]
     runs = project / "lightning_logs" / "demo"
 
     assert main(args) == 1
@@ -105,7 +117,7 @@ def test_local_sweep_skips_finished_runs_and_resumes_interrupted_ones(
     first = _calls(runs / "a-seed0")
     assert len(first) == 1
     assert first[0]["cwd"] == str(project)
-    assert first[0]["argv"][-8:-6] == ["--x.y", "7"]  # passthrough before the logger flags
+    assert first[0]["argv"][-8:-6] == ["--model.y", "7"]  # passthrough before the logger flags
     assert "--ckpt_path" not in _calls(runs / "crash-seed0")[0]["argv"]
 
     assert main(args) == 0  # restart: a is skipped, crash resumes and finishes
@@ -197,7 +209,7 @@ def test_a_damaged_finished_json_resumes_the_run(
 
 
 def test_resuming_with_other_settings_warns(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, capsys: pytest.CaptureFixture[str], padam_fit_on_path: Path
 ) -> None:
     sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
     run_dir = project / "lightning_logs" / "demo" / "a-seed0"
@@ -209,7 +221,7 @@ def test_resuming_with_other_settings_warns(
         "--trainer.logger.init_args.version a-seed0"
     )
     (run_dir / "run.json").write_text(json.dumps({"arguments": started.split()}))
-    dry_run = [str(sweep), "--dry-run", "--fit-command", "/elsewhere/padam-fit"]
+    dry_run = [str(sweep), "--dry-run", "--fit-command", str(padam_fit_on_path)]
     assert main(dry_run) == 0
     assert "warning" not in capsys.readouterr().err  # same settings; the command's path aside
     assert main([*dry_run, "--", "--trainer.max_epochs", "9"]) == 0
@@ -306,7 +318,8 @@ def test_user_errors_print_one_line_and_exit_2(
 
 def test_only_filters_runs(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sweep = _write_sweep(project, {"cfg": {"a": "a.yaml", "b": "b.yaml"}}, seeds=[0, 1])
-    assert main([str(sweep), "--dry-run", "--only", "b-*", "--only", "a-seed1"]) == 0
+    args = [str(sweep), "--dry-run", "--fit-command", FIT_COMMAND]
+    assert main([*args, "--only", "b-*", "--only", "a-seed1"]) == 0
     names = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# ")]
     assert names == ["# a-seed1: new", "# b-seed0: new", "# b-seed1: new"]
 
@@ -581,4 +594,71 @@ def test_ctrl_c_in_the_terminal_reports_the_running_run_as_interrupted(project: 
     assert "FAILED" not in out
     assert out.rstrip().endswith(
         "padam-sweep: interrupted; run the same command again to resume the sweep."
+    )
+
+
+def _print_config_calls(project: Path) -> list[list[str]]:
+    path = project / "print_config.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_an_option_padam_fit_refuses_after_the_dashes_stops_the_sweep_before_any_run(
+    project: Path, capsys: pytest.CaptureFixture[str], dry_run: bool
+) -> None:
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml", "b": "b.yaml"}}, seeds=[0, 1])
+    args = [str(sweep), "--fit-command", FIT_COMMAND, *(["--dry-run"] if dry_run else [])]
+    assert main([*args, "--", "--trainer.max_epochs", "2", "--traner.devices", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "padam-sweep: error: padam-fit refuses the arguments of run a-seed0 (parsed with "
+        "--print_config before any run starts): unknown option --traner.devices\n"
+    )
+    assert "# a-seed0" not in captured.out  # the dry run's commands are not printed
+    assert not any(project.rglob("calls.jsonl"))  # no run started
+    # Parsed once, with the first run's full arguments.
+    (checked,) = _print_config_calls(project)
+    first_run = ["fit", "--config", "a.yaml", "--seed_everything", "0"]
+    assert checked[:7] == [*first_run, "--trainer.max_epochs", "2"]
+    # Good arguments: one parse, of the first run still to do (a-seed0 is finished), then runs.
+    (project / "print_config.jsonl").unlink()
+    done = project / "lightning_logs" / "demo" / "a-seed0"
+    done.mkdir(parents=True)
+    (done / "finished.json").write_text("{}")
+    assert main([*args, "--", "--trainer.max_epochs", "2"]) == 0
+    (checked,) = _print_config_calls(project)
+    assert checked[-1] == "a-seed1" and checked[-2] == "--trainer.logger.init_args.version"
+    assert any(project.rglob("calls.jsonl")) != dry_run
+
+
+def test_a_finished_sweep_is_not_parsed_and_a_missing_fit_command_is_one_line(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    missing = str(project / "no" / "padam-fit")
+    for dry in ([], ["--dry-run"]):
+        assert main([str(sweep), "--fit-command", missing, *dry]) == 2
+        assert capsys.readouterr().err == (
+            f"padam-sweep: error: cannot run the training command {missing}: No such file or "
+            "directory; check --fit-command or the installation.\n"
+        )
+    assert main([str(sweep), "--fit-command", FIT_COMMAND]) == 0
+    (project / "print_config.jsonl").unlink()
+    assert main([str(sweep), "--fit-command", missing, "--dry-run"]) == 0  # nothing to do
+    assert main([str(sweep), "--fit-command", missing]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert not _print_config_calls(project)
+
+
+@pytest.mark.slow
+def test_a_typo_after_the_dashes_is_named_by_the_real_padam_fit(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The real parser (a few seconds: it imports Lightning), on the tester's kind of typo.
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    assert main([str(sweep), "--dry-run", "--", "--trainer.max_epohcs", "2"]) == 2
+    assert capsys.readouterr().err == (
+        "padam-sweep: error: padam-fit refuses the arguments of run a-seed0 (parsed with "
+        "--print_config before any run starts): unknown option --trainer.max_epohcs (did you "
+        "mean --trainer.max_epochs?). padam-fit fit --help lists the options.\n"
     )
