@@ -14,7 +14,7 @@ overrides it was given:
 - ``--fake.fail true``: prints an error and exits 3 without writing anything else;
 - ``--fake.exit N``: writes ``last.ckpt`` (and ``finished.json`` too with
   ``--fake.finish_first true``), then exits with status N, or, N negative, kills itself with
-  signal -N (as a process killed by it);
+  signal -N (as a process killed by it); ``--fake.no_checkpoint true`` writes no ``last.ckpt``;
 - ``--fake.wait_for_sigint FILE``: writes ``last.ckpt``, creates FILE, waits for Ctrl-C (up to a
   minute) and exits 130 as ``padam-fit`` does after one (143 after SIGTERM);
 - ``--fake.rendezvous DIR --fake.parties N``: marks its arrival in DIR, then waits (up to a
@@ -81,7 +81,8 @@ def main(argv: list[str]) -> int:
     if options.get("fake.fail") == "true":
         print("RuntimeError: the fake run failed on purpose", file=sys.stderr)
         return 3
-    if "fake.exit" in options or "fake.wait_for_sigint" in options:
+    saves = options.get("fake.no_checkpoint") != "true"
+    if saves and ("fake.exit" in options or "fake.wait_for_sigint" in options):
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"fake")
     if "fake.wait_for_sigint" in options:

@@ -662,3 +662,15 @@ def test_a_typo_after_the_dashes_is_named_by_the_real_padam_fit(
         "--print_config before any run starts): unknown option --trainer.max_epohcs (did you "
         "mean --trainer.max_epochs?). padam-fit fit --help lists the options.\n"
     )
+
+
+def test_an_interrupted_run_without_a_checkpoint_is_said_to_start_again(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stopped = {"fake.exit": 130, "fake.no_checkpoint": True}
+    sweep = _write_sweep(project, {"cfg": {"a": {"config": "a.yaml", "overrides": stopped}}})
+    assert main([str(sweep), "--fit-command", FIT_COMMAND]) == 1
+    assert (
+        "INTERRUPTED a-seed0: padam-fit was stopped by Ctrl-C (SIGINT, exit status 130); it saved "
+        "no checkpoint; rerun the same padam-sweep command to start it again\n"
+    ) in capsys.readouterr().out
