@@ -69,7 +69,8 @@ fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --c
 	fi
 
 fit-cpu: $(STAMP) ## A CPU-scale run (WRN-10-1, 10 epochs, 10-12 min on 2 cores): configs/cpu.yaml.
-	@$(MAKE) --no-print-directory fit CONFIG=configs/cpu.yaml ARGS="$(ARGS)"
+	@# -f: the same Makefile also when it was named with make -f PATH from another folder.
+	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) fit CONFIG=configs/cpu.yaml ARGS="$(ARGS)"
 
 demo: $(STAMP) ## Offline demo: a short run on synthetic data with real TensorBoard logs.
 	$(BIN)/padam-fit fit --config configs/wrn.yaml --config configs/demo.yaml

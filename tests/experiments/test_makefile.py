@@ -47,10 +47,13 @@ def scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _make_fit(folder: Path, tarball: str = "cifar.tar.gz") -> subprocess.CompletedProcess[str]:
-    variables = [f"FIT={folder / 'fake-fit'}", f"CIFAR_JPEG={tarball}", "CONFIG=c.yaml"]
+def _make_fit(
+    folder: Path, tarball: str = "cifar.tar.gz", target: str = "fit"
+) -> subprocess.CompletedProcess[str]:
+    variables = [f"FIT={folder / 'fake-fit'}", f"CIFAR_JPEG={tarball}"]
+    variables += ["CONFIG=c.yaml"] if target == "fit" else []
     return subprocess.run(
-        ["make", "-f", str(MAKEFILE), "fit", "VENV=venv", *variables],
+        ["make", "-f", str(MAKEFILE), target, "VENV=venv", *variables],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -120,3 +123,20 @@ def test_a_broken_tarball_stops_before_training_and_leaves_no_folder(scratch: Pa
     assert not (scratch / "fit-args.txt").exists()  # padam-fit never ran
     assert not (scratch / "data" / "cifar10-jpeg").exists()
     assert not (scratch / "data" / "cifar10-jpeg.partial").exists()
+
+
+def test_fit_cpu_extracts_the_same_way(scratch: Path) -> None:
+    partial = scratch / "data" / "cifar10-jpeg" / "train" / "a"
+    partial.mkdir(parents=True)
+    (partial / "0000.jpg").write_text("half")
+    result = _make_fit(scratch, target="fit-cpu")
+    assert result.returncode == 0, result.stderr
+    assert sorted(_trained_on(scratch)) == sorted(EXTRACTED)
+    args = (scratch / "fit-args.txt").read_text().split()
+    assert args == [
+        "fit",
+        "--config",
+        "configs/cpu.yaml",
+        "--config",
+        "configs/data/cifar10_jpeg.yaml",
+    ]
