@@ -132,6 +132,17 @@ def _user_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--trainer.check_val_every_n_epoch", "0"], "expected a positive integer, got 0"),
         (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches: expected a"),
         (["--trainer.devices", "-2"], "invalid trainer setting: `devices`"),
+        (
+            ["--model.optimizer.init_args.lr", "abc"],
+            "model.optimizer.init_args.lr: invalid value abc; expected a number (default: 0.1).",
+        ),
+        (
+            ["--model.optimizer.init_args.partial", "1/8"],
+            "expected a number (default: 0.125); a fraction is read as text: write 0.125.",
+        ),
+        (["--model.optimizer.init_args.betas", "[0.9]"], "expected a list of 2 values"),
+        (["--model.optimizer.init_args.amsgrad", "maybe"], "amsgrad: invalid value maybe; expe"),
+        (["--seed_everything", "1.5"], "seed_everything: invalid value 1.5; expected true/false"),
         (["--data.dataset", "imagefolder", "--data.data_dir", "/nonexistent/cifar"], "not found"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import pytest
@@ -17,6 +18,10 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--precision", type=Literal["32-true", "bf16-mixed"] | None, default=None)
     parser.add_argument("--optimizer", type=type[torch.optim.Optimizer] | None, default=None)
     parser.add_subclass_arguments(torch.optim.Optimizer, "opt", required=False, skip={"params"})
+    # The optimizer argument as ImageClassifier declares it (OptimizerCallable or None).
+    parser.add_argument("--optim", type=Callable[[Iterable], torch.optim.Optimizer] | None)
+    parser.add_argument("--ratio", type=float | None, default=None)
+    parser.add_argument("--seed", type=bool | int, default=0)
     return parser
 
 
@@ -40,7 +45,41 @@ def _message(args: list[str]) -> tuple[str, list[str]]:
             ["--opt", '{"class_path": "torch.optim.SGD", "init_args": {"momentom": 0.9}}'],
             "torch.optim.SGD has no option 'momentom' (did you mean momentum?)",
         ),
-        (["--epochs", "many"], "epochs: Expected a <class 'int'>. Got value: many"),
+        (["--epochs", "many"], "epochs: invalid value many; expected an integer."),
+        (["--ratio", "abc"], "ratio: invalid value abc; expected a number or null."),
+        (["--ratio", "1/4"], "expected a number or null; a fraction is read as text: write 0.25."),
+        (["--seed", "1.5"], "seed: invalid value 1.5; expected true/false or an integer."),
+        (["--seed", "1/2"], "seed: invalid value 1/2; expected true/false or an integer."),
+        (
+            ["--optim", "torch.optim.Adam", "--optim.init_args.lr", "abc"],
+            "optim.init_args.lr: invalid value abc; expected a number (default: 0.001).",
+        ),
+        (
+            ["--optim", "torch.optim.Adam", "--optim.init_args.betas", "0.9"],
+            "optim.init_args.betas: invalid value 0.9; expected a list in brackets "
+            "(default: [0.9, 0.999]).",
+        ),
+        (
+            ["--optim", "torch.optim.Adam", "--optim.init_args.betas", "[0.9]"],
+            "betas: invalid value [0.9]; expected a list of 2 values in brackets",
+        ),
+        (
+            ["--optim", "torch.optim.Adam", "--optim.init_args.betas", "[0.9, abc]"],
+            "expected a number in each place of the list (default: [0.9, 0.999]).",
+        ),
+        (
+            ["--optim", "torch.optim.Adam", "--optim.init_args.amsgrad", "maybe"],
+            "optim.init_args.amsgrad: invalid value maybe; expected true/false (default: false).",
+        ),
+        (
+            ["--optim", "torch.optim.Adam", "--optim.init_args.foreach", "maybe"],
+            "foreach: invalid value maybe; expected true/false or null (default: null).",
+        ),
+        (
+            ["--optim", '{"class_path": "torch.optim.SGD", "init_args": {"lr": "1/8"}}'],
+            "optim.init_args.lr: invalid value 1/8; expected a number (default: 0.001); a "
+            "fraction is read as text: write 0.125.",
+        ),
     ],
 )
 def test_a_parse_error_becomes_one_line_with_the_key_and_a_suggestion(
@@ -64,4 +103,5 @@ def test_option_strings_lists_every_option_of_real_parsers() -> None:
     names = option_strings([main, other])
     assert names == sorted(set(names))
     expected = {"-h", "--help", "--epochs", "--precision", "--optimizer", "--opt", "--opt.help"}
+    expected |= {"--optim", "--optim.help", "--ratio", "--seed"}
     assert set(names) == expected | {"-v", "--verbose"}
