@@ -312,6 +312,10 @@ class Interruption(L.Callback):
             if self.signal_name is None:
                 self.signal_name = "SIGTERM"
             self.stopped_in_validation = trainer.sanity_checking or trainer.validating
+        elif isinstance(exception, KeyboardInterrupt) and self.signal_name is None:
+            # Ctrl-C before setup() routed it to the graceful stop (Lightning then exits 1).
+            self.signal_name = "SIGINT"
+            self.stopped_in_validation = trainer.sanity_checking or trainer.validating
 
     # -- saving and restoring a half-done epoch -------------------------------------------------
 

@@ -88,6 +88,10 @@ usage: padam-fit {fit,validate,test,predict} --config FILE [--config FILE ...] [
 
 padam-fit --help and padam-fit fit --help list every option."""
 
+#: Whether a subcommand (fit, validate, ...) has begun: a Ctrl-C before it stopped the start-up
+#: (read by :func:`padam_lightning.cli.main`).
+subcommand_started = False
+
 #: The largest seed ``seed_everything`` takes (numpy's seeds are unsigned 32-bit integers).
 _MAX_SEED = 2**32 - 1
 
@@ -630,6 +634,8 @@ class PadamCLI(LightningCLI):
             SystemExit: With status 130 (Ctrl-C) or 143 (SIGTERM) when a signal stopped the fit
                 (Lightning's own stop exits 0 or 1), after saying how to resume.
         """
+        global subcommand_started
+        subcommand_started = True
         try:
             super()._run_subcommand(subcommand)
         except BaseException as err:

@@ -1,0 +1,63 @@
+"""Ctrl-C outside the training loop: one line and exit status 130, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+from test_robustness import tiny_cli_args
+
+import padam_lightning.cli.padam_cli as padam_cli
+from padam_lightning.cli import CTRL_C_EXIT_STATUS, main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_the_entry_point_imports_nothing_heavy() -> None:
+    # Ctrl-C while torch and Lightning load must reach main's handler: the console script's own
+    # import (padam_lightning.cli) runs before it, so it must not import them.
+    code = (
+        "import sys, padam_lightning.cli, padam_lightning; "
+        "print(sorted(m for m in ('torch', 'lightning', 'jsonargparse') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_ctrl_c_while_starting_up_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C during parsing or building the run raises it
+
+    monkeypatch.setattr(padam_cli, "build_cli", interrupted)
+    monkeypatch.setattr(padam_cli, "subcommand_started", False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "wrn.yaml")])
+    assert exit_info.value.code == CTRL_C_EXIT_STATUS == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "padam-fit: stopped by Ctrl-C before the run started."
+
+
+class InterruptAtTrainStart(L.Callback):
+    """Raise KeyboardInterrupt as Ctrl-C does before padam-fit's own handler took it over."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_that_lightning_catches_exits_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(CONFIGS.parent)
+    callback = f"--trainer.callbacks+={__name__}.InterruptAtTrainStart"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_cli_args(tmp_path, "run", callback)])
+    assert exit_info.value.code == 130  # Lightning itself exits 1
+    assert "Traceback" not in capsys.readouterr().err
