@@ -468,7 +468,7 @@ class PadamCLI(LightningCLI):
         # optimizer state would silently overrule what this command asks for.
         checkpoint = read_checkpoint(path)
         model = config.get("model") if isinstance(config.get("model"), Namespace) else Namespace()
-        check_network(path, checkpoint, model.get("arch"))
+        check_network(path, checkpoint, model.get("arch"), evaluating=subcommand != "fit")
         if subcommand == "fit":
             optimizer = model.get("optimizer")
             if isinstance(optimizer, Namespace):

@@ -40,6 +40,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from padam_lightning.errors import UserError
 from padam_lightning.training.classifier import (
+    EVALUATION_HINT,
     OPTIMIZER_CLASSES_KEY,
     RESUME_HINT,
     qualified_name,
@@ -85,7 +86,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def check_network(
-    path: Path, checkpoint: Mapping[str, Any], arch: str | None, num_classes: int | None = None
+    path: Path,
+    checkpoint: Mapping[str, Any],
+    arch: str | None,
+    num_classes: int | None = None,
+    evaluating: bool = False,
 ) -> None:
     """Refuse a checkpoint of another network than ``arch`` with ``num_classes`` outputs.
 
@@ -95,20 +100,24 @@ def check_network(
         arch: The configured network (None: not known yet, not compared).
         num_classes: The class count of the configured data (None: not known yet; it is linked
             from the data module when the model is built, so ``before_fit`` compares it).
+        evaluating: Whether the checkpoint is to be evaluated (validate, test, predict) rather
+            than resumed; only the message differs.
 
     Raises:
         UserError: If the checkpoint's ``arch`` or ``num_classes`` hyperparameter differs.
     """
     saved = checkpoint.get("hyper_parameters") or {}
+    hint, what = (EVALUATION_HINT, "evaluation") if evaluating else (RESUME_HINT, "run")
     if arch is not None and "arch" in saved and saved["arch"] != arch:
+        fix = f" (or --model.arch {saved['arch']})" if evaluating else ""
         raise UserError(
-            f"--ckpt_path {path}: the checkpoint is of a {saved['arch']} network, but this run "
-            f"asks for {arch}. {RESUME_HINT}"
+            f"--ckpt_path {path}: the checkpoint is of a {saved['arch']} network, but this {what} "
+            f"asks for {arch}. {hint.removesuffix('.')}{fix}."
         )
     if num_classes is not None and "num_classes" in saved and saved["num_classes"] != num_classes:
         raise UserError(
             f"--ckpt_path {path}: the checkpoint's network has {saved['num_classes']} classes, "
-            f"but this run's data has {num_classes}. {RESUME_HINT}"
+            f"but this {what}'s data has {num_classes}. {hint}"
         )
 
 

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import Metric
@@ -29,6 +30,13 @@ RESUME_HINT = (
     "A resumed run continues with the checkpoint's network, optimizer, schedules and data order: "
     "resume with the run's own config (its config.yaml), or start a new run without --ckpt_path "
     "to change them."
+)
+
+#: What to do when a checkpoint cannot be evaluated with the network and data a command describes.
+EVALUATION_HINT = (
+    "An evaluation loads the checkpoint's weights into the network this command configures, for "
+    "the data it configures: evaluate with the run's own config (--config <run>/config.yaml), "
+    "which names both."
 )
 
 
@@ -476,12 +484,18 @@ class ImageClassifier(L.LightningModule):
             UserError: If the checkpoint's architecture or class count differs from this model's.
         """
         saved = checkpoint.get("hyper_parameters", {})
-        for key in ("arch", "num_classes"):
-            if key in saved and saved[key] != self.hparams[key]:
-                raise UserError(
-                    f"the checkpoint holds a {key} of {saved[key]!r}, but this run has "
-                    f"{self.hparams[key]!r}. {RESUME_HINT}"
-                )
+        fitting = self._trainer is None or self.trainer.state.fn == TrainerFn.FITTING
+        hint, what = (RESUME_HINT, "run") if fitting else (EVALUATION_HINT, "evaluation")
+        if "arch" in saved and saved["arch"] != self.hparams["arch"]:
+            raise UserError(
+                f"the checkpoint is of a {saved['arch']} network, but this {what} asks for "
+                f"{self.hparams['arch']}. {hint}"
+            )
+        if "num_classes" in saved and saved["num_classes"] != self.hparams["num_classes"]:
+            raise UserError(
+                f"the checkpoint's network has {saved['num_classes']} classes, but this {what}'s "
+                f"data has {self.hparams['num_classes']}. {hint}"
+            )
         self._checkpoint_optimizers = checkpoint.get(OPTIMIZER_CLASSES_KEY)
 
     def on_train_start(self) -> None:

@@ -277,3 +277,28 @@ def test_a_run_without_a_logger_never_overwrites_files_in_its_folder(
 
 def torch_load_global_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def test_evaluating_a_checkpoint_with_another_network_or_data_speaks_of_an_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(_tiny(tmp_path))
+    ckpt = str(tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt")
+    for stage in ("validate", "test", "predict"):
+        for extra, expected in (
+            (
+                ["--model.arch", "wrn16_2"],
+                "wrn10_1 network, but this evaluation asks for wrn16_2",
+            ),
+            (["--data.synthetic_num_classes", "5"], "10 classes, but this evaluation's data has 5"),
+        ):
+            with pytest.raises(SystemExit) as exit_info:
+                main(_tiny(tmp_path, "--ckpt_path", ckpt, *extra, command=stage))
+            assert exit_info.value.code == 2
+            err = capsys.readouterr().err
+            assert expected in err and "An evaluation loads the checkpoint's weights" in err
+            assert "resum" not in err.lower(), err
+    # The arch's message names the option that fixes it.
+    with pytest.raises(SystemExit):
+        main(_tiny(tmp_path, "--ckpt_path", ckpt, "--model.arch", "vgg11", command="test"))
+    assert "(or --model.arch wrn10_1)." in capsys.readouterr().err

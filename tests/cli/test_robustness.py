@@ -128,9 +128,9 @@ def test_atomic_checkpoint_write_never_leaves_a_partial_file(
 
 def test_loading_a_checkpoint_of_another_network_is_refused_before_its_weights() -> None:
     model = ImageClassifier(arch="wrn10_1", num_classes=10)
-    with pytest.raises(UserError, match="arch of 'wrn16_4', but this run has 'wrn10_1'"):
+    with pytest.raises(UserError, match="a wrn16_4 network, but this run asks for wrn10_1"):
         model.on_load_checkpoint({"hyper_parameters": {"arch": "wrn16_4", "num_classes": 10}})
-    with pytest.raises(UserError, match="num_classes of 100"):
+    with pytest.raises(UserError, match="has 100 classes, but this run's data has 10"):
         model.on_load_checkpoint({"hyper_parameters": {"arch": "wrn10_1", "num_classes": 100}})
 
 
