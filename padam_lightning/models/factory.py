@@ -23,7 +23,11 @@ _FIXED_MODELS: Final[dict[str, Callable[[int], nn.Module]]] = {
 #: Names with a fixed architecture; wide ResNets are named by the pattern ``wrn{depth}_{width}``.
 MODEL_NAMES: Final[tuple[str, ...]] = tuple(_FIXED_MODELS)
 
-_WRN_NAME: Final = re.compile(r"wrn(\d+)_(\d+)")
+#: Depth and width without leading zeros: each network has one name, which names its run folder
+#: and is compared on resume (``wrn016_04`` would be WRN-16-4 under a second name).
+_WRN_NAME: Final = re.compile(r"wrn([1-9]\d*)_([1-9]\d*|0)")
+#: Spellings of a wide ResNet that are not its name: ``WRN-16-4``, ``wrn_16_4``, ``wrn016_04``.
+_WRN_LIKE: Final = re.compile(r"wrn[-_ ]?0*(\d+)[-_ x]0*(\d+)")
 
 _VALID_NAMES: Final = (
     ", ".join(MODEL_NAMES) + ", or wrn{depth}_{width} for a wide ResNet with depth = 6 * n + 4 and "
@@ -52,9 +56,20 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
         return _FIXED_MODELS[name](num_classes)
     wrn = _WRN_NAME.fullmatch(name)
     if wrn is None:
-        raise UserError(f"Unknown model {name!r}. Valid names: {_VALID_NAMES}.")
+        raise UserError(f"Unknown model {name!r}{_suggestion(name)}. Valid names: {_VALID_NAMES}.")
     depth, width = int(wrn.group(1)), int(wrn.group(2))
     blocks_per_stage(depth)  # raises a UserError naming the valid depths
     if width < 1:
-        raise UserError(f"Wide ResNet width must be at least 1, got {name!r}. {_VALID_NAMES}.")
+        raise UserError(
+            f"Wide ResNet width must be at least 1, got {name!r}. Valid names: {_VALID_NAMES}."
+        )
     return wide_resnet(depth, width, num_classes)
+
+
+def _suggestion(name: str) -> str:
+    """`` (did you mean wrn16_4?)`` for another spelling of a valid name, else nothing."""
+    lowered = name.strip().lower()
+    wrn = _WRN_LIKE.fullmatch(lowered)
+    candidate = f"wrn{int(wrn.group(1))}_{int(wrn.group(2))}" if wrn else lowered
+    valid = candidate in _FIXED_MODELS or (wrn is not None and int(wrn.group(2)) >= 1)
+    return f" (did you mean {candidate}?)" if valid and candidate != name else ""

@@ -224,3 +224,36 @@ def test_wide_resnet_width_and_class_count_must_be_positive() -> None:
         build_model("wrn16_0")
     with pytest.raises(UserError, match="num_classes"):
         build_model("vgg16", num_classes=0)
+
+
+def test_a_zero_width_message_leads_into_the_valid_names() -> None:
+    with pytest.raises(UserError) as raised:
+        build_model("wrn16_0")
+    assert str(raised.value).startswith(
+        "Wide ResNet width must be at least 1, got 'wrn16_0'. Valid names: vgg11, "
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("wrn016_04", "wrn16_4"),  # would train WRN-16-4 under a second run-folder name
+        ("wrn16_04", "wrn16_4"),
+        ("wrn010_1", "wrn10_1"),
+        ("WRN-16-4", "wrn16_4"),  # the paper's spelling
+        ("wrn_28_10", "wrn28_10"),
+        ("wrn16-4", "wrn16_4"),
+        ("VGG16", "vgg16"),
+        ("resnet18 ", "resnet18"),
+    ],
+)
+def test_another_spelling_of_a_network_is_refused_naming_its_name(name: str, meant: str) -> None:
+    with pytest.raises(UserError, match=f"Unknown model '{name}' \\(did you mean {meant}\\?\\)"):
+        build_model(name)
+
+
+@pytest.mark.parametrize("name", ["wrn16_00", "wrn0_4", "resnet7", "wrn16_"])
+def test_no_suggestion_where_no_valid_name_is_meant(name: str) -> None:
+    with pytest.raises(UserError) as raised:
+        build_model(name)
+    assert "did you mean" not in str(raised.value)
