@@ -4,7 +4,8 @@ jsonargparse applies several ``--config`` files in order, and a list in a later 
 list of an earlier one: a config that sets ``trainer.callbacks`` silently drops the callbacks that
 an earlier config added (a p schedule, the released code's training pass). A key written with a
 trailing ``+`` (``callbacks+:``) appends instead, as jsonargparse documents for lists; the shipped
-experiment configs use it. This module refuses the silent drop and names the fix.
+experiment configs use it. This module refuses the silent drop and names the fix, and refuses a
+sweep file (``configs/sweeps/*.yaml``, for ``padam-sweep``) given to ``padam-fit``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,29 @@ def _callback_name(entry: Any) -> str:
     """``TrainPass`` for ``{class_path: padam_lightning.training.train_pass.TrainPass}``."""
     class_path = entry.get("class_path") if isinstance(entry, dict) else entry
     return str(class_path).rsplit(".", 1)[-1]
+
+
+#: The key that makes a YAML file a sweep file (``configs/sweeps/*.yaml``); no run config has it.
+SWEEP_KEY = "grid"
+
+
+def check_not_sweep_files(config_files: Sequence[str]) -> None:
+    """Refuse a sweep file given to ``padam-fit --config``, naming the command that runs it.
+
+    jsonargparse would report its first key as an unknown config key, which says nothing about
+    what the file is.
+
+    Raises:
+        UserError: If a file has a top-level ``grid``.
+    """
+    for path in config_files:
+        config = _read_mapping(path)
+        if config is not None and SWEEP_KEY in config:
+            raise UserError(
+                f"--config {path} is a sweep file (it has a '{SWEEP_KEY}' of runs), which "
+                f"padam-sweep runs: padam-sweep {path}. padam-fit takes the config of one run, "
+                "such as configs/wrn.yaml."
+            )
 
 
 def check_callback_stacking(config_files: Sequence[str]) -> None:

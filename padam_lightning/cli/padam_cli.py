@@ -48,7 +48,11 @@ from padam_lightning.cli.checkpointing import (
     LastCheckpoint,
     RunSummary,
 )
-from padam_lightning.cli.config_files import check_callback_stacking, config_file_args
+from padam_lightning.cli.config_files import (
+    check_callback_stacking,
+    check_not_sweep_files,
+    config_file_args,
+)
 from padam_lightning.cli.parse_errors import option_strings, summarize_parse_error
 from padam_lightning.cli.resume import (
     check_callbacks,
@@ -382,7 +386,9 @@ class PadamCLI(LightningCLI):
         command = sys.argv[1:] if args is None else args
         self._command_args = [str(a) for a in command] if isinstance(command, list) else None
         # Before jsonargparse merges the files, which keeps only the last file's callback list.
-        check_callback_stacking(config_file_args(self._command_args or []))
+        config_files = config_file_args(self._command_args or [])
+        check_not_sweep_files(config_files)
+        check_callback_stacking(config_files)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:

@@ -1,4 +1,5 @@
-"""Stacked ``--config`` files keep every callback they add, or padam-fit names the dropped one."""
+"""``--config`` files: stacked ones keep every callback they add (or padam-fit names the dropped
+one), and a sweep file is pointed to padam-sweep."""
 
 from __future__ import annotations
 
@@ -85,3 +86,16 @@ def test_config_file_args_reads_both_spellings() -> None:
         "a.yaml",
         "b.yaml",
     ]
+
+
+@pytest.mark.parametrize("sweep", sorted((CONFIGS / "sweeps").glob("*.yaml")))
+def test_a_sweep_file_given_to_padam_fit_names_padam_sweep(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(sweep), "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("padam-fit: error:") == 1
+    assert f"--config {sweep} is a sweep file" in err and f"padam-sweep {sweep}" in err
+    assert "unknown config key" not in err
