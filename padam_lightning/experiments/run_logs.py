@@ -12,9 +12,9 @@ Epoch-level scalars are numbered as epochs *completed*: the value logged at the 
   ``epoch`` scalar (the epoch index) at the same steps: the epoch is read from it;
 - newer runs log epoch-level scalars with the epoch index itself as the step.
 
-A tag whose steps each carry a distinct ``epoch`` value is read the first way, any other the second
-(where both apply they agree). Per-step tags (named ``*_step``, e.g. ``train/loss_step``) are not
-epoch curves and are left out.
+A run is read the first way when the steps of its ``train/loss`` each carry a distinct ``epoch``
+value (then each tag whose steps do is read that way too), otherwise the second way. Per-step
+tags (named ``*_step``, e.g. ``train/loss_step``) are not epoch curves and are left out.
 
 What a run is comes from its ``run.json`` (written by ``padam-sweep``: axis labels and titles,
 seed). A plain ``padam-fit`` run has none; it is then one group per run folder, named by the
@@ -39,6 +39,8 @@ from padam_lightning.errors import UserError
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 EPOCH_TAG = "epoch"
+#: The running training loss, logged at the end of every epoch in both layouts.
+TRAIN_LOSS_TAG = "train/loss"
 #: The file in each run folder that says what the run is (written by padam-sweep).
 RUN_FILE = "run.json"
 #: The axis of runs without a ``run.json``: one label per run folder (seeds stripped).
@@ -172,19 +174,32 @@ def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 def epoch_curves(scalars: dict[str, dict[int, float]]) -> dict[str, Curve]:
     """Per-epoch curves of the epoch-level tags (see the module docstring for the two layouts)."""
     epoch_at_step = {step: round(value) for step, value in scalars.get(EPOCH_TAG, {}).items()}
-    curves = {}
-    for tag, by_step in scalars.items():
-        if tag == EPOCH_TAG or tag.endswith("_step") or not by_step:
-            continue
+
+    def through_epoch(by_step: dict[int, float]) -> bool:
         indices = [epoch_at_step.get(step) for step in by_step]
-        if any(i is None for i in indices) or len(set(indices)) != len(indices):
+        return None not in indices and len(set(indices)) == len(indices)
+
+    tags = [t for t, by_step in scalars.items() if by_step and _is_epoch_level(t)]
+    # The layout is the run's, read from its training loss (logged every epoch): a tag logged only
+    # some epochs (validation every n epochs) at steps = epoch indices can find distinct `epoch`
+    # values at those small global steps by chance.
+    reference = TRAIN_LOSS_TAG if TRAIN_LOSS_TAG in tags else None
+    older = through_epoch(scalars[reference]) if reference else True
+    curves = {}
+    for tag in tags:
+        by_step = scalars[tag]
+        if older and through_epoch(by_step):
+            indices = [epoch_at_step[step] for step in by_step]
+        else:
             indices = list(by_step)  # the step is the epoch index
-        by_epoch = {
-            int(i) + 1: v for i, v in zip(indices, by_step.values(), strict=True) if i is not None
-        }
+        by_epoch = dict(zip((i + 1 for i in indices), by_step.values(), strict=True))
         ordered = tuple(sorted(by_epoch))
         curves[tag] = Curve(ordered, tuple(by_epoch[e] for e in ordered))
     return curves
+
+
+def _is_epoch_level(tag: str) -> bool:
+    return tag != EPOCH_TAG and not tag.endswith("_step")
 
 
 def read_json_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:

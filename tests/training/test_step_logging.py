@@ -58,3 +58,14 @@ def test_the_epoch_card_maps_global_steps_to_epochs(
     accumulator.Reload()
     points = [(event.step, event.value) for event in accumulator.Scalars("epoch")]
     assert points == [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]
+
+
+def test_curves_validated_every_other_epoch_are_read_at_their_epochs(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    # Validation after epochs 2 and 4 logs val/* at steps 1 and 3 (the epoch indices); Lightning's
+    # own `epoch` scalar at global steps 1 and 3 reads 0 and 1, which must not renumber them.
+    main([*tiny_fit_args, "--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "2"])
+    curves = epoch_curves(read_scalars(tmp_path / "logs" / "run" / "version_0"))
+    assert curves["val/err"].epochs == (2, 4)
+    assert curves["train/loss"].epochs == (1, 2, 3, 4)
