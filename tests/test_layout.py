@@ -41,14 +41,32 @@ def package_imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
+            # `from padam_lightning import cli` imports the room as a name.
+            prefix = f"{node.module}." if node.module == "padam_lightning" else ""
+            names = [node.module] + [prefix + alias.name for alias in node.names if prefix]
+        elif _is_import_module_call(node):
+            names = [node.args[0].value]  # type: ignore[attr-defined]
         else:
             continue
         for name in names:
             parts = name.split(".")
             if parts[0] == "padam_lightning" and len(parts) > 1:
-                rooms.add(parts[1])
+                # A name that is not a room (`from padam_lightning import Padam`) is the package's
+                # own __init__, which imports rooms of its own.
+                rooms.add(parts[1] if parts[1] in ALLOWED else "__init__")
     return rooms
+
+
+def _is_import_module_call(node: ast.AST) -> bool:
+    """``importlib.import_module("padam_lightning....")`` with a literal name."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute | ast.Name)
+        and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    )
 
 
 def test_every_module_imports_only_inward() -> None:
