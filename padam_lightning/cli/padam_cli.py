@@ -762,9 +762,8 @@ _NO_ADVERTISEMENTS = _WithoutAdvertisements()
 
 #: What padam-fit adds to the library's divergence message: its own options and resume policy.
 DIVERGENCE_HINT = (
-    " With padam-fit: start a new run with a lower --model.optimizer.init_args.lr (or "
-    "--trainer.precision bf16-mixed / 32-true); resuming this run would keep the optimizer "
-    "settings stored in its checkpoint. The checkpoint of the last completed epoch was kept."
+    " In padam-fit those are --model.optimizer.init_args.lr and --trainer.precision (bf16-mixed "
+    "or 32-true), in a new run: a resume keeps the settings stored in the run's checkpoint."
 )
 
 
