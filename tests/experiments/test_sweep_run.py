@@ -461,13 +461,7 @@ def test_gpus_the_machine_does_not_show_are_refused_before_any_run(
     gpus: str | None,
     message: str,
 ) -> None:
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpu_count)
-    if visible is None:
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    else:
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
-    args = [str(sweep), "--fit-command", FIT_COMMAND, *(["--gpus", gpus] if gpus else [])]
+    args = _sweep_on_gpus(project, monkeypatch, gpu_count, visible, gpus)
     runs = [args] if gpus is None else [args, [*args, "--dry-run"]]
     for argv in runs:
         assert main(argv) == 2
@@ -475,6 +469,23 @@ def test_gpus_the_machine_does_not_show_are_refused_before_any_run(
         assert err.startswith(f"padam-sweep: error: {message}"), err
         assert err.count("\n") == 1
     assert not any(project.rglob("calls.jsonl"))  # no run started
+
+
+def _sweep_on_gpus(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gpu_count: int,
+    visible: str | None,
+    gpus: str | None,
+) -> list[str]:
+    """A one-run sweep's arguments on a machine with ``gpu_count`` GPUs and that listing."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpu_count)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
+    return [str(sweep), "--fit-command", FIT_COMMAND, *(["--gpus", gpus] if gpus else [])]
 
 
 @pytest.mark.parametrize(
@@ -494,13 +505,7 @@ def test_visible_gpus_are_used(
     gpus: str | None,
     seen: str | None,
 ) -> None:
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpu_count)
-    if visible is None:
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    else:
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    sweep = _write_sweep(project, {"cfg": {"a": "a.yaml"}})
-    args = [str(sweep), "--fit-command", FIT_COMMAND, *(["--gpus", gpus] if gpus else [])]
+    args = _sweep_on_gpus(project, monkeypatch, gpu_count, visible, gpus)
     assert main(args) == 0
     (call,) = _calls(project / "lightning_logs" / "demo" / "a-seed0")
     assert call["cuda_visible_devices"] == (visible if seen is None else seen)
