@@ -548,7 +548,13 @@ class PadamCLI(LightningCLI):
         check_schedulers(path, checkpoint, _scheduler_states(self.model.configure_optimizers()))
         check_callbacks(path, checkpoint, self.trainer)
         datamodule = getattr(self, "datamodule", None)
-        check_data(path, checkpoint, datamodule, getattr(datamodule, "effective_seed", None))
+        check_data(
+            path,
+            checkpoint,
+            datamodule,
+            getattr(datamodule, "effective_seed", None),
+            self.trainer.world_size,
+        )
 
     def before_validate(self) -> None:
         """See :meth:`_refuse_to_overwrite`."""

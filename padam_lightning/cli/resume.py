@@ -355,9 +355,13 @@ def check_callbacks(path: Path, checkpoint: Mapping[str, Any], trainer: Any) -> 
 
 
 def check_data(
-    path: Path, checkpoint: Mapping[str, Any], datamodule: Any, seed: int | None
+    path: Path,
+    checkpoint: Mapping[str, Any],
+    datamodule: Any,
+    seed: int | None,
+    world_size: int | None = None,
 ) -> None:
-    """Refuse a resume with another data seed or other training data than the checkpoint's.
+    """Refuse a resume with another data seed, other training data or another process count.
 
     The data module restores the run's seed from the checkpoint (the shuffle order and the
     augmentation continue unchanged), so a command asking for another seed would be ignored;
@@ -368,9 +372,12 @@ def check_data(
         checkpoint: Its content, from :func:`read_checkpoint`.
         datamodule: The configured data module (its hyperparameters are compared).
         seed: The data seed this run configures (None: not known, not compared).
+        world_size: The number of training processes this run has (None: not compared).
+            Checkpoints written before it was saved are not compared either.
 
     Raises:
-        UserError: If the seed or a setting of :data:`TRAINING_DATA_ARGS` differs.
+        UserError: If the seed, a setting of :data:`TRAINING_DATA_ARGS` or the number of
+            processes (which sets the global batch and the shards of the data order) differs.
     """
     if datamodule is None:
         return
@@ -385,6 +392,20 @@ def check_data(
             f"--ckpt_path {path}: the run's data seed is {state['seed']}, but this run "
             f"configures {seed} (seed_everything / data.seed); the shuffle order and "
             f"augmentation of a resumed run continue with its own seed. {RESUME_HINT}"
+        )
+    if (
+        world_size is not None
+        and isinstance(state, Mapping)
+        and "world_size" in state
+        and int(state["world_size"]) != int(world_size)
+    ):
+        saved_size = int(state["world_size"])
+        raise UserError(
+            f"--ckpt_path {path}: the run was trained on {saved_size} process"
+            f"{'es' if saved_size != 1 else ''} (a global batch of data.batch_size x "
+            f"{saved_size}), but this run has {world_size} (trainer.devices x "
+            f"trainer.num_nodes); resume with the run's devices and nodes, so that its batches "
+            f"and data order continue unchanged. {RESUME_HINT}"
         )
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
     configured = getattr(datamodule, "hparams", {}) or {}

@@ -347,8 +347,14 @@ class CIFARDataModule(L.LightningDataModule):
     # -- checkpointing -------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Save the seed in use, so a resumed run shuffles and augments as the original did."""
-        return {"seed": self.effective_seed}
+        """Save the seed in use, so a resumed run shuffles and augments as the original did.
+
+        Also the number of processes the batches are dealt to (``world_size``): each takes
+        ``batch_size`` images a step, so a global batch of ``batch_size * world_size``, and the
+        shards of an epoch's order depend on it.
+        """
+        trainer = getattr(self, "trainer", None)
+        return {"seed": self.effective_seed, "world_size": trainer.world_size if trainer else 1}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the seed of the run being resumed (warning if ``seed`` asks for another)."""

@@ -92,6 +92,11 @@ def _snapshot(folder: Path) -> dict[Path, tuple[bytes, int]]:
         ("plain", ["--seed_everything", "3"], "data seed is 0, but this run configures 3"),
         ("plain", ["--data.seed", "5"], "data seed is 0, but this run configures 5"),
         ("plain", ["--data.batch_size", "8"], "data.batch_size 16, but this run configures 8"),
+        (
+            "plain",
+            ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
+            "trained on 1 process (a global batch of data.batch_size x 1), but this run has 2",
+        ),
         # The class count comes from the data (linked into the model when it is built).
         (
             "plain",
