@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from padam_lightning.errors import UserError
-from padam_lightning.experiments.report_figures import build_figures, save_figures
 from padam_lightning.experiments.report_groups import (
     TRAIN_CURVES,
     Layout,
@@ -192,6 +191,9 @@ def run_report(argv: Sequence[str]) -> int:
     title = args.title or f"Results: {args.logdir}"
     try:
         args.out.mkdir(parents=True, exist_ok=True)
+        # matplotlib loads here, inside main's Ctrl-C handling (about a second of imports).
+        from padam_lightning.experiments.report_figures import build_figures, save_figures
+
         written = save_figures(build_figures(groups, layout), args.out)
         results = results_json(groups, layout, targets, args.logdir)
         markdown = args.out / "results.md"
@@ -216,6 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"{PROG}: stopped by Ctrl-C; its outputs may be incomplete: run it again.",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

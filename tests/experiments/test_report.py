@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import statistics
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from padam_lightning.experiments import report as report_module
 from padam_lightning.experiments.report import build_report, main
 from padam_lightning.experiments.report_figures import build_figures
 from padam_lightning.experiments.report_tables import results_json
@@ -505,3 +508,23 @@ def test_an_unwritable_out_parent_is_refused_up_front(
         "(permission denied).\n"
     )
     assert not (locked / "report").exists()
+
+
+def test_ctrl_c_is_one_line_and_matplotlib_loads_inside_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C while the report starts: the entry point's module imports nothing slow, so the
+    # interrupt lands inside main, which says so in one line (exit 130, as shells expect).
+    code = "import sys, padam_lightning.experiments.report; print('matplotlib' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "False"
+
+    def interrupted(argv: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "run_report", interrupted)
+    assert main(["anything"]) == 130
+    err = capsys.readouterr().err
+    assert err == "padam-report: stopped by Ctrl-C; its outputs may be incomplete: run it again.\n"
