@@ -69,12 +69,13 @@ def class_names(data_dir: str | Path) -> list[str]:
 def _images_under(folder: str) -> Iterator[tuple[str, os.stat_result]]:
     """(path relative to ``folder``, stat) of each image at any depth, in sorted order.
 
-    Subfolders count, as in torchvision's ``ImageFolder``; hidden files and folders do not.
+    Subfolders count, as in torchvision's ``ImageFolder``; hidden files and folders do not, nor
+    do links to folders inside a class folder (one pointing upwards would never end).
     """
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name[0] == ".":
             continue
-        if entry.is_dir():
+        if entry.is_dir(follow_symlinks=False):
             for relative, stat in _images_under(entry.path):
                 yield f"{entry.name}/{relative}", stat
         elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:

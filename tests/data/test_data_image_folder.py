@@ -161,6 +161,7 @@ def test_images_in_subfolders_of_a_class_count_as_that_class(tmp_path: Path) -> 
     moved.rename(nested / "0001.png")
     (tmp_path / "train" / "cat" / ".hidden").mkdir()
     (tmp_path / "train" / "cat" / ".hidden" / "x.png").write_bytes(moved.name.encode())
+    (tmp_path / "train" / "cat" / "loop").symlink_to("..")  # would list dog's images as cat's
     split = load_image_folder_split(tmp_path, "train")
     assert len(split.labels) == 5 and int((split.labels == 0).sum()) == 3
     stored = {tuple(image.flatten()[:8].tolist()) for image in split.images[split.labels == 0]}
