@@ -1,88 +1,220 @@
-"""Checks that a checkpoint can continue the run a command describes, before anything is written.
+"""Whether a checkpoint can continue the run a command describes: one comparison of configs.
 
-What Lightning restores from a checkpoint when ``fit`` resumes, and what happens to each here:
+A resumed ``fit`` continues with what the checkpoint restores: the weights, the optimizer state
+with its hyperparameters (lr, betas, p, ...), the lr schedulers' state with their settings
+(milestones, gamma), each callback's state (a p schedule, early stopping's patience) and the data
+module's seed; Lightning loads all of it over what the command configures, without a word, and
+ignores a scheduler or callback added or removed. So padam-fit records the fit's resolved config
+in every checkpoint (``RunRecord``) and a resume compares it with the command's resolved config
+(:func:`check_resume`): any difference outside :data:`RESUMABLE` is refused before the run folder
+is touched, naming each key. What may change is what does not change the numbers of the run:
+how long it trains, where files go, what is logged and how fast it runs.
 
-- ``state_dict`` (the weights): the network must be the same (:func:`check_network`).
-- ``hyper_parameters``: LightningCLI would parse them over the command's ``model.*``; padam-fit
-  does not (``PadamCLI._parse_ckpt_path``), so the command's implementation switches
-  (``channels_last``, ``compile``) apply as configured, and ``arch`` / ``num_classes`` are checked.
-- ``optimizer_states``: their ``param_groups`` (lr, betas, p, ...) replace the configured ones, so
-  the class and every hyperparameter must match (:func:`check_optimizer`).
-- ``lr_schedulers``: the state replaces the scheduler's settings too (milestones, gamma, ...), and a
-  scheduler added or removed is silently ignored, so they must match (:func:`check_schedulers`).
-- ``callbacks``: each callback's state by its ``state_key`` (:func:`check_callbacks`).
-- the data module's state (its seed) and ``datamodule_hyper_parameters`` (:func:`check_data`).
-- ``loops`` (epoch and batch progress) and the precision plugin's scaler state: where the run
-  stopped; that is what resuming means, and ``trainer.max_epochs`` may be raised to train on.
-
-A command that asks for another setting than the checkpoint's would be silently overruled while
-its config was saved over the run's ``config.yaml`` as if it had been used; these checks refuse it
-before the run folder is touched.
-
-Two checks stay in the library, because they protect any ``Trainer.fit(ckpt_path=...)``, not only
-padam-fit: ``ImageClassifier.on_load_checkpoint`` refuses another ``arch`` or ``num_classes`` and
-``ImageClassifier.on_train_start`` another optimizer class (both repeated here, earlier, so that
-padam-fit refuses before it writes anything); and ``PartialSchedule.resume_conflict`` says which
-of its own state is a setting, which :func:`check_callbacks` asks of every callback.
+Evaluation (validate, test, predict) restores only the weights, so only the network must match
+(:func:`check_network`).
 """
 
 from __future__ import annotations
 
-import importlib
+import math
 import zipfile
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 
 from padam_lightning.errors import UserError
-from padam_lightning.training.classifier import (
-    EVALUATION_HINT,
-    OPTIMIZER_CLASSES_KEY,
-    RESUME_HINT,
-    qualified_name,
+from padam_lightning.training.classifier import EVALUATION_HINT
+
+#: Keys a resume may change; each covers the keys under it. Why each is safe, on its line.
+RESUMABLE = frozenset(
+    {
+        # What this command was given, not a setting of the run.
+        "config",
+        "ckpt_path",
+        "subcommand",
+        "weights_only",  # how --ckpt_path is loaded, not what it continues
+        # When to stop: continuing a run to more epochs is what resuming is for.
+        "trainer.max_epochs",
+        "trainer.max_steps",
+        "trainer.max_time",
+        "trainer.min_epochs",
+        "trainer.min_steps",
+        # Where files go and what is shown or logged; the numbers of the run are unchanged.
+        "trainer.logger",  # the run folder is found from the checkpoint, curves continue there
+        "trainer.default_root_dir",
+        "trainer.enable_progress_bar",
+        "trainer.enable_model_summary",
+        "trainer.log_every_n_steps",  # step points only; the epoch curves are the same
+        "trainer.enable_autolog_hparams",
+        "trainer.model_registry",
+        "trainer.profiler",
+        "trainer.detect_anomaly",  # a debugging check, same numbers
+        "trainer.num_sanity_val_steps",  # a check before training: logs nothing, trains nothing
+        "trainer.enable_checkpointing",  # which files are kept, not what is trained
+        "checkpoint",  # ModelCheckpoint keys its state by its settings: changed ones start afresh
+        # Stages a fit does not run.
+        "trainer.limit_test_batches",
+        "trainer.limit_predict_batches",
+        # Which hardware runs it: the number of processes, which sets the global batch and the
+        # data shards, is compared as the world size; trainer.precision is compared.
+        "trainer.accelerator",
+        "trainer.devices",
+        "trainer.num_nodes",
+        "trainer.strategy",
+        # Implementation switches: the same results up to round-off, checkpoints the same.
+        "trainer.benchmark",
+        "trainer.deterministic",
+        "trainer.inference_mode",
+        "model.compile",
+        "model.compile_mode",
+        "model.channels_last",
+        "model.optimizer.init_args.foreach",
+        "model.optimizer.init_args.fused",
+        "model.optimizer.init_args.capturable",
+        "model.optimizer.init_args.differentiable",
+        # Where the data lives or how it is fetched or evaluated, not which data trains. (For an
+        # image folder data_dir names the data; its class count is checked by check_network.)
+        "data.data_dir",
+        "data.download",
+        "data.num_workers",
+        "data.eval_batch_size",  # evaluation in eval mode: same outputs in any batch size
+    }
 )
 
-#: Optimizer arguments that choose an implementation, not the update: free to change on resume.
-IMPLEMENTATION_ARGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
+#: Callbacks (by class name) that only watch, show or save: adding or removing one is allowed.
+OBSERVING_CALLBACKS = frozenset(
+    {
+        "LearningRateMonitor",
+        "DeviceStatsMonitor",
+        "TQDMProgressBar",
+        "RichProgressBar",
+        "ModelSummary",
+        "RichModelSummary",
+        "ModelCheckpoint",  # as the checkpoint section above
+    }
+)
 
-#: Optimizer arguments a schedule callback (PartialSchedule) changes during training.
-SCHEDULED_ARGS = frozenset({"lr", "partial"})
+#: How many differing keys a refusal lists before "and N more".
+MAX_LISTED = 5
+
+
+class _Missing:
+    """A key that one of the two configs does not have."""
+
+    def __repr__(self) -> str:
+        return "not set"
+
+
+_MISSING = _Missing()
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """A value a setting left unset takes from other settings (compared by ``value`` alone)."""
+
+    value: Any
+    source: str
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load the Lightning checkpoint ``path`` memory-mapped (only its small entries are read).
+    """Load the Lightning checkpoint ``path`` memory-mapped (its tensors are read when used).
+
+    Every byte is checked against the archive's CRCs first, so a damaged file is reported here
+    and not loaded as silently wrong weights.
 
     Raises:
-        UserError: If ``path`` is not a complete Lightning checkpoint.
+        UserError: If ``path`` is missing or not a complete, undamaged Lightning checkpoint; the
+            message names the checkpoints beside it that load, or says there are none.
     """
-    problem = None
-    content: Any = None
+    content, problem = _load(path)
+    if problem is not None:
+        raise UserError(f"--ckpt_path {path}: {problem}. {_alternatives(path)}")
+    return content
+
+
+def _load(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The checkpoint's content, or what is wrong with the file."""
+    if path.is_dir():
+        return {}, "a folder, not a checkpoint file"
+    if not path.is_file():
+        return {}, "no such file"
+    with path.open("rb") as file:
+        head = file.read(512)
+    if not head:
+        return {}, "the file is empty (0 bytes): a save or copy was cut off"
     if not zipfile.is_zipfile(path):
-        problem = "not a complete torch.save archive; the file may be truncated or of another kind"
-    else:
+        if head.startswith(b"PK\x03\x04"):
+            return {}, "the file is truncated (its archive has no end): a save or copy was cut off"
+        if _is_text(head):
+            return {}, "a text file, not a checkpoint"
+        return {}, "not a checkpoint: its bytes are not a torch.save archive"
+    try:
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("data.pkl") for name in archive.namelist()):
-                problem = "a zip archive, but not one written by torch.save"
-    if problem is None:
-        try:
-            # weights_only, as LightningCLI itself loads it next for the hyperparameters.
-            content = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except Exception as err:  # any unpickling failure means the same to the user
-            problem = f"torch.load could not read it: {type(err).__name__}"
-    if problem is None and not (
+                return {}, "a zip archive, but not one written by torch.save"
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        return {}, f"the file is damaged ({err})"
+    if damaged is not None:
+        return {}, f"the file is damaged (its entry {damaged} fails its checksum)"
+    try:
+        # weights_only=False, as Lightning itself loads a checkpoint to resume it next.
+        content = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # any unpickling failure means the same to the user
+        return {}, f"the file is damaged (torch.load: {type(err).__name__})"
+    if not (
         isinstance(content, dict) and {"state_dict", "pytorch-lightning_version"} <= set(content)
     ):
-        problem = "a torch file but not a Lightning checkpoint, e.g. a bare state_dict"
-    if problem is not None:
-        raise UserError(
-            f"--ckpt_path {path}: not a checkpoint ({problem}). Pass a .ckpt file written by "
-            "padam-fit."
-        )
-    return dict(content)
+        return {}, "a torch file but not a Lightning checkpoint, e.g. a bare state_dict"
+    return content, None
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are UTF-8 text (its last character may be cut off)."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start >= len(head) - 3 and b"\x00" not in head
+    return b"\x00" not in head
+
+
+def _alternatives(path: Path) -> str:
+    """A sentence naming the checkpoints beside ``path`` that load and can continue a run."""
+    folder = path if path.is_dir() else path.parent
+    folders = [folder] if folder.name == "checkpoints" else [folder, folder / "checkpoints"]
+    folders = [where for where in folders if where.is_dir()] or folders[:1]
+    candidates = sorted(
+        (file for where in folders if where.is_dir() for file in where.glob("*.ckpt")),
+        key=lambda file: file.stat().st_mtime,
+        reverse=True,
+    )
+    usable = []
+    for candidate in candidates:
+        if candidate == path:
+            continue
+        content, problem = _load(candidate)
+        if problem is None and "optimizer_states" in content:  # save_weights_only cannot resume
+            usable.append(f"{candidate} (epoch {content.get('epoch')})")
+    where = " or ".join(str(f) for f in folders)
+    if not usable:
+        return f"No checkpoint in {where} loads and could continue the run."
+    return f"Checkpoints in {where} that load, newest first: {', '.join(usable)}."
+
+
+def resume_fix(path: Path) -> str:
+    """What to do when the checkpoint ``path`` cannot continue the run a command describes."""
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    saved = run / "config.yaml"
+    own = f"its config.yaml: padam-fit fit --config {saved} --ckpt_path {path}"
+    if not saved.is_file():
+        own = "the config it was started with, and --ckpt_path"
+    return (
+        f"Continue with the run's own settings ({own}, adding e.g. --trainer.max_epochs to train "
+        "longer), or start a new run without --ckpt_path."
+    )
 
 
 def check_network(
@@ -98,8 +230,9 @@ def check_network(
         path: The checkpoint file (for the message).
         checkpoint: Its content, from :func:`read_checkpoint`.
         arch: The configured network (None: not known yet, not compared).
-        num_classes: The class count of the configured data (None: not known yet; it is linked
-            from the data module when the model is built, so ``before_fit`` compares it).
+        num_classes: The class count of the configured data (None: not known yet). It is not in
+            the config: it is linked from the data module when the model is built (an image
+            folder's class count is that of its class folders).
         evaluating: Whether the checkpoint is to be evaluated (validate, test, predict) rather
             than resumed; only the message differs.
 
@@ -107,7 +240,7 @@ def check_network(
         UserError: If the checkpoint's ``arch`` or ``num_classes`` hyperparameter differs.
     """
     saved = checkpoint.get("hyper_parameters") or {}
-    hint, what = (EVALUATION_HINT, "evaluation") if evaluating else (RESUME_HINT, "run")
+    hint, what = (EVALUATION_HINT, "evaluation") if evaluating else (resume_fix(path), "run")
     if arch is not None and "arch" in saved and saved["arch"] != arch:
         fix = f" (or --model.arch {saved['arch']})" if evaluating else ""
         raise UserError(
@@ -121,297 +254,193 @@ def check_network(
         )
 
 
-def check_optimizer(
-    path: Path,
-    checkpoint: Mapping[str, Any],
-    class_path: str | None,
-    init_args: Mapping[str, Any],
-    scheduled: bool,
+def check_resume(
+    path: Path, record: Mapping[str, Any], configured: Mapping[str, Any], world_size: int
 ) -> None:
-    """Refuse to resume with another optimizer class or hyperparameter than the checkpoint's.
+    """Refuse to resume ``path`` with other settings than those its run was trained with.
 
     Args:
         path: The checkpoint file (for the message).
-        checkpoint: Its content, from :func:`read_checkpoint`.
-        class_path: The configured optimizer class (None: not known, not checked).
-        init_args: The configured optimizer arguments.
-        scheduled: Whether a callback schedules ``lr`` and ``partial`` (they are then not
-            compared: their checkpoint values are the schedule's, not the configured ones).
+        record: The run record saved in the checkpoint: ``config`` (the fit's resolved config as
+            a plain nested dict) and ``world_size``. A record without them (a checkpoint not
+            written by padam-fit) refuses nothing.
+        configured: This command's resolved config, as a plain nested dict.
+        world_size: The number of processes this command trains on.
 
     Raises:
-        UserError: If the class or a hyperparameter differs from the checkpoint's.
+        UserError: Listing each difference (at most :data:`MAX_LISTED`) and the fix.
     """
-    saved_classes = checkpoint.get(OPTIMIZER_CLASSES_KEY)
-    if class_path is not None and saved_classes:
-        configured = _qualified_class_path(class_path)
-        if configured is not None and configured != saved_classes[0]:
-            raise UserError(
-                f"--ckpt_path {path}: the checkpoint was trained with {saved_classes[0]}, but this "
-                f"run's optimizer is {configured}. {RESUME_HINT}"
-            )
-    # A schedule in the checkpoint moved lr and p too; its removal is reported by check_callbacks.
-    scheduled = scheduled or any(
-        str(key).startswith(RUN_DEFINING_CALLBACKS) for key in checkpoint.get("callbacks") or {}
-    )
-    states = checkpoint.get("optimizer_states") or []
-    groups = states[0].get("param_groups") if states and isinstance(states[0], dict) else None
-    if not groups:
+    lines = []
+    saved_size = record.get("world_size")
+    if saved_size is not None and int(saved_size) != int(world_size):
+        lines.append(
+            "training processes (trainer.devices x trainer.num_nodes, each taking "
+            f"data.batch_size a step): {saved_size} in the checkpoint, {world_size} now"
+        )
+    saved = record.get("config")
+    if isinstance(saved, Mapping):
+        lines += config_differences(saved, configured)
+    if not lines:
         return
-    group = groups[0]
-    for name, value in init_args.items():
-        if name in IMPLEMENTATION_ARGS or (scheduled and name in SCHEDULED_ARGS):
-            continue
-        # An lr scheduler rewrites "lr" and keeps the configured value as "initial_lr".
-        key = "initial_lr" if name == "lr" and "initial_lr" in group else name
-        if key in group and not _same(group[key], value):
-            raise UserError(
-                f"--ckpt_path {path}: the checkpoint's optimizer has {name} {group[key]!r}, but "
-                f"this run configures {value!r}. {RESUME_HINT}"
+    listed = "; ".join(lines[:MAX_LISTED])
+    if len(lines) > MAX_LISTED:
+        listed += f"; and {len(lines) - MAX_LISTED} more"
+    raise UserError(
+        f"--ckpt_path {path}: this command's settings differ from those of the run it would "
+        f"continue (a resume keeps the run's optimizer state, schedules and data order): "
+        f"{listed}. {resume_fix(path)}"
+    )
+
+
+def config_differences(saved: Mapping[str, Any], configured: Mapping[str, Any]) -> list[str]:
+    """Each key whose value differs between two resolved configs, outside :data:`RESUMABLE`.
+
+    Keys are dotted (``model.optimizer.init_args.lr``). A key on one side only differs. Numbers
+    compare exactly, but an int equals the same float (1 and 1.0). Where ``class_path`` differs,
+    only it is listed, not the arguments of the two classes. Lists of ``class_path`` entries
+    (``trainer.callbacks``) compare by class, in any order, then each entry's arguments as
+    ``trainer.callbacks[PartialSchedule].init_args.p_end``; :data:`OBSERVING_CALLBACKS` are
+    left out. A ``PartialSchedule`` without ``total`` follows ``trainer.max_epochs`` (with a
+    step interval: also ``trainer.max_steps``), so those values are compared in its place.
+
+    Returns:
+        One line per difference: ``key: <saved> in the checkpoint, <configured> now``.
+    """
+    return [
+        f"{key}: {_render(old)} in the checkpoint, {_render(new)} now"
+        for key, old, new in _differences("", _derive(saved), _derive(configured))
+    ]
+
+
+def _differences(key: str, saved: Any, configured: Any) -> Iterator[tuple[str, Any, Any]]:
+    if _resumable(key):
+        return
+    saved_entries, configured_entries = _class_entries(saved), _class_entries(configured)
+    if (
+        saved_entries is not None
+        and configured_entries is not None
+        and (isinstance(saved, list) or isinstance(configured, list))
+    ):
+        yield from _entry_differences(key, saved_entries, configured_entries)
+    elif isinstance(saved, Mapping) and isinstance(configured, Mapping):
+        if "class_path" in saved and saved.get("class_path") != configured.get("class_path"):
+            yield _join(key, "class_path"), saved["class_path"], configured.get("class_path")
+            return
+        for name in sorted(set(saved) | set(configured), key=str):
+            yield from _differences(
+                _join(key, name), saved.get(name, _MISSING), configured.get(name, _MISSING)
             )
+    elif not _same(saved, configured):
+        yield key, saved, configured
 
 
-def _qualified_class_path(class_path: str) -> str | None:
-    """The qualified name of the class ``class_path`` names (None if it cannot be imported)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None  # the parser reports an unknown class itself
-    return qualified_name(cls) if isinstance(cls, type) else None
+def _entry_differences(
+    key: str, saved: dict[str, Mapping[str, Any]], configured: dict[str, Mapping[str, Any]]
+) -> Iterator[tuple[str, Any, Any]]:
+    if sorted(saved) != sorted(configured):
+        yield key, sorted(saved), sorted(configured)
+    for name in sorted(saved.keys() & configured.keys()):
+        yield from _differences(f"{key}[{name}]", saved[name], configured[name])
+
+
+def _class_entries(value: Any) -> dict[str, Mapping[str, Any]] | None:
+    """``{ClassName: entry}`` of a list of ``class_path`` entries (None: not such a list).
+
+    A second entry of a class is keyed ``ClassName#2``; None and an empty list have no entries.
+    """
+    if value is None or value is _MISSING:
+        return {}
+    items = [value] if isinstance(value, Mapping) else value
+    if not isinstance(items, list) or not all(
+        isinstance(item, Mapping) and "class_path" in item for item in items
+    ):
+        return None
+    entries: dict[str, Mapping[str, Any]] = {}
+    for item in items:
+        name = str(item["class_path"]).rsplit(".", 1)[-1]
+        if name in OBSERVING_CALLBACKS:
+            continue
+        count = sum(1 for key in entries if key.split("#")[0] == name)
+        entries[f"{name}#{count + 1}" if count else name] = item
+    return entries
+
+
+def _resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUMABLE)
+
+
+def _join(key: str, name: Any) -> str:
+    return f"{key}.{name}" if key else str(name)
 
 
 def _same(saved: Any, configured: Any) -> bool:
-    """Equal as the optimizer sees them: a YAML list equals a saved tuple, 1 equals 1.0."""
-    if isinstance(saved, torch.Tensor):
-        saved = saved.tolist()
-    if isinstance(saved, Sequence) and not isinstance(saved, str):
-        return (
-            isinstance(configured, Sequence)
-            and not isinstance(configured, str)
-            and len(saved) == len(configured)
-            and all(_same(a, b) for a, b in zip(saved, configured, strict=True))
+    """Equal as settings: 1 equals 1.0 (not True), a tuple equals the same list."""
+    if isinstance(saved, _Derived):
+        saved = saved.value
+    if isinstance(configured, _Derived):
+        configured = configured.value
+    if isinstance(saved, bool) or isinstance(configured, bool):
+        return type(saved) is type(configured) and saved == configured
+    if isinstance(saved, int | float) and isinstance(configured, int | float):
+        return saved == configured or (math.isnan(saved) and math.isnan(configured))
+    if _is_sequence(saved) and _is_sequence(configured):
+        return len(saved) == len(configured) and all(
+            _same(a, b) for a, b in zip(saved, configured, strict=True)
+        )
+    if isinstance(saved, Mapping) and isinstance(configured, Mapping):
+        return saved.keys() == configured.keys() and all(
+            _same(saved[key], configured[key]) for key in saved
         )
     return bool(saved == configured)
 
 
-#: Keys of an lr scheduler's state that record its progress, not its settings: they change as the
-#: run goes on, so a resumed run's checkpoint values are expected to differ from a fresh one's.
-SCHEDULER_PROGRESS_KEYS = frozenset(
-    {
-        "last_epoch",
-        "_step_count",
-        "_last_lr",
-        "base_lrs",
-        "_get_lr_called_within_step",
-        "_is_initial",
-        "_initial_step",
-        "verbose",
-        # ReduceLROnPlateau, CosineAnnealingWarmRestarts, CyclicLR, OneCycleLR progress
-        "best",
-        "num_bad_epochs",
-        "cooldown_counter",
-        "last_epoch_rounded",
-        "T_cur",
-        "T_i",
-        "_scale_fn_ref",
-        "_scale_fn_custom",
-        "_milestones",  # SequentialLR's are settings, but derived from its schedulers'
-    }
-)
-
-#: Data module hyperparameters that define the training data (a resumed run must keep them);
-#: the others (data_dir, download, eval_batch_size) say where the data is or how it is evaluated.
-TRAINING_DATA_ARGS = ("dataset", "batch_size", "augment", "synthetic_train_size")
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
 
 
-def check_schedulers(
-    path: Path, checkpoint: Mapping[str, Any], configured: Sequence[Mapping[str, Any]]
-) -> None:
-    """Refuse a resume whose lr schedulers differ from the checkpoint's.
-
-    Lightning loads the checkpoint's scheduler state over the configured scheduler, which
-    replaces its settings too (``MultiStepLR``'s milestones and gamma are part of its state), and
-    ignores a scheduler added or removed. Either would train with another schedule than the one
-    the command (and the run's ``config.yaml``) states.
-
-    Args:
-        path: The checkpoint file (for the message).
-        checkpoint: Its content, from :func:`read_checkpoint`.
-        configured: ``state_dict()`` of each scheduler this run configures, freshly built.
-
-    Raises:
-        UserError: If the number of schedulers, a scheduler's kind or one of its settings differs.
-    """
-    saved = list(checkpoint.get("lr_schedulers") or [])
-    if len(saved) != len(configured):
-        what = {0: "no lr scheduler", 1: "an lr scheduler"}
-        raise UserError(
-            f"--ckpt_path {path}: the checkpoint was trained with "
-            f"{what.get(len(saved), f'{len(saved)} lr schedulers')}, but this run configures "
-            f"{what.get(len(configured), f'{len(configured)}')} (model.scheduler). {RESUME_HINT}"
-        )
-    for saved_state, configured_state in zip(saved, configured, strict=True):
-        difference = _settings_difference(saved_state, configured_state)
-        if difference is not None:
-            raise UserError(
-                f"--ckpt_path {path}: the checkpoint's lr scheduler {difference}, so its schedule "
-                f"would replace this run's (model.scheduler). {RESUME_HINT}"
-            )
-
-
-def _settings_difference(saved: Mapping[str, Any], configured: Mapping[str, Any]) -> str | None:
-    """How two scheduler states differ in their settings (None: they do not)."""
-    saved_keys = {key for key in saved if key not in SCHEDULER_PROGRESS_KEYS}
-    configured_keys = {key for key in configured if key not in SCHEDULER_PROGRESS_KEYS}
-    if saved_keys != configured_keys:
-        return (
-            f"has the settings {sorted(saved_keys)}, but this run's has "
-            f"{sorted(configured_keys)} (another scheduler class)"
-        )
-    for key in sorted(saved_keys):
-        old, new = saved[key], configured[key]
-        if isinstance(old, Mapping) and isinstance(new, Mapping) and not isinstance(old, Counter):
-            nested = _settings_difference(old, new)
-            if nested is not None:
-                return nested
-        elif isinstance(old, list) and isinstance(new, list) and old and isinstance(old[0], dict):
-            if len(old) != len(new):
-                return f"chains {len(old)} schedulers, but this run's chains {len(new)}"
-            for a, b in zip(old, new, strict=True):
-                nested = _settings_difference(a, b)
-                if nested is not None:
-                    return nested
-        elif not _same(_plain(old), _plain(new)):
-            return f"has {key.lstrip('_')} {_plain(old)!r}, but this run configures {_plain(new)!r}"
-    return None
-
-
-def _plain(value: Any) -> Any:
-    """A value as a user writes it: MultiStepLR keeps its milestones as a Counter."""
-    if isinstance(value, Counter):
-        return sorted(value.elements())
-    return value
-
-
-class ResumeAware(Protocol):
-    """A callback whose settings a checkpoint's state would replace or contradict on resume."""
-
-    def resume_conflict(self, saved_state: Mapping[str, Any] | None, trainer: Any) -> str | None:
-        """Why the checkpoint's state (None: the run had no such callback) cannot continue.
-
-        Args:
-            saved_state: The callback's state in the checkpoint (None: there is none).
-            trainer: The trainer that is about to resume (not yet running).
-
-        Returns:
-            A one-line reason, or None when the run continues as configured.
-        """
-
-
-#: Callback classes whose presence is part of the run: removing one on resume is refused.
-RUN_DEFINING_CALLBACKS = ("PartialSchedule",)
-
-
-def check_callbacks(path: Path, checkpoint: Mapping[str, Any], trainer: Any) -> None:
-    """Refuse a resume whose callbacks' settings the checkpoint's callback states would overrule.
-
-    Lightning restores each callback's ``state_dict`` by its ``state_key``. Callbacks that know
-    what in their state is a setting implement :class:`ResumeAware` (``PartialSchedule``);
-    ``EarlyStopping`` restores its ``patience`` over the configured one, so that is compared here;
-    ``ModelCheckpoint`` keys its state by its settings, so changed settings start afresh as
-    configured. A run-defining callback (:data:`RUN_DEFINING_CALLBACKS`) in the checkpoint that the
-    command no longer configures is refused too.
-
-    Raises:
-        UserError: On the first conflict found.
-    """
-    saved: Mapping[str, Any] = checkpoint.get("callbacks") or {}
-    configured_keys = set()
-    for callback in trainer.callbacks:
-        key = getattr(callback, "state_key", type(callback).__qualname__)
-        configured_keys.add(key)
-        state = saved.get(key)
-        reason = None
-        if hasattr(callback, "resume_conflict"):
-            reason = callback.resume_conflict(state, trainer)
-        elif (
-            isinstance(callback, EarlyStopping)
-            and state is not None
-            and state.get("patience", callback.patience) != callback.patience
+def _derive(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``config`` with each PartialSchedule's unset ``total`` replaced by what it follows."""
+    trainer = config.get("trainer")
+    callbacks = trainer.get("callbacks") if isinstance(trainer, Mapping) else None
+    if not isinstance(trainer, Mapping) or not isinstance(callbacks, list):
+        return config
+    resolved = []
+    for entry in callbacks:
+        init_args = entry.get("init_args") if isinstance(entry, Mapping) else None
+        if (
+            isinstance(init_args, Mapping)
+            and str(entry.get("class_path")).endswith(".PartialSchedule")
+            and init_args.get("total") is None
         ):
-            reason = (
-                f"EarlyStopping: the checkpoint's patience is {state['patience']}, but this "
-                f"run configures {callback.patience} (Lightning would restore the old one)"
-            )
-        if reason is not None:
-            raise UserError(f"--ckpt_path {path}: {reason}. {RESUME_HINT}")
-    for key in saved:
-        name = str(key).split("{", 1)[0]
-        if name in RUN_DEFINING_CALLBACKS and key not in configured_keys:
-            raise UserError(
-                f"--ckpt_path {path}: the checkpoint was trained with the callback {name}, which "
-                f"this run does not configure (trainer.callbacks). {RESUME_HINT}"
-            )
+            epochs = trainer.get("max_epochs")
+            if init_args.get("interval", "epoch") == "epoch":
+                total = _Derived(epochs, "trainer.max_epochs")
+            else:  # trainer.estimated_stepping_batches; the other settings it uses are compared
+                steps = trainer.get("max_steps")
+                total = _Derived([epochs, steps], "trainer.max_epochs, trainer.max_steps")
+            entry = {**entry, "init_args": {**init_args, "total": total}}
+        resolved.append(entry)
+    return {**config, "trainer": {**trainer, "callbacks": resolved}}
 
 
-def check_data(
-    path: Path,
-    checkpoint: Mapping[str, Any],
-    datamodule: Any,
-    seed: int | None,
-    world_size: int | None = None,
-) -> None:
-    """Refuse a resume with another data seed, other training data or another process count.
-
-    The data module restores the run's seed from the checkpoint (the shuffle order and the
-    augmentation continue unchanged), so a command asking for another seed would be ignored;
-    another dataset or batch size would make the resumed part of the run another experiment.
-
-    Args:
-        path: The checkpoint file (for the message).
-        checkpoint: Its content, from :func:`read_checkpoint`.
-        datamodule: The configured data module (its hyperparameters are compared).
-        seed: The data seed this run configures (None: not known, not compared).
-        world_size: The number of training processes this run has (None: not compared).
-            Checkpoints written before it was saved are not compared either.
-
-    Raises:
-        UserError: If the seed, a setting of :data:`TRAINING_DATA_ARGS` or the number of
-            processes (which sets the global batch and the shards of the data order) differs.
-    """
-    if datamodule is None:
-        return
-    state = checkpoint.get(type(datamodule).__qualname__)
-    if (
-        seed is not None
-        and isinstance(state, Mapping)
-        and "seed" in state
-        and int(state["seed"]) != int(seed)
-    ):
-        raise UserError(
-            f"--ckpt_path {path}: the run's data seed is {state['seed']}, but this run "
-            f"configures {seed} (seed_everything / data.seed); the shuffle order and "
-            f"augmentation of a resumed run continue with its own seed. {RESUME_HINT}"
-        )
-    if (
-        world_size is not None
-        and isinstance(state, Mapping)
-        and "world_size" in state
-        and int(state["world_size"]) != int(world_size)
-    ):
-        saved_size = int(state["world_size"])
-        raise UserError(
-            f"--ckpt_path {path}: the run was trained on {saved_size} process"
-            f"{'es' if saved_size != 1 else ''} (a global batch of data.batch_size x "
-            f"{saved_size}), but this run has {world_size} (trainer.devices x "
-            f"trainer.num_nodes); resume with the run's devices and nodes, so that its batches "
-            f"and data order continue unchanged. {RESUME_HINT}"
-        )
-    saved = checkpoint.get("datamodule_hyper_parameters") or {}
-    configured = getattr(datamodule, "hparams", {}) or {}
-    for name in TRAINING_DATA_ARGS:
-        if name in saved and name in configured and not _same(saved[name], configured[name]):
-            raise UserError(
-                f"--ckpt_path {path}: the run was trained with data.{name} {saved[name]!r}, but "
-                f"this run configures {configured[name]!r}. {RESUME_HINT}"
-            )
+def _render(value: Any, limit: int = 100) -> str:
+    """``value`` as a user writes it in a config (cut to ``limit`` characters)."""
+    if isinstance(value, _Derived):
+        text = f"{_render(value.value)} (from {value.source})"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, str):
+        text = value or "''"
+    elif isinstance(value, Mapping) and "class_path" in value:
+        init_args = value.get("init_args") or {}
+        arguments = ", ".join(f"{key}={_render(arg)}" for key, arg in init_args.items())
+        text = f"{str(value['class_path']).rsplit('.', 1)[-1]}({arguments})"
+    elif isinstance(value, Mapping):
+        text = "{" + ", ".join(f"{key}: {_render(item)}" for key, item in value.items()) + "}"
+    elif _is_sequence(value):
+        text = "[" + ", ".join(_render(item) for item in value) + "]"
+    else:
+        text = repr(value) if isinstance(value, float | _Missing) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
