@@ -41,8 +41,8 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``padam-fit``: Ctrl-C before training starts stops in one line.
 
     The command imports torch and Lightning, parses and builds the run for some seconds before
-    training starts (from then on a stop is :class:`~padam_lightning.cli.checkpointing.
-    Interruption`'s). Ctrl-C in those seconds raises ``KeyboardInterrupt`` wherever the
+    training starts (from then on a stop is :class:`~padam_lightning.training.run_record.
+    RunRecord`'s). Ctrl-C in those seconds raises ``KeyboardInterrupt`` wherever the
     interpreter is, which Python reports with a long traceback; this entry point, which imports
     nothing heavy itself, says instead that the command stopped, with exit status 130.
 

@@ -19,17 +19,24 @@ a batch boundary with ``last.ckpt`` saved there and prints the command that resu
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import ArgumentError, Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import (
     ArgsType,
@@ -40,33 +47,27 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer import Trainer
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from padam_lightning.cli.checkpointing import (
-    AtomicCheckpointIO,
-    Interruption,
-    LastCheckpoint,
-    RunSummary,
-)
 from padam_lightning.cli.config_files import (
     check_callback_stacking,
     check_not_sweep_files,
     config_file_args,
 )
 from padam_lightning.cli.parse_errors import option_strings, summarize_parse_error
-from padam_lightning.cli.resume import (
-    check_callbacks,
-    check_data,
-    check_network,
-    check_optimizer,
-    check_schedulers,
-    read_checkpoint,
-)
+from padam_lightning.cli.resume import check_network, check_resume, read_checkpoint
 from padam_lightning.cli.run_layout import (
     CONFIG_FILE,
     DEFAULT_LOG_DIR,
     EVAL_FOLDER,
     LAST_CHECKPOINT_PATH,
+)
+from padam_lightning.cli.storage import (
+    STORAGE_ERRNOS,
+    AtomicCheckpointIO,
+    check_writable,
+    storage_error_from,
+    write_text_atomically,
 )
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import TrainingDivergedError, UserError
@@ -78,9 +79,9 @@ from padam_lightning.training.classifier import (
     qualified_name,
 )
 from padam_lightning.training.divergence import DivergenceGuard
-from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.predictions import PredictionWriter
 from padam_lightning.training.run_estimate import RunTimeEstimate
+from padam_lightning.training.run_record import FINISHED_REASONS, RunRecord, read_record
 from padam_lightning.training.tensorboard import TensorBoardDashboards
 
 #: What ``padam-fit`` without arguments prints (to stderr, exit status 2).
@@ -91,6 +92,9 @@ usage: padam-fit {fit,validate,test,predict} --config FILE [--config FILE ...] [
   padam-fit fit --config configs/wrn.yaml                             # the paper's WRN-16-4 run
 
 padam-fit --help and padam-fit fit --help list every option."""
+
+#: The run this process trains and its command's arguments (for the stop message).
+_running: tuple[RunRecord, list[str] | None] | None = None
 
 #: Whether a subcommand (fit, validate, ...) has begun: a Ctrl-C before it stopped the start-up
 #: (read by :func:`padam_lightning.cli.main`).
@@ -137,17 +141,6 @@ def _trains_on_cuda(accelerator: Any) -> bool:
     return "cuda" in type(accelerator).__name__.lower()
 
 
-def _schedules_the_optimizer(callbacks: Any) -> bool:
-    """Whether the configured trainer callbacks include a PartialSchedule (it changes lr and p)."""
-    entries = callbacks if isinstance(callbacks, list) else [callbacks]
-    names = [
-        str(entry.get("class_path") if isinstance(entry, Namespace) else entry)
-        for entry in entries
-        if entry is not None
-    ]
-    return any(PartialSchedule.__name__ in name for name in names)
-
-
 def _latest_run_checkpoint(run_root: Path) -> Path:
     """``last.ckpt`` of the run folder under ``run_root`` trained most recently (it may not exist).
 
@@ -191,29 +184,6 @@ def _evaluation_version(run_dir: Path, stage: str) -> str:
     return f"{stage}-{number}"
 
 
-def resume_command(args: Sequence[str] | None, last: Path) -> str:
-    """The ``padam-fit`` command that continues a stopped run from its ``last.ckpt``.
-
-    The run's own arguments with ``--ckpt_path`` set to the file, which also makes the resumed
-    run log into the same run folder (``--ckpt_path last`` picks the latest run of the config,
-    which is the same one unless another was started since).
-
-    Args:
-        args: The stopped command's arguments (after ``padam-fit``); None when not known.
-        last: The run's ``last.ckpt``.
-    """
-    kept: list[str] = []
-    skip_value = False
-    for arg in args or ["fit", "--config", "<the run's config files>"]:
-        if skip_value:
-            skip_value = False
-        elif arg == "--ckpt_path":
-            skip_value = True
-        elif not arg.startswith("--ckpt_path="):
-            kept.append(arg)
-    return shlex.join(["padam-fit", *kept, "--ckpt_path", str(last)])
-
-
 def _follow_default_root_dir(trainer: Namespace, logger_args: Namespace | None) -> None:
     """Put the logs under ``--trainer.default_root_dir`` when it is given, as Lightning does.
 
@@ -247,47 +217,128 @@ def _run_root(logger_args: Namespace) -> Path:
     return Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(logger_args.get("name") or "")
 
 
-def _run_names(config: Namespace) -> tuple[str, str | None]:
-    """The run name ``<data>-<arch>-<optimizer>`` and the name earlier versions gave it, if other.
+def run_name(config: Namespace) -> str:
+    """The run name ``<data>-<arch>-<optimizer>``.
 
     ``<data>`` is the dataset, or for an image folder the folder's own name (``cifar10-jpeg`` for
-    ``data/cifar10-jpeg``): what the run read, not how it was loaded. Earlier versions wrote
-    ``imagefolder``; ``--ckpt_path last`` still finds those runs.
+    ``data/cifar10-jpeg``): what the run read, not how it was loaded.
     """
     data = config.get("data") if isinstance(config.get("data"), Namespace) else Namespace()
-    dataset = str(data.get("dataset", "data"))
-    source = dataset
-    if dataset == "imagefolder" and data.get("data_dir"):
-        source = Path(str(data.data_dir)).resolve().name or dataset
-    rest = (
-        str(config.model.get("arch", "model")),
-        optimizer_label(config.model.get("optimizer")),
-    )
-    name = "-".join((source, *rest))
-    legacy = "-".join((dataset, *rest))
-    return name, (legacy if legacy != name else None)
+    source = str(data.get("dataset", "data"))
+    if source == "imagefolder" and data.get("data_dir"):
+        source = Path(str(data.data_dir)).resolve().name or source
+    model = config.model
+    return "-".join((source, str(model.get("arch", "model")), optimizer_label(model.optimizer)))
+def resume_command(args: Sequence[str] | None, last: Path) -> str:
+    """The command that continues a stopped run from ``last``, runnable as printed.
 
+    The run's own arguments with ``--ckpt_path`` set to the file, which also makes the resumed
+    run log into the same run folder. The executable is the one the user ran: ``padam-fit``
+    when that is what ``PATH`` finds, else its full path (a virtual environment that is not
+    activated), or ``python -m padam_lightning.cli``.
 
-def _scheduler_states(optimizer_config: Any) -> list[dict[str, Any]]:
-    """``state_dict()`` of the lr scheduler in ``ImageClassifier.configure_optimizers()``'s result.
-
-    That is an optimizer alone, or ``{"optimizer": ..., "lr_scheduler": {"scheduler": ...}}``.
+    Args:
+        args: The stopped command's arguments (after ``padam-fit``); None when not known.
+        last: The checkpoint to continue from.
     """
-    entry = optimizer_config.get("lr_scheduler") if isinstance(optimizer_config, dict) else None
-    if entry is None:
-        return []
-    scheduler = entry["scheduler"] if isinstance(entry, dict) else entry
-    return [scheduler.state_dict()]
+    kept: list[str] = []
+    skip_value = False
+    for arg in args or ["fit", "--config", "<the run's config files>"]:
+        if skip_value:
+            skip_value = False
+        elif arg == "--ckpt_path":
+            skip_value = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join([*_executable(), *kept, "--ckpt_path", str(last)])
+
+
+def _executable() -> list[str]:
+    """How to run padam-fit again, as this process was run."""
+    program = Path(sys.argv[0])
+    if program.name != "padam-fit":
+        return [sys.executable, "-m", "padam_lightning.cli"]
+    on_path = shutil.which("padam-fit")
+    if on_path and Path(on_path).resolve() == program.resolve():
+        return ["padam-fit"]
+    return [str(program.resolve())]
+
+
+#: What each stop is called in what padam-fit prints, and its exit status (a signal's: 128 + N).
+_STOPS = {
+    "SIGINT": ("Ctrl-C", 128 + signal.SIGINT),
+    "SIGTERM": ("SIGTERM", 128 + signal.SIGTERM),
+    "SIGUSR1": ("SIGUSR1 (a SLURM requeue notice)", 128 + signal.SIGUSR1),
+    "max_time": ("--trainer.max_time", 0),
+}
+
+
+def stop_message(record: RunRecord, args: Sequence[str] | None) -> str:
+    """One line: what stopped the run, what is saved, and the command that continues it."""
+    what = _STOPS.get(record.stop or "", (record.stop or "an error", 1))[0]
+    saved = record.saved
+    if saved is not None:
+        state = describe_checkpoint(saved)
+        return (
+            f"padam-fit: stopped by {what}; saved {saved} ({state}). "
+            f"To continue: {resume_command(args, saved)}"
+        )
+    last = record.last_checkpoint(record.trainer) if record.trainer is not None else None
+    if last is not None and last.is_file():
+        return (
+            f"padam-fit: stopped by {what} without saving; {last} ({describe_checkpoint(last)}) "
+            f"continues the run: {resume_command(args, last)}"
+        )
+    return f"padam-fit: stopped by {what} before the run's first checkpoint; start it again."
+
+
+def describe_checkpoint(path: Path) -> str:
+    """``epoch 2, 3 batches done, step 11`` from a checkpoint's run record."""
+    try:
+        record = read_record(read_checkpoint(path)) or {}
+    except UserError:
+        return "unreadable"
+    if not record:
+        return "no run record"
+    epoch, batches = record.get("epoch", "?"), record.get("batches", 0)
+    where = f"epoch {epoch}, {batches} batches done" if batches else f"start of epoch {epoch}"
+    return f"{where}, step {record.get('global_step', '?')}"
+
+
+def _max_time(value: Any) -> timedelta | None:
+    """``trainer.max_time`` as Lightning reads it: ``DD:HH:MM:SS``, a mapping or a timedelta.
+
+    Raises:
+        UserError: If the value is none of these.
+    """
+    if value is None or isinstance(value, timedelta):
+        return value
+    try:
+        if isinstance(value, dict | Namespace):
+            return timedelta(**dict(value))
+        days, hours, minutes, seconds = (int(part) for part in str(value).strip().split(":"))
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"trainer.max_time: {value!r} is not a duration; write DD:HH:MM:SS, e.g. 00:11:50:00."
+        ) from None
+
+
+def _slurm_job() -> str | None:
+    """This SLURM job's id (``<array job>_<task>`` in an array), None outside SLURM."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job is not None:
+        return f"{array_job}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID") if SLURMEnvironment.detect() else None
+
+
+def _requeue_marker(run_root: Path, job: str) -> Path:
+    """The file naming the run a requeued SLURM job continues."""
+    return run_root / f".slurm-{job}.json"
 
 
 def check_numeric_settings(config: Namespace) -> None:
     """Refuse numbers that parse as the right type but that Lightning fails on with a traceback.
-
-    jsonargparse checks types only; Lightning checks most trainer numbers itself (``max_steps``,
-    ``num_nodes``, ``limit_*_batches``: reported in one line by
-    :meth:`PadamCLI.instantiate_trainer`). These it does not check, and fails later: the seed
-    (numpy's ``ValueError`` in ``seed_everything``), ``check_val_every_n_epoch`` and
-    ``accumulate_grad_batches`` of 0 (a ``ZeroDivisionError`` in the first epoch).
 
     Args:
         config: The parsed config of the subcommand (``seed_everything``, ``trainer``, ...).
@@ -313,40 +364,49 @@ class RunConfigSaver(SaveConfigCallback):
 
     ``validate`` and ``test`` of a run's checkpoint write ``config-validate.yaml`` /
     ``config-test.yaml`` beside it instead of replacing the record of how the run was trained.
+    The file is written atomically: a full disk leaves the old file or none, never a 0-byte one.
     """
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        """Pick the file name for this stage, then save as LightningCLI does."""
+        """Pick the file name for this stage, then save."""
         name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
         if name != "fit":
             self.config_filename = f"config-{name}.yaml"
+        self._log_dir = trainer.log_dir  # on every process: under DDP it is a collective call
         super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        """Write the config file atomically (``save_to_log_dir`` is off: Lightning's is not)."""
+        if self._log_dir is None or not trainer.is_global_zero:
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        write_text_atomically(Path(self._log_dir) / self.config_filename, text)
 
 
 class PadamCLI(LightningCLI):
-    """LightningCLI with this project's defaults: checkpoints, logs, divergence guard, resume.
+    """LightningCLI with this project's defaults: run folders, the run record, resume, errors.
 
-    Three of its overrides are of LightningCLI's private methods, for want of public hooks (the
-    ``lightning<3`` pin in pyproject.toml guards them, the tests in ``tests/cli`` exercise each):
-    ``_parse_ckpt_path`` (keep the command's model settings on resume), ``_instantiate_trainer``
-    (drop the checkpoint callbacks under ``--trainer.enable_checkpointing false``) and
-    ``_run_subcommand`` (print the resume command when a fit stops early).
+    One override of a private LightningCLI method remains, for want of a public hook:
+    ``_instantiate_trainer`` drops the package's checkpoint callback under
+    ``--trainer.enable_checkpointing false`` (LightningCLI adds it after ``instantiate_trainer``'s
+    arguments are read, and Lightning then refuses the flag). tests/cli covers it.
     """
 
-    #: The checkpoint a ``fit`` resumes from and its content (read once, in parse_arguments).
-    _resume: tuple[Path, dict[str, Any]] | None = None
-    #: The run name earlier versions gave this configuration, where it differs.
-    _legacy_run_name: str | None = None
-    #: The command's arguments (for the resume hint), None when not given as a list.
+    #: The checkpoint this command resumes or evaluates (set in parse_arguments).
+    _ckpt_path: Path | None = None
+    #: That checkpoint's run record (None: a new run, or a checkpoint without one).
+    _saved_record: dict[str, Any] | None = None
+    #: That checkpoint's hyperparameters, as ``{"hyper_parameters": ...}``.
+    _saved_hparams: dict[str, Any] = {}
+    #: The command's arguments (for the resume command), None when not given as a list.
     _command_args: list[str] | None = None
     #: The subcommands' parsers (their options are suggested for a misspelled one).
     _parsers: tuple[LightningArgumentParser, ...] = ()
+    #: The run's record keeper (fit only).
+    record: RunRecord | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add the checkpoint options and link the class count from the data to the model.
-
-        LightningCLI calls this for each subcommand's parser; they are kept for typo suggestions.
-        """
+        """Add the best-checkpoint options and link the class count from the data to the model."""
         self._parsers = (*self._parsers, parser)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -354,8 +414,7 @@ class PadamCLI(LightningCLI):
                 "checkpoint.monitor": "val/err",
                 "checkpoint.mode": "min",
                 "checkpoint.save_top_k": 1,
-                # last.ckpt is written by LastCheckpoint every epoch; this one keeps the best.
-                "checkpoint.save_last": False,
+                "checkpoint.save_last": False,  # last.ckpt is the RunRecord's
                 "checkpoint.save_on_train_epoch_end": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}-err{val/err:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
@@ -374,14 +433,12 @@ class PadamCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse, then fill in run-dependent defaults and check ``--ckpt_path``.
-
-        This runs before LightningCLI reads the checkpoint's hyperparameters, so a missing or
-        broken checkpoint gets a clear message instead of a loader traceback.
+        """Parse, fill in run-dependent defaults, and find and check the checkpoint.
 
         Raises:
-            UserError: For any parsing mistake (unknown option, bad value, missing config file),
-                in one line instead of jsonargparse's usage text.
+            UserError: For any parsing mistake, in one line, and for a checkpoint that is
+                missing, damaged or cannot continue this command's run, before anything is
+                written.
         """
         command = sys.argv[1:] if args is None else args
         self._command_args = [str(a) for a in command] if isinstance(command, list) else None
@@ -404,22 +461,63 @@ class PadamCLI(LightningCLI):
             trainer.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         check_precision(trainer.get("precision"))  # before Lightning's own traceback
         if trainer.get("benchmark") is None and not trainer.get("deterministic") and on_cuda:
-            # cuDNN autotuning pays off: CIFAR's convolution shapes are fixed, so it is tuned in
-            # the first steps only. Not yet measured on a GPU; benchmarks/gpu.sh measures both
-            # (row cudnn_benchmark). Keep equal to benchmarks/_timing.py's CUDNN_BENCHMARK.
+            # cuDNN autotuning pays off: CIFAR's convolution shapes are fixed. Keep equal to
+            # benchmarks/_timing.py's CUDNN_BENCHMARK (benchmarks/gpu.sh measures both).
             trainer.benchmark = True
         logger_args = self._tensorboard_args(config)
         _follow_default_root_dir(trainer, logger_args)
-        self._legacy_run_name = None
         if logger_args is not None and not logger_args.get("name"):
-            logger_args["name"], self._legacy_run_name = _run_names(config)
-        self._resume = None
-        if subcommand and config.get("ckpt_path"):
-            config.ckpt_path = self._resolve_checkpoint(
-                config, str(config.ckpt_path), logger_args, subcommand
-            )
+            logger_args["name"] = run_name(config)
+        run_root = _run_root(logger_args) if logger_args is not None else None
+        if subcommand == "fit":
+            self._max_time = _max_time(trainer.get("max_time"))
+            trainer.max_time = None  # the RunRecord's: Lightning's ends the epoch as if complete
+            self._plan_fit(config, logger_args, run_root)
+        elif subcommand and config.get("ckpt_path"):
+            self._ckpt_path = self._find_checkpoint(str(config.ckpt_path), logger_args, run_root)
+            checkpoint = read_checkpoint(self._ckpt_path)
+            check_network(self._ckpt_path, checkpoint, config.model.get("arch"), evaluating=True)
+        if subcommand:
+            # Loaded through trainer.ckpt_path (before_<subcommand>): LightningCLI would otherwise
+            # parse the checkpoint's hyperparameters over this command's model settings.
+            config.ckpt_path = None
         if subcommand in EVALUATION_STAGES and logger_args is not None:
-            self._log_evaluation_apart(config, logger_args, subcommand)
+            self._log_evaluation_apart(logger_args, subcommand, run_root)
+
+    def _plan_fit(
+        self, config: Namespace, logger_args: Namespace | None, run_root: Path | None
+    ) -> None:
+        """A new run or a resume: find the checkpoint, compare settings, continue its curves."""
+        job = _slurm_job()
+        if job is not None and config.trainer.get("default_root_dir") is None and run_root:
+            # Lightning restores the newest hpc_ckpt_N.ckpt of default_root_dir (the working
+            # directory) in any new run under SLURM: another run's requeue checkpoint. Nothing
+            # writes there now (SIGUSR1 is the RunRecord's), so that restore never happens.
+            config.trainer.default_root_dir = str(run_root)
+        ckpt_path = config.get("ckpt_path")
+        marker = _requeue_marker(run_root, job) if run_root and job else None
+        if ckpt_path is None and marker is not None and marker.is_file():
+            # A requeued SLURM job runs its command again: continue the run it stopped.
+            ckpt_path = str(run_root / json.loads(marker.read_text())["run"] / LAST_CHECKPOINT_PATH)
+        self._requeue_marker = marker
+        if ckpt_path is None:
+            return
+        path = self._find_checkpoint(str(ckpt_path), logger_args, run_root)
+        checkpoint = read_checkpoint(path)
+        self._ckpt_path, self._saved_record = path, read_record(checkpoint)
+        self._saved_hparams = {"hyper_parameters": checkpoint.get("hyper_parameters") or {}}
+        if logger_args is not None:
+            # TensorBoard drops the stopped attempt's points from this step on: none is
+            # duplicated, and the resumed run writes them again.
+            logger_args["purge_step"] = int(checkpoint.get("global_step", 0))
+            run_folder = _run_folder_of(path)
+            if (
+                logger_args.get("version") is None
+                and run_folder is not None
+                and run_root is not None
+                and run_folder.parent.resolve() == run_root.resolve()
+            ):
+                logger_args["version"] = run_folder.name  # the curves go on in one place
 
     @staticmethod
     def _tensorboard_args(config: Namespace) -> Namespace | None:
@@ -431,130 +529,61 @@ class PadamCLI(LightningCLI):
             return init_args
         return None
 
-    def _resolve_checkpoint(
-        self, config: Namespace, ckpt_path: str, logger_args: Namespace | None, subcommand: str
-    ) -> str:
-        """Turn ``last`` into a file, check the file, and continue logging in its run folder.
-
-        ``fit`` (resuming) also checks the optimizer against the checkpoint's here, from the
-        config; the checks that need the built trainer, model and data run in :meth:`before_fit`.
-        """
-        run_root = _run_root(logger_args) if logger_args is not None else None
-        if ckpt_path == "last":
-            if run_root is None:
-                raise UserError(
-                    "--ckpt_path last needs the TensorBoard logger to find the run folder; pass "
-                    "the checkpoint file instead: --ckpt_path PATH/last.ckpt"
-                )
-            elif logger_args is not None and logger_args.get("version") is not None:
-                version = logger_args.version
-                folder = f"version_{version}" if isinstance(version, int) else str(version)
-                path = run_root / folder / LAST_CHECKPOINT_PATH
-            else:
-                if self._legacy_run_name and not _run_folders(run_root):
-                    # Runs of earlier versions were named after the loader ("imagefolder-..."):
-                    # resume those rather than report that nothing is there.
-                    legacy_root = run_root.with_name(self._legacy_run_name)
-                    if _run_folders(legacy_root) and logger_args is not None:
-                        run_root = legacy_root
-                        logger_args["name"] = self._legacy_run_name
-                path = _latest_run_checkpoint(run_root)
-            if not path.is_file():
-                raise UserError(
-                    f"--ckpt_path last: no checkpoint found at {path}. Start the run without "
-                    "--ckpt_path, or pass the logger folder of the run to resume "
-                    "(--trainer.logger.init_args.name/version) or the file itself. (Runs with "
-                    "--trainer.enable_checkpointing false write no checkpoint to resume from.)"
-                )
-        else:
-            path = Path(ckpt_path)
-            if not path.is_file():
+    def _find_checkpoint(
+        self, ckpt_path: str, logger_args: Namespace | None, run_root: Path | None
+    ) -> Path:
+        """Turn ``last`` into the latest run's ``last.ckpt``; refuse a missing file."""
+        if ckpt_path != "last":
+            if not Path(ckpt_path).is_file():
                 raise UserError(f"--ckpt_path {ckpt_path}: no such file.")
-        # Checked now, before the run's config.yaml is rewritten: the checkpoint's network and
-        # optimizer state would silently overrule what this command asks for.
-        checkpoint = read_checkpoint(path)
-        model = config.get("model") if isinstance(config.get("model"), Namespace) else Namespace()
-        check_network(path, checkpoint, model.get("arch"), evaluating=subcommand != "fit")
-        if subcommand == "fit":
-            optimizer = model.get("optimizer")
-            if isinstance(optimizer, Namespace):
-                class_path, init_args = optimizer.get("class_path"), optimizer.get("init_args")
-            else:  # ImageClassifier's default
-                class_path, init_args = qualified_name(Padam), None
-            check_optimizer(
-                path,
-                checkpoint,
-                class_path,
-                init_args.as_dict() if isinstance(init_args, Namespace) else {},
-                scheduled=_schedules_the_optimizer(config.trainer.get("callbacks")),
+            return Path(ckpt_path)
+        if run_root is None or logger_args is None:
+            raise UserError(
+                "--ckpt_path last needs the TensorBoard logger to find the run folder; pass "
+                "the checkpoint file instead: --ckpt_path PATH/last.ckpt"
             )
-            self._resume = (path, checkpoint)
-        # Resuming a run keeps writing to its folder, so its curves continue in one place.
-        if (
-            subcommand == "fit"
-            and logger_args is not None
-            and run_root is not None
-            and logger_args.get("version") is None
-            and (run_folder := _run_folder_of(path)) is not None
-            and run_folder.parent.resolve() == run_root.resolve()
-        ):
-            logger_args["version"] = run_folder.name
-        return str(path)
+        version = logger_args.get("version")
+        if version is not None:
+            folder = f"version_{version}" if isinstance(version, int) else str(version)
+            path = run_root / folder / LAST_CHECKPOINT_PATH
+        else:
+            path = _latest_run_checkpoint(run_root)
+        if not path.is_file():
+            raise UserError(
+                f"--ckpt_path last: no checkpoint found at {path}. Start the run without "
+                "--ckpt_path, or pass the logger folder of the run to resume "
+                "(--trainer.logger.init_args.name/version) or the file itself."
+            )
+        return path
 
-    def _log_evaluation_apart(self, config: Namespace, logger_args: Namespace, stage: str) -> None:
-        """Send an evaluation's logs to an ``eval/<stage>-<N>`` folder, never into a run's own.
+    def _log_evaluation_apart(self, logger_args: Namespace, stage: str, run_root: Path) -> None:
+        """Send an evaluation's logs to ``<run>/eval/<stage>-<N>``, never into a run's own.
 
-        With a checkpoint in a run folder: ``<run>/eval/<stage>-<N>``; otherwise
-        ``<save_dir>/<name>/eval/<stage>-<N>``. An explicit ``--trainer.logger.init_args.version``
-        is kept as given.
+        Without a checkpoint in a run folder: ``<save_dir>/<name>/eval/<stage>-<N>``. An explicit
+        ``--trainer.logger.init_args.version`` is kept as given.
         """
         if logger_args.get("version") is not None:
             return
-        ckpt_path = config.get("ckpt_path")
-        run_dir = _run_folder_of(Path(ckpt_path)) if ckpt_path else None
-        if run_dir is None:
-            run_dir = _run_root(logger_args)
+        run_dir = _run_folder_of(self._ckpt_path) if self._ckpt_path else None
+        run_dir = run_dir or run_root
         logger_args["save_dir"] = run_dir
         logger_args["version"] = _evaluation_version(run_dir, stage)
         logger_args["name"] = EVAL_FOLDER
 
-    def _parse_ckpt_path(self) -> None:
-        """Keep the command's ``model.*`` settings instead of the checkpoint's hyperparameters.
-
-        LightningCLI parses a checkpoint's ``hyper_parameters`` over the command's model settings,
-        so ``--model.channels_last`` or ``--model.compile`` would be accepted and then ignored
-        (and another ``arch`` silently replaced). Here the network is checked against the
-        checkpoint instead (:func:`check_network`, ``ImageClassifier.on_load_checkpoint``), and
-        everything else applies as configured.
-        """
-
     def before_fit(self) -> None:
-        """Refuse a resume whose settings the checkpoint would overrule (nothing written yet).
-
-        Runs after the trainer, model and data are built, before ``Trainer.fit`` creates or
-        touches the run folder: the lr schedulers, the callbacks' settings and the data seed are
-        compared with the checkpoint's (``cli/resume.py`` lists what Lightning restores). A run
-        without a logger must not overwrite files already there (:meth:`_refuse_to_overwrite`).
-
-        Raises:
-            UserError: If the checkpoint cannot continue the run this command describes.
-        """
+        """Refuse to overwrite another run's files; hand over the checkpoint to resume."""
         self._refuse_to_overwrite("fit")
-        if self._resume is None:
-            return
-        path, checkpoint = self._resume
-        hparams = self.model.hparams
-        check_network(path, checkpoint, hparams.get("arch"), hparams.get("num_classes"))
-        check_schedulers(path, checkpoint, _scheduler_states(self.model.configure_optimizers()))
-        check_callbacks(path, checkpoint, self.trainer)
-        datamodule = getattr(self, "datamodule", None)
-        check_data(
-            path,
-            checkpoint,
-            datamodule,
-            getattr(datamodule, "effective_seed", None),
-            self.trainer.world_size,
-        )
+        check_writable(Path(self.trainer.log_dir or self.trainer.default_root_dir))
+        if self._ckpt_path is not None:
+            # The class count is linked from the data when the model is built (an image
+            # folder's), so it is compared here, not with the config.
+            hparams = self.model.hparams
+            check_network(
+                self._ckpt_path, self._saved_hparams, hparams["arch"], hparams["num_classes"]
+            )
+        if self._ckpt_path is not None and self._saved_record is not None:
+            configured = _plain_config(self.config["fit"])
+            check_resume(self._ckpt_path, self._saved_record, configured, self.trainer.world_size)
 
     def before_validate(self) -> None:
         """See :meth:`_refuse_to_overwrite`."""
@@ -571,27 +600,23 @@ class PadamCLI(LightningCLI):
     def _refuse_to_overwrite(self, stage: str) -> None:
         """Refuse a run without a logger whose files would replace files already there.
 
-        With a logger every run writes into a fresh run folder (a resume into its own). Without
-        one (``--trainer.logger false``), Lightning writes checkpoints to
-        ``<default_root_dir>/checkpoints`` and padam-fit the config to
-        ``<default_root_dir>/config.yaml`` (``config-<stage>.yaml`` for an evaluation), and
-        ``default_root_dir`` is the working directory unless given: a user's own ``config.yaml``
-        or another run's checkpoints would be overwritten. Only a ``fit`` that resumes from a
-        checkpoint of that folder may rewrite them: they are its own run's.
+        Without a logger (``--trainer.logger false``) Lightning writes checkpoints to
+        ``<default_root_dir>/checkpoints`` and padam-fit the config beside them, and
+        ``default_root_dir`` is the working directory unless given. Only a ``fit`` resuming a
+        checkpoint of that folder may rewrite them. Also hands the checkpoint to the trainer.
 
         Raises:
             UserError: If such a file exists, before anything is written.
         """
+        self.trainer.ckpt_path = self._ckpt_path
         if self.trainer.loggers:
             return
         root = Path(self.trainer.default_root_dir)
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         checkpoints = root / LAST_CHECKPOINT_PATH.parent
         if (
             stage == "fit"
-            and ckpt_path is not None
-            and Path(str(ckpt_path)).resolve().parent == checkpoints.resolve()
+            and self._ckpt_path is not None
+            and self._ckpt_path.resolve().parent == checkpoints.resolve()
         ):
             return  # resuming the run that owns this folder
         config_file = root / (CONFIG_FILE if stage == "fit" else f"config-{stage}.yaml")
@@ -623,92 +648,22 @@ class PadamCLI(LightningCLI):
         self._after_evaluation("test")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        """Build the trainer with the package's callbacks giving way to Lightning's own flags.
-
-        ``--trainer.enable_checkpointing false`` means a run that writes no checkpoints, so the
-        package's checkpoint callbacks (``last.ckpt`` and the best one) are left out instead of
-        making Lightning refuse the flag. A checkpoint callback the user lists in
-        ``trainer.callbacks`` is kept, and Lightning reports the contradiction.
-        """
+        """Leave out the checkpoint callbacks under ``--trainer.enable_checkpointing false``."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-            defaults = self.trainer_defaults.get("callbacks") or []
-            self.trainer_defaults = {
-                **self.trainer_defaults,
-                "callbacks": [c for c in defaults if not isinstance(c, ModelCheckpoint)],
-            }
         return super()._instantiate_trainer(config, callbacks)
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Run the subcommand; when a fit stops before its end, print how to resume it.
-
-        Raises:
-            SystemExit: With status 130 (Ctrl-C) or 143 (SIGTERM) when a signal stopped the fit
-                (Lightning's own stop exits 0 or 1), after saying how to resume.
-        """
-        global subcommand_started
-        subcommand_started = True
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException as err:
-            if subcommand == "fit" and not isinstance(err, UserError):
-                self._tell_how_to_resume()
-                stopped_by = self._interruption_signal()
-                if stopped_by is not None:
-                    raise SystemExit(128 + signal.Signals[stopped_by].value) from None
-            raise
-
-    def _interruption_signal(self) -> str | None:
-        """``SIGINT`` or ``SIGTERM`` if a signal stopped the fit (None otherwise)."""
-        trainer = getattr(self, "trainer", None)
-        for callback in getattr(trainer, "callbacks", []):
-            if isinstance(callback, Interruption) and callback.signal_name is not None:
-                return callback.signal_name
-        return None
-
-    def _tell_how_to_resume(self) -> None:
-        """Print the command that resumes this run, when it has a checkpoint to resume from.
-
-        Says whether ``last.ckpt`` holds where the run stopped (a stop in training) or its last
-        checkpoint from before (a stop in validation, a crash), with that checkpoint's step.
-        """
-        last, saved_at_stop, in_validation = None, False, False
-        for callback in getattr(self.trainer, "callbacks", []):
-            if isinstance(callback, LastCheckpoint) and callback.dirpath is not None:
-                last = Path(callback.dirpath) / LAST_CHECKPOINT_PATH.name
-                saved_at_stop = callback.saved_at_stop
-            if isinstance(callback, Interruption):
-                in_validation = callback.stopped_in_validation
-        if last is None or not last.is_file():
-            return
-        if saved_at_stop:
-            state = f"the run stopped before its end; {last} holds where it stopped"
-        else:
-            try:
-                steps = f", after {read_checkpoint(last)['global_step']} training steps"
-            except (UserError, KeyError):
-                steps = ""
-            where = (
-                "during validation, which saves no checkpoint"
-                if in_validation
-                else ("where no checkpoint was saved")
-            )
-            state = (
-                f"the run stopped before its end, {where}; {last} holds its last checkpoint"
-                f"{steps} (continuing repeats the training since)"
-            )
-        rank_zero_only(print)(
-            f"padam-fit: {state}. To continue it: {resume_command(self._command_args, last)}",
-            file=sys.stderr,
-        )
-
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Build the trainer and make its checkpoint writes atomic.
+        """Build the trainer: atomic checkpoint writes, the run record, SLURM's requeue signal.
 
         Raises:
             UserError: If Lightning refuses a trainer setting (an unknown accelerator or strategy
                 name, devices the machine does not have or a device count of the wrong kind).
         """
+        if _slurm_job() is not None:
+            # SIGUSR1 is the RunRecord's (a stop at a batch boundary, saved in the run folder);
+            # Lightning's own handler saves hpc_ckpt_N.ckpt mid-step into default_root_dir.
+            kwargs.setdefault("plugins", [SLURMEnvironment(auto_requeue=False)])
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, TypeError, MisconfigurationException) as err:
@@ -717,7 +672,21 @@ class PadamCLI(LightningCLI):
             raise UserError(f"invalid trainer setting: {err}") from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.subcommand == "fit":
+            config = _plain_config(self.config["fit"])
+            self.record = RunRecord(config=config, max_time=getattr(self, "_max_time", None))
+            trainer.callbacks.append(self.record)  # type: ignore[attr-defined]
+            global _running
+            _running = (self.record, self._command_args)
         return trainer
+
+
+def _plain_config(config: Namespace) -> dict[str, Any]:
+    """A fit's settings as plain data, without the command's own bookkeeping keys."""
+    plain = config.clone().as_dict()
+    for key in ("config", "ckpt_path", "subcommand"):
+        plain.pop(key, None)
+    return plain
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
@@ -730,24 +699,17 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
         auto_configure_optimizers=False,
         seed_everything_default=0,
         save_config_callback=RunConfigSaver,
-        save_config_kwargs={"overwrite": True},
+        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         trainer_defaults={
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {
-                    "save_dir": DEFAULT_LOG_DIR,
-                    "name": None,
-                    "default_hp_metric": False,
-                },
+                "init_args": {"save_dir": DEFAULT_LOG_DIR, "name": None, "default_hp_metric": False},
             },
             "callbacks": [
                 DivergenceGuard(),  # NaN/inf loss: stop, naming the step; no diverged checkpoint
-                LastCheckpoint(),
-                RunSummary(),
                 RunTimeEstimate(),
                 TensorBoardDashboards(),
                 PredictionWriter(),
-                Interruption(),  # Ctrl-C / SIGTERM: save where the run stopped, resume exactly
             ],
         },
         # exit_on_error=False: parse errors become exceptions, reported in one line by
@@ -756,14 +718,15 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
     )
 
 
-class _WithoutAdvertisements(logging.Filter):
-    """Drops Lightning's start-up tip that advertises its cloud logger (printed on every run)."""
+class _WithoutNoise(logging.Filter):
+    """Drops Lightning's lines a user cannot act on (its cloud-logger tip, 'Received SIGTERM')."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return "litlogger" not in message and "Received SIGTERM" not in message
 
 
-_NO_ADVERTISEMENTS = _WithoutAdvertisements()
+_NO_NOISE = _WithoutNoise()
 
 
 #: What padam-fit adds to the library's divergence message: its own options and resume policy.
@@ -775,33 +738,75 @@ DIVERGENCE_HINT = (
 
 def _quiet_known_warnings() -> None:
     """Silence warnings that are expected here and would only confuse users."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_NO_ADVERTISEMENTS)  # a no-op when already added
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.signal_connector",
+    ):
+        logging.getLogger(name).addFilter(_NO_NOISE)  # a no-op when already added
     # The loaders yield index batches; images are gathered on the device, so no workers.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    # Lightning cannot see that the Interruption callback resumes a half-done epoch exactly.
-    warnings.filterwarnings("ignore", ".*ended before the epoch ended and your dataloader is not.*")
     # Emitted by Lightning's own code under recent torch releases; nothing a user can change.
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # A resumed run writes into its own run folder, which holds its checkpoints.
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 
 def main(args: ArgsType = None) -> None:
     """Entry point of ``padam-fit``: user mistakes print one line and exit non-zero."""
     _quiet_known_warnings()
+    threading.excepthook = _quiet_storage_errors_in_threads
     if (sys.argv[1:] if args is None else args) == []:
         print(USAGE, file=sys.stderr)
         sys.exit(UserError.exit_code)
+    global subcommand_started
+    subcommand_started = True
     try:
         build_cli(args)
+    except (SIGTERMException, SystemExit, KeyboardInterrupt):
+        # A stop before the run's end (Lightning exits 1 itself after a second Ctrl-C).
+        if _running is None or _running[0].stop is None:
+            raise
+        record, command_args = _running
+        rank_zero_only(print)(stop_message(record, command_args), file=sys.stderr)
+        if record.stop == "SIGUSR1":
+            _requeue(record)
+        sys.exit(_STOPS.get(record.stop, ("", 1))[1])
     except (UserError, MisconfigurationException, ArgumentError) as err:
         # MisconfigurationException: Lightning's own checks of trainer settings at fit time.
-        # ArgumentError: a parse error outside PadamCLI.parse_arguments (e.g. a checkpoint's
-        # stored settings).
         message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
         if isinstance(err, TrainingDivergedError):
             message += DIVERGENCE_HINT
         rank_zero_only(print)(f"padam-fit: error: {message}", file=sys.stderr)
         sys.exit(err.exit_code if isinstance(err, UserError) else UserError.exit_code)
+    except OSError as err:
+        # A full or read-only disk under another library's writer (TensorBoard, hparams.yaml).
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        error = storage_error_from(err, kept="checkpoints saved before are intact")
+        rank_zero_only(print)(f"padam-fit: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+
+
+def _quiet_storage_errors_in_threads(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread hits the same full disk; the main thread reports it once."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in STORAGE_ERRNOS:
+        return
+    threading.__excepthook__(args)
+
+
+def _requeue(record: RunRecord) -> None:
+    """Requeue this SLURM job; its next start continues the run (see ``_plan_fit``)."""
+    job = _slurm_job()
+    if job is None or record.saved is None:
+        return
+    run_folder = record.saved.parent.parent
+    write_text_atomically(
+        _requeue_marker(run_folder.parent, job), json.dumps({"run": run_folder.name})
+    )
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    outcome = "requeued" if result.returncode == 0 else f"could not requeue: {result.stderr.strip()}"
+    rank_zero_only(print)(f"padam-fit: SLURM job {job} {outcome}", file=sys.stderr)
 
 
 if __name__ == "__main__":

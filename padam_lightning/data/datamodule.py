@@ -16,6 +16,7 @@ from padam_lightning.data.sampling import (
     EpochShuffleSampler,
     EvalShardSampler,
     IndexDataset,
+    ResumableLoader,
     collate_indices,
     epoch_generator,
     resolve_seed,
@@ -221,20 +222,34 @@ class CIFARDataModule(L.LightningDataModule):
     # -- loaders of index batches --------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader[int]:
-        """Batches of training-sample indices, reshuffled each epoch as a function of the seed."""
-        return self._index_loader(
+        """Batches of training-sample indices, reshuffled each epoch as a function of the seed.
+
+        The loader is stateful (:class:`ResumableLoader`): a run resumed mid-epoch continues
+        with the epoch's next batch.
+        """
+        loader = self._index_loader(
             "train",
             self.batch_size,
             lambda size, replicas, rank: EpochShuffleSampler(
                 size, self.effective_seed, replicas, rank
             ),
+            loader_class=ResumableLoader,
         )
+        assert isinstance(loader, ResumableLoader)
+        trainer = self.trainer
+        if trainer is not None:
+            loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return loader
 
     def _test_indices(self) -> DataLoader[int]:
         return self._index_loader("test", self.eval_batch_size, EvalShardSampler)
 
     def _index_loader(
-        self, split: str, batch_size: int, sampler: Callable[[int, int, int], Sampler[int]]
+        self,
+        split: str,
+        batch_size: int,
+        sampler: Callable[[int, int, int], Sampler[int]],
+        loader_class: type[DataLoader[int]] = DataLoader,
     ) -> DataLoader[int]:
         """Batches of ``split``'s sample indices, in the order of ``sampler(size, replicas, rank)``.
 
@@ -243,7 +258,7 @@ class CIFARDataModule(L.LightningDataModule):
         num_samples = len(self.split(split))
         trainer = self.trainer
         num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        return DataLoader(
+        return loader_class(
             IndexDataset(num_samples),
             batch_size=batch_size,
             sampler=sampler(num_samples, num_replicas, rank),

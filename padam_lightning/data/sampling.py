@@ -10,10 +10,10 @@ sees exactly the data an uninterrupted single-process run would.
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 #: The index an evaluation shard is padded with: no sample, counted nowhere.
 PADDING_INDEX = -1
@@ -104,6 +104,8 @@ class EpochShuffleSampler(_ShardSampler):
 
     def __init__(self, num_samples: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(num_samples, num_replicas, rank, seed=seed, shuffle=True)
+        #: ``(epoch, samples)``: the next pass over ``epoch`` leaves out its first ``samples``.
+        self.resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation the next iteration yields."""
@@ -118,7 +120,38 @@ class EpochShuffleSampler(_ShardSampler):
         order = self.permutation(self.epoch)
         if self.total_size > len(order):
             order = torch.cat([order, order[: self.total_size - len(order)]])
-        return iter(order[self.rank : self.total_size : self.num_replicas].tolist())
+        shard = order[self.rank : self.total_size : self.num_replicas]
+        resume_at, self.resume_at = self.resume_at, None
+        if resume_at is not None and resume_at[0] == self.epoch:
+            shard = shard[resume_at[1] :]
+        return iter(shard.tolist())
+
+
+class ResumableLoader(DataLoader[int]):
+    """A training ``DataLoader`` that saves where its epoch stands, for an exact mid-epoch resume.
+
+    Lightning saves the ``state_dict`` of a stateful training loader with the fit loop's state in
+    every checkpoint and hands it back to ``load_state_dict`` when it resumes mid-epoch. The state
+    is the epoch and the number of batches the training loop has completed in it (read from
+    ``progress``: the loader itself is one batch ahead, because Lightning prefetches one), so
+    the resumed epoch goes on with exactly the batches it had not trained on; the epoch's order
+    is a pure function of (seed, epoch), see :class:`EpochShuffleSampler`.
+    """
+
+    #: Returns the number of batches the training loop has completed in the current epoch.
+    progress: Callable[[], int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": E, "batches": B}``: B batches of epoch E are done."""
+        sampler = self.sampler
+        assert isinstance(sampler, EpochShuffleSampler)
+        return {"epoch": sampler.epoch, "batches": self.progress() if self.progress else 0}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Leave out the done batches of the saved epoch in its next pass."""
+        sampler = self.sampler
+        assert isinstance(sampler, EpochShuffleSampler) and self.batch_size is not None
+        sampler.resume_at = (state_dict["epoch"], state_dict["batches"] * self.batch_size)
 
 
 class EvalShardSampler(_ShardSampler):

@@ -25,6 +25,9 @@ STAGES = ("train", "val", "test")
 #: Checkpoint key holding the run's optimizer classes (checked on resume, here and by padam-fit).
 OPTIMIZER_CLASSES_KEY = "padam_lightning_optimizer_classes"
 
+#: Checkpoint key holding the lr and p of the epoch in progress (logged at its end).
+EPOCH_OPTIM_VALUES_KEY = "padam_lightning_epoch_optim_values"
+
 #: What to do when a checkpoint cannot continue the run a command describes.
 RESUME_HINT = (
     "A resumed run continues with the checkpoint's network, optimizer, schedules and data order: "
@@ -254,6 +257,10 @@ class ImageClassifier(L.LightningModule):
                 for stage in STAGES
             }
         )
+        for metric in self.metrics["train_metrics"].values():
+            metric.persistent(True)  # a run resumed mid-epoch keeps the epoch's sums so far
+        #: The epoch's ``optim/lr`` and ``optim/partial``, logged when the epoch ends.
+        self._epoch_optim_values: dict[str, float] = {}
         # torch.compile's counters when the network was compiled (logged as differences).
         self._counters_at_compile: dict[str, int] | None = None
         #: torch.compile's counts over this module's runs (set when training ends), e.g.
@@ -443,35 +450,36 @@ class ImageClassifier(L.LightningModule):
         pred = self(images).argmax(dim=1)
         return {"pred": pred[counted], "label": labels[counted]}
 
-    def _log_epoch_axis(self) -> None:
-        """Put this stage's epoch-level values at step = epoch index on TensorBoard's x-axis.
-
-        Lightning writes a log call's metrics at the logged ``step`` when there is one (instead
-        of the global step), and then adds no ``epoch`` of its own. No ``epoch`` is logged here
-        either: Lightning's, added to the per-step values at the global step, would then share
-        its TensorBoard card with points at step = epoch, and the line would jump back and forth
-        between the two x-axes.
-        """
-        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
-
-    def on_validation_epoch_start(self) -> None:
-        """Put the epoch's validation values at step = epoch on TensorBoard."""
-        self._log_epoch_axis()
-
-    def on_test_epoch_start(self) -> None:
-        """Put the test values at step = epoch on TensorBoard."""
-        self._log_epoch_axis()
-
     def on_train_epoch_start(self) -> None:
-        """Log the learning rate and partial exponent used during this epoch."""
-        self._log_epoch_axis()
+        """Note the learning rate and partial exponent this epoch trains with."""
         group = self.trainer.optimizers[0].param_groups[0]
-        self.log("optim/lr", float(group["lr"]), on_step=False, on_epoch=True)
+        self._epoch_optim_values = {"optim/lr": float(group["lr"])}
         if "partial" in group:
-            self.log("optim/partial", float(group["partial"]), on_step=False, on_epoch=True)
+            self._epoch_optim_values["optim/partial"] = float(group["partial"])
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's lr and p beside its loss, at the epoch's last step.
+
+        Noted when the epoch starts (the epoch's scheduler step comes before this hook) and
+        kept in checkpoints: a run resumed mid-epoch does not call ``on_train_epoch_start``.
+        """
+        for name, value in self._epoch_optim_values.items():
+            self.log(name, value, on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the optimizer classes, checked when the checkpoint is resumed."""
+        """Record the epoch's lr and p, and its training metrics summed over DDP processes.
+
+        The training metrics are persistent (saved with the weights), so a run resumed mid-epoch
+        goes on with the epoch's sums so far; under DDP each process holds its own part, so the
+        file (written by process 0) gets the sum over all of them, and the other processes start
+        from zero when they resume (:meth:`on_train_start`).
+        """
+        checkpoint[EPOCH_OPTIM_VALUES_KEY] = dict(self._epoch_optim_values)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            prefix = "metrics.train_metrics."
+            for key in [k for k in checkpoint["state_dict"] if k.startswith(prefix)]:
+                total = checkpoint["state_dict"][key].clone()
+                checkpoint["state_dict"][key] = self.trainer.strategy.reduce(total, reduce_op="sum")
         if self._trainer is not None:
             checkpoint[OPTIMIZER_CLASSES_KEY] = [
                 qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers
@@ -497,6 +505,7 @@ class ImageClassifier(L.LightningModule):
                 f"data has {self.hparams['num_classes']}. {hint}"
             )
         self._checkpoint_optimizers = checkpoint.get(OPTIMIZER_CLASSES_KEY)
+        self._epoch_optim_values = dict(checkpoint.get(EPOCH_OPTIM_VALUES_KEY, {}))
 
     def on_train_start(self) -> None:
         """Refuse to resume a run with another optimizer before its first step.
@@ -508,6 +517,10 @@ class ImageClassifier(L.LightningModule):
         Raises:
             UserError: If the checkpoint being resumed was trained with other optimizer classes.
         """
+        if self.trainer.global_rank != 0:
+            # The checkpoint's epoch sums are all processes' (on_save_checkpoint): counted once.
+            for metric in self.metrics["train_metrics"].values():
+                metric.reset()
         saved, self._checkpoint_optimizers = self._checkpoint_optimizers, None
         current = [qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers]
         if saved is not None and saved != current:

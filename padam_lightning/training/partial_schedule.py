@@ -301,30 +301,6 @@ class PartialSchedule(L.Callback):
             "total follows trainer.max_epochs when not set)"
         )
 
-    def resume_conflict(self, saved_state: dict[str, Any] | None, trainer: L.Trainer) -> str | None:
-        """Why a checkpoint cannot continue under this schedule (None: it can).
-
-        Called by padam-fit before the run folder is touched (the same check as in
-        :meth:`on_train_start`, which guards runs started through the Trainer API). A schedule
-        added to a run that had none is refused too: its lr scale and p would jump mid-run.
-
-        Args:
-            saved_state: This callback's state in the checkpoint (None: the run had none).
-            trainer: The trainer about to resume; its ``max_epochs`` is the default ``total``.
-        """
-        if saved_state is None:
-            return (
-                "the checkpoint was trained without a PartialSchedule, but this run configures "
-                "one (trainer.callbacks)"
-            )
-        current = self.config()
-        if current["total"] is None:
-            if self.interval != "epoch":
-                current.pop("total")  # the step count is known once the data is; checked then
-            else:
-                current["total"] = trainer.max_epochs
-        return self._changes_from(dict(saved_state["config"]), current)
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Set this epoch's values (epoch interval) or those of its first step (step interval).
 
@@ -336,12 +312,7 @@ class PartialSchedule(L.Callback):
         if self.interval == "epoch":
             self._apply(trainer, trainer.current_epoch)
         else:
-            # The epoch's first step. A run resumed mid-epoch calls this hook again (Lightning
-            # skips it there; see padam_lightning.cli.checkpointing.Interruption) after some
-            # of the epoch's steps were taken: the epoch's logged value is still its first step's.
-            restarted = trainer.fit_loop.restarting  # True only within a resumed, half-done epoch
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed if restarted else 0
-            self._apply(trainer, trainer.global_step - done // trainer.accumulate_grad_batches)
+            self._apply(trainer, trainer.global_step)  # the epoch's first step
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
