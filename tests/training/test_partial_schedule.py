@@ -202,11 +202,9 @@ class MemoryLogger(Logger):
         self.records.append((step, dict(metrics)))
 
     def per_epoch(self, tag: str) -> dict[int, float]:
-        """``{epoch: value}`` of an epoch-level tag (logged at step = the epoch index)."""
+        """``{epoch: value}`` of an epoch-level tag (Lightning logs its ``epoch`` with it)."""
         return {
-            round(step): metrics[tag]
-            for step, metrics in self.records
-            if tag in metrics and step is not None
+            round(metrics["epoch"]): metrics[tag] for _, metrics in self.records if tag in metrics
         }
 
     def per_step(self, tag: str) -> dict[int, float]:
