@@ -81,7 +81,7 @@ from padam_lightning.training.classifier import (
 from padam_lightning.training.divergence import DivergenceGuard
 from padam_lightning.training.predictions import PredictionWriter
 from padam_lightning.training.run_estimate import RunTimeEstimate
-from padam_lightning.training.run_record import FINISHED_REASONS, RunRecord, read_record
+from padam_lightning.training.run_record import RunRecord, read_record
 from padam_lightning.training.tensorboard import TensorBoardDashboards
 
 #: What ``padam-fit`` without arguments prints (to stderr, exit status 2).
@@ -229,6 +229,8 @@ def run_name(config: Namespace) -> str:
         source = Path(str(data.data_dir)).resolve().name or source
     model = config.model
     return "-".join((source, str(model.get("arch", "model")), optimizer_label(model.optimizer)))
+
+
 def resume_command(args: Sequence[str] | None, last: Path) -> str:
     """The command that continues a stopped run from ``last``, runnable as printed.
 
@@ -397,7 +399,7 @@ class PadamCLI(LightningCLI):
     #: That checkpoint's run record (None: a new run, or a checkpoint without one).
     _saved_record: dict[str, Any] | None = None
     #: That checkpoint's hyperparameters, as ``{"hyper_parameters": ...}``.
-    _saved_hparams: dict[str, Any] = {}
+    _saved_hparams: dict[str, Any] | None = None
     #: The command's arguments (for the resume command), None when not given as a list.
     _command_args: list[str] | None = None
     #: The subcommands' parsers (their options are suggested for a misspelled one).
@@ -481,7 +483,7 @@ class PadamCLI(LightningCLI):
             # Loaded through trainer.ckpt_path (before_<subcommand>): LightningCLI would otherwise
             # parse the checkpoint's hyperparameters over this command's model settings.
             config.ckpt_path = None
-        if subcommand in EVALUATION_STAGES and logger_args is not None:
+        if subcommand in EVALUATION_STAGES and logger_args is not None and run_root is not None:
             self._log_evaluation_apart(logger_args, subcommand, run_root)
 
     def _plan_fit(
@@ -579,7 +581,7 @@ class PadamCLI(LightningCLI):
             # folder's), so it is compared here, not with the config.
             hparams = self.model.hparams
             check_network(
-                self._ckpt_path, self._saved_hparams, hparams["arch"], hparams["num_classes"]
+                self._ckpt_path, self._saved_hparams or {}, hparams["arch"], hparams["num_classes"]
             )
         if self._ckpt_path is not None and self._saved_record is not None:
             configured = _plain_config(self.config["fit"])
@@ -632,6 +634,12 @@ class PadamCLI(LightningCLI):
                 "--trainer.default_root_dir with a new folder, or keep the logger (each run "
                 "then gets its own folder under lightning_logs/)."
             )
+
+    def after_fit(self) -> None:
+        """The run reached its end: a requeue of this SLURM job has nothing to continue."""
+        marker = getattr(self, "_requeue_marker", None)
+        if marker is not None and self.trainer.is_global_zero:
+            marker.unlink(missing_ok=True)
 
     def _after_evaluation(self, stage: str) -> None:
         """Say where an evaluation's results went (they are not in the run's own curves)."""
@@ -703,7 +711,11 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
         trainer_defaults={
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": DEFAULT_LOG_DIR, "name": None, "default_hp_metric": False},
+                "init_args": {
+                    "save_dir": DEFAULT_LOG_DIR,
+                    "name": None,
+                    "default_hp_metric": False,
+                },
             },
             "callbacks": [
                 DivergenceGuard(),  # NaN/inf loss: stop, naming the step; no diverged checkpoint
@@ -771,7 +783,7 @@ def main(args: ArgsType = None) -> None:
         rank_zero_only(print)(stop_message(record, command_args), file=sys.stderr)
         if record.stop == "SIGUSR1":
             _requeue(record)
-        sys.exit(_STOPS.get(record.stop, ("", 1))[1])
+        sys.exit(_STOPS.get(record.stop or "", ("", 1))[1])
     except (UserError, MisconfigurationException, ArgumentError) as err:
         # MisconfigurationException: Lightning's own checks of trainer settings at fit time.
         message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
@@ -805,7 +817,9 @@ def _requeue(record: RunRecord) -> None:
         _requeue_marker(run_folder.parent, job), json.dumps({"run": run_folder.name})
     )
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-    outcome = "requeued" if result.returncode == 0 else f"could not requeue: {result.stderr.strip()}"
+    outcome = (
+        "requeued" if result.returncode == 0 else f"could not requeue: {result.stderr.strip()}"
+    )
     rank_zero_only(print)(f"padam-fit: SLURM job {job} {outcome}", file=sys.stderr)
 
 

@@ -257,7 +257,7 @@ class ImageClassifier(L.LightningModule):
                 for stage in STAGES
             }
         )
-        for metric in self.metrics["train_metrics"].values():
+        for metric in self._train_metrics():
             metric.persistent(True)  # a run resumed mid-epoch keeps the epoch's sums so far
         #: The epoch's ``optim/lr`` and ``optim/partial``, logged when the epoch ends.
         self._epoch_optim_values: dict[str, float] = {}
@@ -269,6 +269,10 @@ class ImageClassifier(L.LightningModule):
         # Optimizer classes recorded in the checkpoint being resumed (checked in on_train_start).
         self._checkpoint_optimizers: list[str] | None = None
         self._check_optimizer()
+
+    def _train_metrics(self) -> list[Metric]:
+        train_metrics: Any = self.metrics["train_metrics"]
+        return list(train_metrics.values())
 
     def _check_optimizer(self) -> None:
         """Build the optimizer once on the real parameters so bad hyperparameters fail now."""
@@ -519,7 +523,7 @@ class ImageClassifier(L.LightningModule):
         """
         if self.trainer.global_rank != 0:
             # The checkpoint's epoch sums are all processes' (on_save_checkpoint): counted once.
-            for metric in self.metrics["train_metrics"].values():
+            for metric in self._train_metrics():
                 metric.reset()
         saved, self._checkpoint_optimizers = self._checkpoint_optimizers, None
         current = [qualified_name(type(optimizer)) for optimizer in self.trainer.optimizers]

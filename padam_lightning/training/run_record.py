@@ -195,7 +195,7 @@ class RunRecord(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        """Stop once ``max_time`` is spent; pass on a stop unless validation or the epoch end follows."""
+        """Stop at ``max_time``; pass a stop on where no validation or epoch end follows."""
         limit = self.max_time
         if self.stop is None and limit is not None:
             spent = torch.tensor(self.train_seconds() >= limit.total_seconds())

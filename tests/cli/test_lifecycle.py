@@ -1,0 +1,156 @@
+"""A run's life as a cluster treats it: time limits and SLURM's requeue, end to end.
+
+Each test runs ``padam-fit`` in its own process (signals and SLURM's environment are per process)
+on the tiny configuration and checks what a user relies on: the run record in the checkpoint,
+``finished.json`` only at the configured end, the printed command, and the steps trained.
+Stops at every other moment (Ctrl-C, SIGTERM and SIGKILL in training, in validation, during a
+checkpoint write) are compared bit for bit with an uninterrupted run in tests/benchmarks/
+test_chaos.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from padam_lightning.training.run_record import read_record
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = REPO_ROOT / "configs"
+
+PADAM_FIT = Path(sys.executable).with_name("padam-fit")
+CHAOS_CHILD = REPO_ROOT / "benchmarks" / "_chaos_child.py"
+
+
+def _args(logs: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "wrn.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--trainer.logger.init_args.save_dir",
+        str(logs),
+        "--trainer.logger.init_args.name",
+        "run",
+        *extra,
+    ]
+
+
+def _run(
+    command: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+
+
+def _record(run_dir: Path) -> dict:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    record = read_record(checkpoint)
+    assert record is not None
+    return record
+
+
+def _stop_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("padam-fit: stopped by")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_a_max_time_stop_is_no_finish_and_the_resume_trains_the_rest_of_the_epoch(
+    tmp_path: Path,
+) -> None:
+    # 3 epochs x 6 batches; a time limit of 0 s stops after the first step.
+    args = _args(
+        tmp_path / "logs",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.limit_train_batches",
+        "6",
+        "--data.synthetic_train_size",
+        "96",
+    )
+    stopped = _run([str(PADAM_FIT), *args, "--trainer.max_time", "00:00:00:00"], tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    run_dir = tmp_path / "logs" / "run" / "version_0"
+    assert not (run_dir / "finished.json").exists()
+    record = _record(run_dir)
+    assert (record["stop"], record["epoch"], record["batches"]) == ("max_time", 0, 1)
+    line = _stop_line(stopped.stderr)
+    assert "--trainer.max_time" in line and "epoch 0, 1 batches done, step 1" in line
+    # The printed command runs as printed (here with a longer limit).
+    resume = shlex.split(line.split("To continue: ", 1)[1])
+    assert resume[0] == str(PADAM_FIT)
+    done = _run([*resume, "--trainer.max_time", "00:01:00:00"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    finished = json.loads((run_dir / "finished.json").read_text())
+    assert (finished["stop"], finished["epoch"], finished["global_step"]) == ("max_epochs", 3, 18)
+
+
+def _slurm_env(tmp_path: Path, job: str = "4242", restarts: int = 0) -> dict[str, str]:
+    """SLURM's variables for one task, and a stub ``scontrol`` that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": job,
+        "SLURM_JOB_NAME": "train",
+        "SLURM_NTASKS": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_RESTART_COUNT": str(restarts),
+    }
+
+
+def test_another_runs_requeue_checkpoint_is_never_restored(tmp_path: Path) -> None:
+    # Lightning restores the newest hpc_ckpt_N.ckpt of the working directory into any run
+    # started under SLURM without --ckpt_path; here one of another, finished run lies there.
+    other = _run([str(PADAM_FIT), *_args(tmp_path / "other")], tmp_path)
+    assert other.returncode == 0, other.stderr
+    last = tmp_path / "other" / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(last.read_bytes())
+    fresh = _run([str(PADAM_FIT), *_args(tmp_path / "logs")], tmp_path, _slurm_env(tmp_path))
+    assert fresh.returncode == 0, fresh.stderr
+    assert "Restored" not in fresh.stderr
+    finished = json.loads((tmp_path / "logs" / "run" / "version_0" / "finished.json").read_text())
+    assert finished["global_step"] == 6 and finished["train_seconds"] > 0
+
+
+def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_continues(
+    tmp_path: Path,
+) -> None:
+    stop = json.dumps({"at": "train_batch", "epoch": 0, "batch": 1, "signal": "SIGUSR1"})
+    args = _args(tmp_path / "logs")
+    stopped = _run(
+        [sys.executable, str(CHAOS_CHILD), stop, "--", *args], tmp_path, _slurm_env(tmp_path)
+    )
+    assert stopped.returncode == 128 + 10, stopped.stderr
+    assert "SIGUSR1" in _stop_line(stopped.stderr)
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    run_dir = tmp_path / "logs" / "run" / "version_0"
+    # Asked for after batch 1 of 3, the stop waits for the epoch's end (its last batch is
+    # followed by validation): the record is the next epoch's start.
+    record = _record(run_dir)
+    assert (record["stop"], record["epoch"], record["batches"]) == ("SIGUSR1", 1, 0)
+    # SLURM starts the same command again: it continues the run it stopped, in its folder.
+    again = _run([str(PADAM_FIT), *args], tmp_path, _slurm_env(tmp_path, restarts=1))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run_dir / "finished.json").read_text())["global_step"] == 6
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]
+    # Another job's first start is a new run, whatever this one left.
+    other_job = _run([str(PADAM_FIT), *args], tmp_path, _slurm_env(tmp_path, job="77"))
+    assert other_job.returncode == 0, other_job.stderr
+    assert (run_dir.parent / "version_1" / "finished.json").is_file()
