@@ -726,7 +726,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
         },
         # exit_on_error=False: parse errors become exceptions, reported in one line by
         # PadamCLI.parse_arguments instead of jsonargparse's usage text.
-        parser_kwargs={"description": DESCRIPTION, "exit_on_error": False},
+        parser_kwargs={"description": DESCRIPTION, "exit_on_error": False, "allow_abbrev": False},
     )
 
 
