@@ -1,20 +1,15 @@
 """Reading ``padam-fit`` runs back: what each run is, its config, epoch curves and completion.
 
 A run folder is any folder with TensorBoard event files directly in it (``save_dir/name/version``
-of the TensorBoardLogger). Scalars are read with TensorBoard's own ``EventAccumulator``; a run
-that crashed and resumed in the same folder has several event files and may have written some
-steps twice, so for each tag and step the latest write (by wall time) wins.
+of the TensorBoardLogger). Scalars are read with TensorBoard's own ``EventAccumulator`` and shown
+as TensorBoard shows them: a resumed run opens its writer with ``purge_step`` (the step it
+resumes from), and the points the stopped attempt wrote at that step or later are dropped.
 
-Epoch-level scalars are numbered as epochs *completed*: the value logged at the end of epoch index
-``e`` belongs to epoch ``e + 1``. Two layouts of the event files are read:
-
-- older runs log each epoch's scalars at the global step of the epoch's last batch, with an
-  ``epoch`` scalar (the epoch index) at the same steps: the epoch is read from it;
-- newer runs log epoch-level scalars with the epoch index itself as the step.
-
-A run is read the first way when the steps of its ``train/loss`` each carry a distinct ``epoch``
-value (then each tag whose steps do is read that way too), otherwise the second way. Per-step
-tags (named ``*_step``, e.g. ``train/loss_step``) are not epoch curves and are left out.
+Every scalar sits on Lightning's global-step axis. Per-step tags (named ``*_step``, e.g.
+``train/loss_step``) are not epoch curves and are left out. The others are logged at the last
+step of their epoch together with Lightning's ``epoch`` scalar (the 0-based epoch index) at the
+same step, which numbers them as epochs *completed*: the value logged at the end of epoch index
+``e`` belongs to epoch ``e + 1``.
 
 What a run is comes from its ``run.json`` (written by ``padam-sweep``: axis labels and titles,
 seed). A plain ``padam-fit`` run has none; it is then one group per run folder, named by the
@@ -26,6 +21,7 @@ off (so ``cifar10-wrn16_4-padam/version_0`` and ``.../version_1`` pool as two se
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,9 +34,8 @@ from padam_lightning.cli.run_layout import CONFIG_FILE, EVAL_FOLDER, FINISHED_FI
 from padam_lightning.errors import UserError
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
+#: Lightning's epoch index (0-based), logged at each step that has other values.
 EPOCH_TAG = "epoch"
-#: The running training loss, logged at the end of every epoch in both layouts.
-TRAIN_LOSS_TAG = "train/loss"
 #: The file in each run folder that says what the run is (written by padam-sweep).
 RUN_FILE = "run.json"
 #: The axis of runs without a ``run.json``: one label per run folder (seeds stripped).
@@ -149,7 +144,11 @@ def find_run_dirs(logdir: Path) -> list[Path]:
 
 
 def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Every scalar tag of a run folder as ``{tag: {step: value}}``, latest write per step."""
+    """Every scalar tag of a run folder as ``{tag: {step: value}}``, in step order.
+
+    The points a resumed run's ``purge_step`` orphaned are dropped, as TensorBoard drops them;
+    of two points of one tag at one step, the later read wins.
+    """
     # Imported here: TensorBoard's reader pulls in a lot, and only the report needs it.
     from tensorboard.backend.event_processing.event_accumulator import (
         SCALARS,
@@ -157,49 +156,43 @@ def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     )
 
     accumulator = EventAccumulator(
-        str(run_dir), size_guidance={SCALARS: 0}, purge_orphaned_data=False
+        str(run_dir), size_guidance={SCALARS: 0}, purge_orphaned_data=True
     )
-    accumulator.Reload()
+    # Each purge is logged as a warning ("Detected out of order event.step ..."): expected here.
+    logger = logging.getLogger("tensorboard")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        accumulator.Reload()
+    finally:
+        logger.setLevel(level)
     scalars: dict[str, dict[int, float]] = {}
     for tag in accumulator.Tags()[SCALARS]:
-        latest: dict[int, tuple[float, float]] = {}
-        for event in accumulator.Scalars(tag):
-            previous = latest.get(event.step)
-            if previous is None or event.wall_time >= previous[0]:
-                latest[event.step] = (event.wall_time, float(event.value))
-        scalars[tag] = {step: value for step, (_, value) in sorted(latest.items())}
+        events = sorted(accumulator.Scalars(tag), key=lambda event: event.step)  # stable
+        scalars[tag] = {event.step: event.value for event in events}
     return scalars
 
 
 def epoch_curves(scalars: dict[str, dict[int, float]]) -> dict[str, Curve]:
-    """Per-epoch curves of the epoch-level tags (see the module docstring for the two layouts)."""
-    epoch_at_step = {step: round(value) for step, value in scalars.get(EPOCH_TAG, {}).items()}
+    """Per-epoch curves of the epoch-level tags, numbered by the ``epoch`` at their steps.
 
-    def through_epoch(by_step: dict[int, float]) -> bool:
-        indices = [epoch_at_step.get(step) for step in by_step]
-        return None not in indices and len(set(indices)) == len(indices)
-
-    tags = [t for t, by_step in scalars.items() if by_step and _is_epoch_level(t)]
-    # The layout is the run's, read from its training loss (logged every epoch): a tag logged only
-    # some epochs (validation every n epochs) at steps = epoch indices can find distinct `epoch`
-    # values at those small global steps by chance.
-    reference = TRAIN_LOSS_TAG if TRAIN_LOSS_TAG in tags else None
-    older = through_epoch(scalars[reference]) if reference else True
-    curves = {}
-    for tag in tags:
-        by_step = scalars[tag]
-        if older and through_epoch(by_step):
-            indices = [epoch_at_step[step] for step in by_step]
-        else:
-            indices = list(by_step)  # the step is the epoch index
-        by_epoch = dict(zip((i + 1 for i in indices), by_step.values(), strict=True))
-        ordered = tuple(sorted(by_epoch))
-        curves[tag] = Curve(ordered, tuple(by_epoch[e] for e in ordered))
+    A point without an ``epoch`` at its step is left out; of several points in one epoch
+    (validation more often than once an epoch), the last is kept.
+    """
+    epoch_at_step = scalars.get(EPOCH_TAG, {})
+    curves: dict[str, Curve] = {}
+    for tag, by_step in scalars.items():
+        if tag == EPOCH_TAG or tag.endswith("_step"):
+            continue
+        by_epoch = {
+            round(epoch_at_step[step]) + 1: value
+            for step, value in by_step.items()
+            if step in epoch_at_step
+        }
+        if by_epoch:
+            epochs = tuple(sorted(by_epoch))
+            curves[tag] = Curve(epochs, tuple(by_epoch[e] for e in epochs))
     return curves
-
-
-def _is_epoch_level(tag: str) -> bool:
-    return tag != EPOCH_TAG and not tag.endswith("_step")
 
 
 def read_json_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:

@@ -16,8 +16,12 @@ a run with ``finished.json`` from the same arguments is skipped, a run with
 a trial with other arguments (``-- --trainer.max_epochs 2``) is continued rather than skipped, and
 one whose ``finished.json`` is damaged is resumed. A failed run does not stop the others; the
 failures are listed at the end and the exit status is 1. A run stopped by a signal (Ctrl-C,
-SIGTERM, SIGHUP) is listed as interrupted, to be resumed by the same command; one that wrote
-``finished.json`` before the signal came counts as finished. A run that resumes with other arguments
+SIGTERM, SIGHUP, SIGUSR1) is listed as interrupted, to be resumed by the same command; one that
+wrote ``finished.json`` before the signal came counts as finished. Such a signal to a local
+``padam-sweep`` is passed on once to its running runs (SIGHUP as SIGTERM), which save and stop
+(a second Ctrl-C stops them at once); no further run starts, and it exits with 128 + the
+signal's number once they have ended. On Linux a ``padam-sweep`` killed outright (SIGKILL)
+leaves no run training: each gets SIGTERM. A run that resumes with other arguments
 than its last attempt (epochs aside) gets a warning; run trials with other settings under their
 own ``--save-dir``. Before any run starts (and in ``--dry-run``), ``padam-fit`` parses the
 arguments of the first run to do with ``--print_config``: an option it refuses after ``--``
@@ -53,6 +57,8 @@ from padam_lightning.experiments.sweep_spec import SweepSpec, expand, load_sweep
 PROG = "padam-sweep"
 #: ``auto`` and ``submitit-local`` (the name of an earlier version's local executor) mean ``local``.
 EXECUTORS = ("auto", "local", "submitit-local", "slurm")
+#: The last line after a signal stopped the sweep.
+INTERRUPTED = f"{PROG}: interrupted; run the same command again to resume the sweep."
 #: Lines of a failed run's log shown in the final summary.
 LOG_TAIL_LINES = 15
 #: The SLURM resource flags: flag, the submitit parameter it sets (its ``dest``), type, default,
@@ -96,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
             "machine: one run per GPU at once, each seeing only its GPU, or one run after "
             "another in this terminal without GPUs; --runs-per-gpu K runs K at once per GPU (K "
             "at once without GPUs). slurm submits one job per run (one GPU each) through "
-            "submitit. Each run's output is appended to fit.log in its folder."
+            "submitit. Each run's output is appended to fit.log in its folder. Ctrl-C, SIGTERM, "
+            "SIGHUP or SIGUSR1 stops the local runs (they save a checkpoint; Ctrl-C again: at "
+            "once) and starts no more; the same command resumes them."
         ),
     )
     add = parser.add_argument
@@ -380,7 +388,7 @@ def gpu_ids(gpus: str | None) -> list[int]:
     return wanted
 
 
-def summary_text(outcomes: Sequence[Outcome], skipped: int) -> str:
+def summary_text(outcomes: Sequence[Outcome], skipped: int, unstarted: int = 0) -> str:
     """What happened: counts, each interrupted run, each failed run with the end of its log."""
     failed = [o for o in outcomes if not o.ok and not o.interrupted]
     interrupted = [o for o in outcomes if o.interrupted]
@@ -388,7 +396,8 @@ def summary_text(outcomes: Sequence[Outcome], skipped: int) -> str:
     counts = (
         f"{finished} run(s) finished, {skipped} skipped (already finished), {len(failed)} failed"
     )
-    lines = [counts + (f", {len(interrupted)} interrupted" if interrupted else "")]
+    counts += f", {len(interrupted)} interrupted" if interrupted else ""
+    lines = [counts + (f", {unstarted} not started" if unstarted else "")]
     lines += [f"INTERRUPTED {outcome.name}: {outcome.reason}" for outcome in interrupted]
     for outcome in failed:
         lines.append(f"FAILED {outcome.name}: {outcome.reason}")
@@ -399,10 +408,8 @@ def summary_text(outcomes: Sequence[Outcome], skipped: int) -> str:
     return "\n".join(lines)
 
 
-def run_sweep(argv: Sequence[str]) -> int:
-    """Parse ``argv``, plan the sweep, run it (or print it); return the exit status."""
-    own_args, extra_args = split_passthrough(argv)
-    args = build_parser().parse_args(own_args)
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse option combinations that cannot work, before anything is read or run."""
     if args.no_wait and args.executor != "slurm":
         raise UserError("--no-wait is for --executor slurm only.")
     for flag, value in (
@@ -413,27 +420,35 @@ def run_sweep(argv: Sequence[str]) -> int:
             raise UserError(f"{flag} must be at least 1.")
     if args.executor == "slurm" and args.runs_per_gpu != 1:
         raise UserError("--runs-per-gpu is for the local executor; SLURM gives each run its GPU.")
-    spec = load_sweep(args.sweep)
-    # A file in the way of the run folders is one line now, not a failure of every run.
+    if args.fit_command and not shlex.split(args.fit_command):
+        raise UserError("--fit-command is empty; give the training command, e.g. padam-fit.")
+
+
+def check_place(args: argparse.Namespace, spec: SweepSpec) -> None:
+    """Check where the runs would go, in dry runs too: one line now, not a failure of each run.
+
+    Raises:
+        UserError: If a file is in the way of the run folders, ``--gpus`` names a GPU that is
+            not here (the run would train on the CPU), or a SLURM flag is malformed.
+    """
     check_output_folder(Path(args.save_dir), "--save-dir")
     check_output_folder(Path(args.save_dir) / spec.name, "the sweep's folder")
-    gpus: list[int] | None = None
-    if args.executor != "slurm" and args.gpus is not None:
-        gpus = gpu_ids(args.gpus)  # in dry runs too: a run given a missing GPU trains on the CPU
-    fit_command = shlex.split(args.fit_command) if args.fit_command else default_fit_command()
-    if not fit_command:
-        raise UserError("--fit-command is empty; give the training command, e.g. padam-fit.")
-    cwd = Path.cwd()
-    jobs = plan_jobs(
-        spec,
-        save_dir=args.save_dir,
-        cwd=cwd,
-        fit_command=fit_command,
-        extra_args=extra_args,
-        only=args.only,
-    )
-    states = [job.state() for job in jobs]
-    print(f"{PROG}: {describe(spec, states, args.save_dir)}", flush=True)
+    if args.executor == "slurm":
+        slurm_parameters(args, job_name=spec.name)
+    elif args.gpus is not None:
+        gpu_ids(args.gpus)
+
+
+def local_slots(args: argparse.Namespace) -> list[int | None]:
+    """The local executor's slots: each GPU ``--runs-per-gpu`` times, or CPU slots without."""
+    # Round-robin over the GPUs, so the first runs spread over all of them.
+    slots: list[int | None] = [g for _ in range(args.runs_per_gpu) for g in gpu_ids(args.gpus)]
+    slots = slots or [None] * (args.max_parallel or args.runs_per_gpu)
+    return slots[: args.max_parallel or len(slots)]
+
+
+def warn_of_changed_settings(jobs: Sequence[FitJob], states: Sequence[RunState]) -> None:
+    """Warn of each run that resumes with other settings than its last attempt had."""
     for job, state in zip(jobs, states, strict=True):
         if state is RunState.RESUME and job.changed_since_last_attempt():
             print(
@@ -442,8 +457,26 @@ def run_sweep(argv: Sequence[str]) -> int:
                 "folder to start it over with the new ones.",
                 file=sys.stderr,
             )
-    # Checked before padam-fit's slower parse below: a mistake in the sweep's own flags first.
-    parameters = slurm_parameters(args, job_name=spec.name) if args.executor == "slurm" else {}
+
+
+def run_sweep(argv: Sequence[str]) -> int:
+    """Parse ``argv``, plan the sweep, run it (or print it); return the exit status."""
+    own_args, extra_args = split_passthrough(argv)
+    args = build_parser().parse_args(own_args)
+    check_options(args)
+    spec = load_sweep(args.sweep)
+    check_place(args, spec)
+    jobs = plan_jobs(
+        spec,
+        save_dir=args.save_dir,
+        cwd=Path.cwd(),
+        fit_command=shlex.split(args.fit_command or "") or default_fit_command(),
+        extra_args=extra_args,
+        only=args.only,
+    )
+    states = [job.state() for job in jobs]
+    print(f"{PROG}: {describe(spec, states, args.save_dir)}", flush=True)
+    warn_of_changed_settings(jobs, states)
     todo = [job for job, state in zip(jobs, states, strict=True) if state is not RunState.DONE]
     if todo:
         check_fit_arguments(todo[0])  # a bad option after `--` would fail every run
@@ -453,25 +486,25 @@ def run_sweep(argv: Sequence[str]) -> int:
     if not todo:
         print(f"{PROG}: nothing to do; delete a run's folder to run it again.")
         return 0
-
-    def announce(line: str) -> None:
-        print(f"{PROG}: {line}", flush=True)
-
-    if args.executor != "slurm":
-        gpus = gpu_ids(args.gpus) if gpus is None else gpus
-        # Round-robin over the GPUs, so the first runs spread over all of them.
-        slots: list[int | None] = [g for _ in range(args.runs_per_gpu) for g in gpus]
-        slots = slots or [None] * (args.max_parallel or args.runs_per_gpu)
-        outcomes = run_local(todo, announce, slots[: args.max_parallel or len(slots)])
-    else:
-        folder = cwd / args.save_dir / spec.name / ".submitit" / "%j"
-        executor = slurm_executor(folder, parameters)
-        outcomes = run_slurm(todo, announce, executor=executor, wait=not args.no_wait)
+    received: list[int] = []  # the signals that stopped a local sweep
+    if args.executor == "slurm":
+        folder = Path.cwd() / args.save_dir / spec.name / ".submitit" / "%j"
+        executor = slurm_executor(folder, slurm_parameters(args, job_name=spec.name))
+        outcomes = run_slurm(todo, _announce, executor=executor, wait=not args.no_wait)
         if args.no_wait:
-            announce(f"submitted {len(todo)} job(s); rerun this command after they end.")
+            _announce(f"submitted {len(todo)} job(s); rerun this command after they end.")
             return 0
-    print(f"{PROG}: {summary_text(outcomes, len(jobs) - len(todo))}", flush=True)
+    else:
+        outcomes = run_local(todo, _announce, local_slots(args), received)
+    _announce(summary_text(outcomes, len(jobs) - len(todo), len(todo) - len(outcomes)))
+    if received:
+        print(INTERRUPTED, file=sys.stderr)
+        return 128 + received[0]
     return 1 if any(not o.ok for o in outcomes) else 0
+
+
+def _announce(line: str) -> None:
+    print(f"{PROG}: {line}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -482,10 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print(
-            f"{PROG}: interrupted; run the same command again to resume the sweep.",
-            file=sys.stderr,
-        )
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except BrokenPipeError:
         # Output piped into e.g. `head`: stop quietly, as other command-line tools do.

@@ -6,6 +6,10 @@ checkpoint), writes the run's ``run.json``, runs ``padam-fit`` in a subprocess w
 appended to ``fit.log`` in the run folder, and raises :class:`RunFailedError` when the fit fails or
 stops before its last epoch.
 
+Each ``padam-fit`` runs in its own session (process group), so a terminal's Ctrl-C reaches
+``padam-sweep`` alone, which passes it on once (padam-fit stops at once on a second Ctrl-C). On
+Linux the run also gets SIGTERM, to save and stop, when ``padam-sweep`` dies, even by SIGKILL.
+
 Executors:
 
 - :func:`run_local`: subprocesses of this process, as many at once as there are slots (each GPU
@@ -15,8 +19,11 @@ Executors:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import queue
@@ -24,7 +31,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -44,9 +50,32 @@ LOG_FILE = "fit.log"
 LOG_HEADER = "### padam-sweep"
 #: Flags a resumed attempt may change: resuming itself, and training on for more epochs.
 _RESUME_FLAGS = ("--ckpt_path", "--trainer.max_epochs")
-#: Signals that stop a run without anything being wrong with it (Ctrl-C, a scheduler's or the
-#: sweep's own stop, a closed terminal): the run is interrupted, not failed, and resumes.
-INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Signals that stop a run without anything being wrong with it (Ctrl-C, a scheduler's stop or
+#: notice, a closed terminal): the run is interrupted, not failed, and resumes. padam-sweep
+#: passes each it gets on to its running runs.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+#: What a run gets for a signal padam-sweep got: a closed terminal's SIGHUP would kill padam-fit
+#: without a checkpoint, so it gets SIGTERM, its "save and stop".
+_PASSED_ON_AS = {signal.SIGHUP: signal.SIGTERM}
+#: How often a running run's output is copied and padam-sweep's signals passed on, in seconds.
+_POLL_S = 0.1
+#: Linux's prctl() option that signals a process when its parent ends (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+# Loaded here, not in the forked child, where only async-signal-safe work is safe.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _stop_with_parent(parent: int) -> None:
+    """In a run's process before it execs: SIGTERM it when ``padam-sweep`` ends, even by SIGKILL.
+
+    ``preexec_fn`` is safe in this threaded process because this calls one C function that is
+    already loaded and takes no lock. The setting survives exec; ``parent`` (the pid of
+    padam-sweep) catches a death before the call.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _comparable(arguments: Sequence[str]) -> list[str]:
@@ -76,7 +105,7 @@ class RunFailedError(RuntimeError):
 
 
 class RunInterruptedError(RunFailedError):
-    """A sweep run stopped by a signal (Ctrl-C, SIGTERM, SIGHUP); the next sweep resumes it."""
+    """A sweep run stopped by a signal (:data:`STOP_SIGNALS`); the next sweep resumes it."""
 
 
 def exit_signal(returncode: int) -> signal.Signals | None:
@@ -118,6 +147,8 @@ class FitJob(submitit.helpers.Checkpointable):
             the ``padam-fit`` arguments of ``command`` (from ``fit`` on).
         echo: Also copy the output to this process's stdout.
         env: Extra environment variables for ``padam-fit``.
+        signals: The signals this process got while the run goes on (appended by a handler of
+            :func:`run_local`); each is passed on once to the run's process group.
     """
 
     name: str
@@ -127,10 +158,11 @@ class FitJob(submitit.helpers.Checkpointable):
     identity: dict[str, Any]
     echo: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    signals: list[int] = field(default_factory=list, repr=False, compare=False)
     _process: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
-    #: Set by :meth:`stop`: however ``padam-fit`` then ends, the sweep interrupted it.
+    #: Set once a signal was passed on: however ``padam-fit`` then ends, it was interrupted.
     _stopped: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
@@ -198,17 +230,16 @@ class FitJob(submitit.helpers.Checkpointable):
         finished_before = _file_stamp(finished_path)
         with open(self.log_path, "ab") as log:
             log.write(f"{LOG_HEADER} {started}: {shlex.join(argv)}\n".encode())
-            log.flush()
             returncode = self._run_logged(argv, log)
         written = _file_stamp(finished_path) not in (None, finished_before)
         if written and read_json_object(finished_path)[0] is not None:
             return self.name
         stopped_by = exit_signal(returncode)
-        if self._stopped or stopped_by in INTERRUPTING_SIGNALS:
+        if self._stopped or stopped_by in STOP_SIGNALS:
             status = f"exit status {returncode}"
             if stopped_by is signal.SIGINT:
                 how = f"Ctrl-C (SIGINT, {status})"
-            else:  # SIGTERM, SIGHUP, or whatever ended it after padam-sweep stopped it
+            else:  # SIGTERM, SIGHUP, SIGUSR1, or whatever ended it after a signal passed on
                 how = f"{stopped_by.name if stopped_by else 'padam-sweep'} ({status})"
             if (run_dir / LAST_CHECKPOINT_PATH).is_file():
                 hint = "rerun the same padam-sweep command to resume it from its last checkpoint"
@@ -228,47 +259,72 @@ class FitJob(submitit.helpers.Checkpointable):
         )
 
     def _run_logged(self, argv: list[str], log: BinaryIO) -> int:
-        """Run ``argv`` with stdout and stderr into ``log`` (and this stdout when ``echo``)."""
-        with subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE if self.echo else log,
-            stderr=subprocess.STDOUT,
-            cwd=self.cwd,
-            env={**os.environ, **self.env},
-        ) as process:
+        """Run ``argv`` in its own session, its output appended to ``log``; return its status.
+
+        Until it ends, its new output is copied to this stdout (with ``echo``) and the signals
+        of :attr:`signals` are passed on to its process group.
+        """
+        log.flush()
+        with (
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+                preexec_fn=functools.partial(_stop_with_parent, os.getpid()),
+            ) as process,
+            open(self.log_path, "rb") as output,
+        ):
+            output.seek(log.tell())
             self._process = process
+            passed_on = 0
             try:
-                if process.stdout is not None:
-                    out = sys.stdout.buffer
-                    # read1: copy output as it arrives (progress lines), not in 64 KiB blocks.
-                    while chunk := process.stdout.read1(65536):  # type: ignore[attr-defined]
-                        log.write(chunk)
-                        out.write(chunk)
-                        out.flush()
-                return process.wait()
+                while True:
+                    for signum in self.signals[passed_on:]:
+                        self._pass_on(signum)
+                        passed_on += 1
+                    try:
+                        returncode: int | None = process.wait(timeout=_POLL_S)
+                    except subprocess.TimeoutExpired:
+                        returncode = None
+                    if self.echo:
+                        try:
+                            sys.stdout.buffer.write(output.read())
+                            sys.stdout.flush()
+                        except OSError:  # a closed terminal: the output is in the log anyway
+                            self.echo = False
+                    if returncode is not None:
+                        return returncode
             finally:
                 self._process = None
 
-    def stop(self) -> None:
-        """Stop a running ``padam-fit`` (it resumes from ``last.ckpt`` next time)."""
+    def _pass_on(self, signum: int) -> None:
+        """Send the run's process group the signal this process got (SIGHUP as SIGTERM)."""
         process = self._process
         if process is not None and process.poll() is None:
             self._stopped = True
-            process.terminate()
+            with contextlib.suppress(ProcessLookupError):  # it has just ended
+                os.killpg(process.pid, _PASSED_ON_AS.get(signal.Signals(signum), signum))
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Stop ``padam-fit`` and requeue this job (submitit calls this before a time limit).
+
+        ``padam-fit`` gets SIGTERM, saves and stops; the requeued job resumes from ``last.ckpt``.
+        """
+        process = self._process
+        if process is not None:
+            self._pass_on(signal.SIGTERM)
             try:
                 process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Stop ``padam-fit`` and requeue this job (submitit calls this before a time limit)."""
-        self.stop()
         return super().checkpoint(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_process"] = None
-        return state
+        return {**self.__dict__, "_process": None, "signals": []}
 
 
 @dataclass(frozen=True)
@@ -338,7 +394,10 @@ def _ended(
 
 
 def run_local(
-    jobs: Sequence[FitJob], announce: Announce, slots: Sequence[int | None]
+    jobs: Sequence[FitJob],
+    announce: Announce,
+    slots: Sequence[int | None],
+    received: list[int],
 ) -> list[Outcome]:
     """Run the jobs in subprocesses of this process, at most one per slot at a time.
 
@@ -351,23 +410,24 @@ def run_local(
         slots: One entry per run that may run at once: a GPU id (the run sees only that GPU,
             through ``CUDA_VISIBLE_DEVICES``; repeat an id to share the GPU) or ``None`` for a
             CPU slot.
+        received: Gets each of :data:`STOP_SIGNALS` this process receives meanwhile. Each is
+            passed on to the running runs (they save and stop; a second Ctrl-C stops them at
+            once), and no further run starts.
 
     Returns:
-        One outcome per job, in the order they finished.
+        One outcome per job that started, in the order they ended.
     """
     free: queue.Queue[int | None] = queue.Queue()
     for slot in slots:
         free.put(slot)
-    running: list[FitJob] = []
-    lock = threading.Lock()
 
-    def work(index: int, job: FitJob) -> Outcome:
+    def work(index: int, job: FitJob) -> Outcome | None:
         slot = free.get()
         try:
+            if received:
+                return None
             env = {**job.env} if slot is None else {**job.env, "CUDA_VISIBLE_DEVICES": str(slot)}
-            job = dataclasses.replace(job, env=env, echo=len(slots) == 1)
-            with lock:
-                running.append(job)
+            job = dataclasses.replace(job, env=env, echo=len(slots) == 1, signals=received)
             place = f"[{index}/{len(jobs)}]"
             where = "" if len(slots) == 1 else (" on CPU" if slot is None else f" on GPU {slot}")
             announce(f"{place} {job.name}{where}: {shlex.join(job.argv())}")
@@ -380,18 +440,22 @@ def run_local(
         finally:
             free.put(slot)
 
-    pool = ThreadPoolExecutor(max_workers=len(slots))
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        announce(
+            f"got {signal.Signals(signum).name}: passing it on to the running runs, which save "
+            "and stop; no further run starts"
+        )
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
-        futures = [pool.submit(work, i, job) for i, job in enumerate(jobs, start=1)]
-        return [future.result() for future in as_completed(futures)]
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
-        with lock:
-            for job in running:
-                job.stop()
-        raise
+        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            futures = [pool.submit(work, i, job) for i, job in enumerate(jobs, start=1)]
+            outcomes = [future.result() for future in as_completed(futures)]
     finally:
-        pool.shutdown(wait=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def slurm_executor(folder: Path, parameters: dict[str, Any]) -> submitit.AutoExecutor:

@@ -121,17 +121,14 @@ class PlannedRun:
             sweep_name: The sweep's name.
             arguments: The ``padam-fit`` arguments of this attempt (from ``fit`` on).
         """
+        axes = {
+            axis: {"label": choice.label, "title": choice.title, "index": index}
+            for axis, index, choice in self.choices
+        }
         return {
             "sweep": sweep_name,
             "run": self.name,
-            "axes": {
-                axis: {
-                    "label": choice.label,
-                    "title": choice.title,
-                    "index": index,
-                }
-                for axis, index, choice in self.choices
-            },
+            "axes": axes,
             "seed": self.seed,
             "arguments": list(arguments),
         }
@@ -147,14 +144,8 @@ class PlannedRun:
         for key, value in self.overrides:
             args += [f"--{key}", format_override_value(value)]
         args += list(extra_args)
-        args += [
-            "--trainer.logger.init_args.save_dir",
-            save_dir,
-            "--trainer.logger.init_args.name",
-            sweep_name,
-            "--trainer.logger.init_args.version",
-            self.name,
-        ]
+        for key, value in (("save_dir", save_dir), ("name", sweep_name), ("version", self.name)):
+            args += [f"--trainer.logger.init_args.{key}", value]
         return args
 
 
@@ -205,16 +196,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
             (the message names the key and what is expected).
     """
     source = Path(path)
-    if source.is_dir():
-        raise UserError(
-            f"sweep file {source} is a folder; pass a YAML file such as "
-            "configs/sweeps/optimizers.yaml."
-        )
+    example = "pass a YAML file such as configs/sweeps/optimizers.yaml."
     if not source.is_file():
-        raise UserError(
-            f"sweep file {source} not found; pass a YAML file such as "
-            "configs/sweeps/optimizers.yaml."
-        )
+        problem = "is a folder" if source.is_dir() else "not found"
+        raise UserError(f"sweep file {source} {problem}; {example}")
     try:
         data = yaml.safe_load(source.read_text())
     except OSError as err:  # e.g. no read permission
@@ -245,18 +230,14 @@ def parse_sweep(data: Any, *, source: Path) -> SweepSpec:
         )
     if not isinstance(data.get("description") or "", str):  # free text for people, not used
         raise UserError(f"{where}: description must be a string.")
-    base = _config_list(data.get("base"), f"{where}: base")
     axes = _parse_grid(data.get("grid"), where)
-    seeds = _parse_seeds(data.get("seeds", [0]), where)
-    overrides = _parse_overrides(data.get("overrides"), f"{where}: overrides")
-    exclude = _parse_exclude(data.get("exclude"), axes, where)
     return SweepSpec(
         name=name,
-        base=base,
+        base=_config_list(data.get("base"), f"{where}: base"),
         axes=axes,
-        seeds=seeds,
-        overrides=overrides,
-        exclude=exclude,
+        seeds=_parse_seeds(data.get("seeds", [0]), where),
+        overrides=_parse_overrides(data.get("overrides"), f"{where}: overrides"),
+        exclude=_parse_exclude(data.get("exclude"), axes, where),
         source=source,
     )
 
@@ -420,9 +401,5 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
                     "different axes distinct (e.g. p0.125 and lr0.1 rather than 0.125 and 0.1)."
                 )
             names.add(name)
-            runs.append(
-                PlannedRun(
-                    name=name, choices=chosen, seed=seed, configs=configs, overrides=overrides
-                )
-            )
+            runs.append(PlannedRun(name, chosen, seed, configs, overrides))
     return runs

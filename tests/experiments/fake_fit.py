@@ -1,8 +1,8 @@
 """A stand-in for ``padam-fit fit`` in sweep tests: records its call and writes a run's files.
 
 It reads the logger flags the sweep passes to find the run folder, appends its argv, working
-directory and ``CUDA_VISIBLE_DEVICES`` to ``calls.jsonl`` there, and then, depending on the
-overrides it was given:
+directory, ``CUDA_VISIBLE_DEVICES`` and process id to ``calls.jsonl`` there, and then, depending
+on the overrides it was given:
 
 - ``--print_config`` last: checks the options as padam-fit's parser would (known sections
   only), records the call in ``print_config.jsonl`` in the working directory, exits 0 or 2 with
@@ -17,6 +17,11 @@ overrides it was given:
   signal -N (as a process killed by it); ``--fake.no_checkpoint true`` writes no ``last.ckpt``;
 - ``--fake.wait_for_sigint FILE``: writes ``last.ckpt``, creates FILE, waits for Ctrl-C (up to a
   minute) and exits 130 as ``padam-fit`` does after one (143 after SIGTERM);
+- ``--fake.steps N``: trains N steps of ``FAKE_FIT_STEP_S`` seconds each (default 0.2), appending
+  each step's index to ``steps.txt`` when it is done; ``--ckpt_path last`` goes on after the steps
+  ``last.ckpt`` records. SIGINT, SIGTERM or SIGUSR1 (as padam-fit takes them) stop it after the
+  current step: it appends the signal's name to ``signals.txt``, saves ``last.ckpt`` and exits
+  with 128 + the signal's number. After the last step it writes ``finished.json``;
 - ``--fake.rendezvous DIR --fake.parties N``: marks its arrival in DIR, then waits (up to a
   minute) until N runs have arrived, so it finishes only if N runs ran at the same time; exit 4
   when they never do.
@@ -50,6 +55,28 @@ def print_config(argv: list[str]) -> int:
     return 0
 
 
+def train(run_dir: Path, steps: int, resume: bool) -> int:
+    """``--fake.steps``: steps that a signal stops between, saving where it stopped."""
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    received: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, lambda number, _: received.append(signal.Signals(number)))
+    step = json.loads(checkpoint.read_text())["step"] if resume else 0
+    while step < steps and not received:
+        time.sleep(float(os.environ.get("FAKE_FIT_STEP_S", "0.2")))
+        with open(run_dir / "steps.txt", "a") as done:
+            done.write(f"{step}\n")
+        step += 1
+    checkpoint.parent.mkdir(exist_ok=True)
+    checkpoint.write_text(json.dumps({"step": step}))
+    if received:
+        with open(run_dir / "signals.txt", "a") as signals:
+            signals.write("".join(f"{signum.name}\n" for signum in received))
+        return 128 + received[0]
+    (run_dir / "finished.json").write_text(json.dumps({"max_epochs": 1, "metrics": {}}))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     assert argv[0] == "fit", argv
     if argv[-1] == "--print_config":
@@ -75,6 +102,7 @@ def main(argv: list[str]) -> int:
             "argv": argv,
             "cwd": os.getcwd(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "pid": os.getpid(),
         }
         calls.write(json.dumps(record) + "\n")
     print(f"fake fit of {run_dir.name}")
@@ -91,6 +119,8 @@ def main(argv: list[str]) -> int:
         Path(options["fake.wait_for_sigint"]).touch()
         time.sleep(60)
         return 4
+    if "fake.steps" in options:
+        return train(run_dir, int(options["fake.steps"]), options.get("ckpt_path") == "last")
     if "fake.exit" in options:
         if options.get("fake.finish_first") == "true":
             finished = {"epoch": max_epochs - 1, "max_epochs": max_epochs, "metrics": {}}

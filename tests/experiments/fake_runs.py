@@ -1,25 +1,28 @@
 """Helpers for report tests: run folders with a config.yaml, a run.json and event files.
 
-The event files are written with ``torch.utils.tensorboard.SummaryWriter`` in either layout
-Lightning's TensorBoardLogger produces for epoch-level metrics: each epoch's scalars at the global
-step of the epoch's last batch, together with an ``epoch`` scalar (0-based) at the same step
-(``epoch_as_step=False``, older runs), or at the epoch index as the step (newer runs, which log
-``step``). Per-step scalars (``train/loss_step`` with an ``epoch`` scalar, twice an epoch) are
-written beside them in both. Scalars are read back independently of the report with
-TensorBoard's raw event-file loader.
+The event files are written with ``torch.utils.tensorboard.SummaryWriter`` in the layout
+padam-fit's TensorBoardLogger produces: every scalar at Lightning's global step; the per-step
+``train/loss_step`` at each step and each epoch's values at the last step of the epoch, each with
+Lightning's ``epoch`` scalar (0-based) at the same step. A resumed attempt opens its writer with
+``purge_step`` = the step it resumes from. Scalars are read back independently of the report
+from the raw event records.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto.event_pb2 import SessionLog
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter
 
+EVENT_FILES = "events.out.tfevents.*"
 STEPS_PER_EPOCH = 10
 
 
@@ -77,23 +80,42 @@ def config(
     }
 
 
+@contextmanager
+def attempt_writer(
+    run_dir: Path, attempt: int = 0, purge_step: int | None = None
+) -> Iterator[SummaryWriter]:
+    """A ``SummaryWriter`` for one attempt of a run, whose file sorts by ``attempt``.
+
+    TensorBoard reads a folder's files in name order; the writer names its file by the clock's
+    second and a per-process counter, so two files a test writes within a second could sort
+    either way (counter 10 before 9). The file is renamed after the attempt's number instead.
+    """
+    before = set(run_dir.glob(EVENT_FILES))
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+    try:
+        yield writer
+    finally:
+        writer.close()
+        (path,) = set(run_dir.glob(EVENT_FILES)) - before
+        path.rename(run_dir / f"events.out.tfevents.{attempt:010d}.fake")
+
+
 def write_run(
     run_dir: Path,
     run_config: dict[str, Any],
-    curves: dict[str, list[float]],
+    curves: Mapping[str, Sequence[float | None]],
     *,
     first_epoch: int = 1,
-    wall_time: float = 1000.0,
-    suffix: str = "",
+    attempt: int = 0,
+    purge_step: int | None = None,
     finished: bool = True,
     axes: dict[str, tuple[str, str] | tuple[str, str, int]] | None = None,
-    epoch_as_step: bool = False,
 ) -> None:
-    """Write ``curves`` (tag -> value per epoch, from ``first_epoch``) as one event file.
+    """Write ``curves`` (tag -> value per epoch, from ``first_epoch``) as one attempt's file.
 
     ``axes`` (axis -> (label, title[, index of the choice in the sweep file])) writes a
     ``run.json`` as padam-sweep does, with the config's seed; without it the folder is a plain
-    padam-fit run.
+    padam-fit run. A resumed attempt passes its ``attempt`` number and ``purge_step``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(run_config))
@@ -106,33 +128,34 @@ def write_run(
             "seed": run_config["seed_everything"],
         }
         (run_dir / "run.json").write_text(json.dumps(identity))
-    writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=suffix)
-    length = len(next(iter(curves.values())))
-    for index in range(length):
-        epoch = first_epoch + index
-        step = epoch * STEPS_PER_EPOCH - 1
-        when = wall_time + epoch
-        if epoch_as_step:
+    with attempt_writer(run_dir, attempt, purge_step) as writer:
+        for index in range(len(next(iter(curves.values())))):
+            epoch = first_epoch + index - 1  # Lightning's 0-based index
+            for step in range(epoch * STEPS_PER_EPOCH, (epoch + 1) * STEPS_PER_EPOCH):
+                writer.add_scalar("train/loss_step", 1.0, step)
+                writer.add_scalar("epoch", epoch, step)
+            # A separate log call at the epoch's last step (None: not logged this epoch).
             for tag, values in curves.items():
-                writer.add_scalar(tag, values[index], epoch - 1, walltime=when)
-        else:
-            writer.add_scalar("epoch", epoch - 1, step, walltime=when)
-            for tag, values in curves.items():
-                writer.add_scalar(tag, values[index], step, walltime=when)
-        # Per-step scalars (several per epoch, each with an epoch scalar) are not epoch curves.
-        for earlier in (step - 2, step - 1):
-            writer.add_scalar("train/loss_step", 1.0, earlier, walltime=when)
-            writer.add_scalar("epoch", epoch - 1, earlier, walltime=when)
-    writer.close()
+                if values[index] is not None:
+                    writer.add_scalar(tag, values[index], step)
+            writer.add_scalar("epoch", epoch, step)
     if finished:
         (run_dir / "finished.json").write_text("{}")
 
 
 def read_scalars_independently(run_dir: Path) -> dict[str, dict[int, float]]:
-    """``{tag: {step: value}}`` from the raw event records, the later file winning on a step."""
-    scalars: dict[str, dict[int, tuple[float, float]]] = {}
-    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+    """``{tag: {step: value}}`` from the raw event records, in file order.
+
+    A later record of a step wins, and a writer's ``purge_step`` (its ``SessionLog.START``
+    event) drops the points at that step and later that earlier records wrote.
+    """
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(run_dir.glob(EVENT_FILES)):
         for event in EventFileLoader(str(path)).Load():
+            if event.session_log.status == SessionLog.START:
+                for points in scalars.values():
+                    for step in [s for s in points if s >= event.step]:
+                        del points[step]
             for value in event.summary.value:
                 if value.HasField("simple_value"):
                     number = value.simple_value
@@ -140,7 +163,5 @@ def read_scalars_independently(run_dir: Path) -> dict[str, dict[int, float]]:
                     number = float(tensor_util.make_ndarray(value.tensor))
                 else:
                     continue  # not a scalar, e.g. the custom-scalars layout of TensorBoard
-                previous = scalars.setdefault(value.tag, {}).get(event.step)
-                if previous is None or event.wall_time >= previous[0]:
-                    scalars[value.tag][event.step] = (event.wall_time, number)
-    return {tag: {s: v for s, (_, v) in steps.items()} for tag, steps in scalars.items()}
+                scalars.setdefault(value.tag, {})[event.step] = number
+    return {tag: dict(sorted(points.items())) for tag, points in scalars.items()}

@@ -3,11 +3,19 @@
 One module-level sweep of a tiny CPU run (Padam with the p schedule of
 configs/experiments/p_schedule.yaml, 2 epochs) feeds every test here; it is then extended to 3
 epochs through the sweep's resume path (``--ckpt_path last``). About ten seconds per padam-fit.
+Another sweep's run is stopped by SIGTERM to padam-sweep and finished by the same command.
+
+The event files are read in padam-fit's layout: every scalar at Lightning's global step, each
+epoch's values at the epoch's last step beside Lightning's ``epoch`` scalar.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +25,7 @@ from fake_runs import read_scalars_independently
 
 from padam_lightning.experiments import report, sweep
 from padam_lightning.experiments.report_figures import build_figures
+from padam_lightning.experiments.run_logs import read_run, read_scalars
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
@@ -49,7 +58,8 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     common = [str(sweep_file), "--executor", "local", "--save-dir", str(logs)]
     assert sweep.main(common) == 0
     run_dir = logs / "tiny" / "sched-seed0"
-    assert json.loads((run_dir / "finished.json").read_text())["max_epochs"] == 2
+    assert json.loads((run_dir / "finished.json").read_text())["stop"] == "max_epochs"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
     # A longer sweep continues the finished 2-epoch run from its last checkpoint.
     extended = [*common, "--", "--trainer.max_epochs", "3"]
     assert sweep.main(extended) == 0
@@ -58,7 +68,7 @@ def real_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sweep_run_finishes_and_a_resumed_run_continues_in_its_folder(real_sweep: Path) -> None:
     sched_run = real_sweep / "sched-seed0"
-    assert json.loads((sched_run / "finished.json").read_text())["max_epochs"] == 3
+    assert json.loads((sched_run / "finished.json").read_text())["stop"] == "max_epochs"
     attempts = [
         line
         for line in (sched_run / "fit.log").read_text().splitlines()
@@ -74,8 +84,12 @@ def test_sweep_run_finishes_and_a_resumed_run_continues_in_its_folder(real_sweep
     assert config["trainer"]["max_epochs"] == 3
     # Epochs 1-2 from the first attempt and epoch 3 from the resumed one, in one folder.
     scalars = read_scalars_independently(sched_run)
-    epochs = sorted({round(v) + 1 for v in scalars["epoch"].values()})
-    assert epochs == [1, 2, 3]
+    # Three batches an epoch: each epoch's values at its last global step, beside its `epoch`.
+    assert list(scalars["train/loss_step"]) == list(range(9))
+    for tag in ("train/loss", "val/err", "optim/lr", "optim/partial"):
+        assert list(scalars[tag]) == [2, 5, 8], tag
+    assert [scalars["epoch"][step] for step in (2, 5, 8)] == [0, 1, 2]
+    assert read_scalars(sched_run) == scalars
     # The schedule moved p by its pure function of the epoch, across the resume too.
     partial = sorted(scalars["optim/partial"].items())
     assert [value for _, value in partial] == pytest.approx(
@@ -101,7 +115,7 @@ def test_report_on_real_runs_matches_the_logged_scalars(real_sweep: Path, tmp_pa
     assert run["best_val_err"] == pytest.approx(min(errors), abs=1e-7)
     finished = json.loads((run_dir / "finished.json").read_text())
     assert run["final_val_err"] == pytest.approx(finished["metrics"]["val/err"], abs=1e-6)
-    assert run["epochs"] == finished["max_epochs"] == 3
+    assert run["epochs"] == 3
     groups, layout, _ = report.build_report(real_sweep)
     figures = build_figures(groups, layout)
     assert set(figures) == {"curves", "schedule"}
@@ -124,3 +138,71 @@ def test_report_on_real_runs_matches_the_logged_scalars(real_sweep: Path, tmp_pa
     )
     for name in ("curves.png", "curves.svg", "schedule.png", "results.csv"):
         assert (out / name).is_file()
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """Every process's parent and state (``Z``: ended, not yet reaped), from /proc."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_sigterm_to_padam_sweep_stops_a_real_run_that_the_same_command_finishes_once(
+    tmp_path: Path,
+) -> None:
+    sweep_file = tmp_path / "stop.yaml"
+    sweep_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "stop",
+                "base": [str(CONFIGS / "wrn.yaml"), str(CONFIGS / "tiny.yaml")],
+                "grid": {"run": {"long": {"trainer.max_epochs": 12}}},
+            }
+        )
+    )
+    logs = tmp_path / "logs"
+    run_dir = logs / "stop" / "long-seed0"
+    args = [str(sweep_file), "--save-dir", str(logs)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "padam_lightning.experiments.sweep", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as sweep_process:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "last.ckpt").is_file():  # it is training
+            assert sweep_process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        table = _process_table()
+        runs = [pid for pid, (parent, _) in table.items() if parent == sweep_process.pid]
+        sweep_process.send_signal(signal.SIGTERM)  # to padam-sweep alone
+        out, _ = sweep_process.communicate(timeout=120)
+    assert sweep_process.returncode == 128 + signal.SIGTERM, out
+    assert len(runs) == 1
+    state = _process_table().get(runs[0])
+    assert state is None or state[1] == "Z"  # padam-fit ended before padam-sweep
+    assert "INTERRUPTED long-seed0: padam-fit was stopped by SIGTERM (exit status 143)" in out
+    assert not (run_dir / "finished.json").exists()
+
+    assert sweep.main(args) == 0  # the same command resumes it from its last.ckpt
+    attempts = [
+        line
+        for line in (run_dir / "fit.log").read_text().splitlines()
+        if line.startswith("### padam-sweep")
+    ]
+    assert len(attempts) == 2 and attempts[1].endswith("--ckpt_path last")
+    assert json.loads((run_dir / "finished.json").read_text())["stop"] == "max_epochs"
+    # Every step and epoch once, the stopped attempt's later points purged.
+    scalars = read_scalars(run_dir)
+    assert list(scalars["train/loss_step"]) == list(range(12 * 3))
+    record = read_run(run_dir, logs)
+    assert record is not None
+    for tag in ("train/loss", "val/err", "optim/lr"):
+        assert record.curves[tag].epochs == tuple(range(1, 13)), tag

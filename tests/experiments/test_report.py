@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_runs import STEPS_PER_EPOCH, config, read_scalars_independently, write_run
+from fake_runs import (
+    STEPS_PER_EPOCH,
+    attempt_writer,
+    config,
+    read_scalars_independently,
+    write_run,
+)
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -22,7 +28,7 @@ from padam_lightning.experiments import report as report_module
 from padam_lightning.experiments.report import build_report, main
 from padam_lightning.experiments.report_figures import build_figures
 from padam_lightning.experiments.report_tables import results_json
-from padam_lightning.experiments.run_logs import read_run
+from padam_lightning.experiments.run_logs import epoch_curves, read_run, read_scalars
 
 OPTIMIZERS = {"sgdm": "SGDM", "adam": "Adam", "amsgrad": "AMSGrad", "padam": "Padam"}
 ARCHS = {"vgg16": "VGG-16", "resnet18": "ResNet-18"}
@@ -257,18 +263,38 @@ def test_plain_padam_fit_runs_are_grouped_by_their_folder(tmp_path: Path) -> Non
     assert numbers["final_val_err"]["mean"] == pytest.approx(0.335)
 
 
-def test_epoch_curves_read_both_step_layouts(tmp_path: Path) -> None:
-    # Older runs: epoch-level scalars at global steps with an epoch scalar; newer runs: the
-    # epoch index as the step. Both beside per-step train/loss_step scalars.
-    values = {"val/err": [0.5, 0.4, 0.35, 0.3], "train/loss": [2.0, 1.5, 1.2, 1.0]}
-    for name, epoch_as_step in (("old", False), ("new", True)):
-        write_run(tmp_path / name, config(max_epochs=4), values, epoch_as_step=epoch_as_step)
-        record = read_run(tmp_path / name, tmp_path)
-        assert record is not None
-        assert set(record.curves) == {"val/err", "train/loss"}, name
-        for tag, expected in values.items():
-            assert record.curves[tag].epochs == (1, 2, 3, 4), name
-            assert record.curves[tag].values == pytest.approx(expected), name
+def test_epoch_values_are_numbered_by_the_epoch_logged_at_their_step(tmp_path: Path) -> None:
+    # Validation every other epoch: val/err at the last steps of epochs 2 and 4 only, beside
+    # per-step train/loss_step scalars (not an epoch curve).
+    values: dict[str, list[float | None]] = {
+        "val/err": [None, 0.4, None, 0.3],
+        "train/loss": [2.0, 1.5, 1.2, 1.0],
+    }
+    write_run(tmp_path / "run", config(max_epochs=4), values)
+    scalars = read_scalars(tmp_path / "run")
+    assert list(scalars["val/err"]) == [2 * STEPS_PER_EPOCH - 1, 4 * STEPS_PER_EPOCH - 1]
+    assert list(scalars["train/loss_step"]) == list(range(4 * STEPS_PER_EPOCH))
+    curves = epoch_curves(scalars)
+    assert set(curves) == {"val/err", "train/loss"}
+    assert curves["val/err"].epochs == (2, 4)
+    assert curves["val/err"].values == pytest.approx([0.4, 0.3])
+    assert curves["train/loss"].epochs == (1, 2, 3, 4)
+    assert curves["train/loss"].values == pytest.approx([2.0, 1.5, 1.2, 1.0])
+
+
+def test_a_resumed_writer_s_purge_step_drops_the_later_points_of_earlier_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with attempt_writer(tmp_path) as writer:
+        for step in range(10):
+            writer.add_scalar("x", step, step)
+    with attempt_writer(tmp_path, attempt=1, purge_step=5) as writer:
+        for step in range(5, 8):
+            writer.add_scalar("x", 100 + step, step)
+    expected = {step: float(step if step < 5 else 100 + step) for step in range(8)}
+    assert read_scalars(tmp_path) == {"x": expected}
+    assert read_scalars_independently(tmp_path) == {"x": expected}
+    assert not caplog.records  # TensorBoard's warning about each purge is not passed on
 
 
 def test_train_curve_pass_draws_the_end_of_epoch_pass(
@@ -295,20 +321,25 @@ def test_train_curve_pass_draws_the_end_of_epoch_pass(
     assert "released_metrics.yaml" in err
 
 
-def test_a_resumed_run_keeps_the_latest_write_of_each_step(tmp_path: Path) -> None:
+def test_a_resumed_run_shows_only_the_points_of_the_attempt_that_went_on(tmp_path: Path) -> None:
     run_dir = tmp_path / "logs" / "run"
     run_config = config(max_epochs=4)
-    # First attempt: epochs 1-3, then a crash; the resume rewrites epoch 3 and goes on.
-    write_run(run_dir, run_config, {"val/err": [0.5, 0.4, 0.9]}, wall_time=0.0, suffix=".a")
+    # The first attempt logs epochs 1-4 but saved its checkpoint at the end of epoch 2 only;
+    # the resume from there (global step 20) repeats epoch 3 and is stopped before epoch 4.
+    write_run(run_dir, run_config, {"val/err": [0.5, 0.4, 0.9, 0.8]}, finished=False)
+    resumed_at = 2 * STEPS_PER_EPOCH
     write_run(
-        run_dir, run_config, {"val/err": [0.3, 0.2]}, first_epoch=3, wall_time=500.0, suffix=".b"
+        run_dir, run_config, {"val/err": [0.3]}, first_epoch=3, attempt=1, purge_step=resumed_at
     )
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
     record = read_run(run_dir, tmp_path / "logs")
     assert record is not None
-    curve = record.curves["val/err"]
-    assert curve.epochs == (1, 2, 3, 4)
-    assert curve.values == pytest.approx([0.5, 0.4, 0.3, 0.2])
+    assert record.curves["val/err"].epochs == (1, 2, 3)
+    assert record.curves["val/err"].values == pytest.approx([0.5, 0.4, 0.3])
+    assert record.epochs_completed == 3
+    steps = read_scalars(run_dir)["train/loss_step"]
+    assert list(steps) == list(range(resumed_at + STEPS_PER_EPOCH))
+    assert read_scalars(run_dir) == read_scalars_independently(run_dir)
 
 
 def test_runs_without_config_or_test_error_are_left_out_with_a_note(tmp_path: Path) -> None:
