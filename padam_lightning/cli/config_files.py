@@ -1,11 +1,9 @@
 """Checks of the ``--config`` files a ``padam-fit`` command stacks, before jsonargparse reads them.
 
-jsonargparse applies several ``--config`` files in order, and a list in a later file replaces the
-list of an earlier one: a config that sets ``trainer.callbacks`` silently drops the callbacks that
-an earlier config added (a p schedule, the released code's training pass). A key written with a
-trailing ``+`` (``callbacks+:``) appends instead, as jsonargparse documents for lists; the shipped
-experiment configs use it. This module refuses the silent drop and names the fix, and refuses a
-sweep file (``configs/sweeps/*.yaml``, for ``padam-sweep``) given to ``padam-fit``.
+A list in a later ``--config`` file replaces that of an earlier one, so a config setting
+``trainer.callbacks`` would silently drop the callbacks an earlier one added; ``callbacks+:``
+appends instead (the shipped experiment configs use it). A sweep file given to ``padam-fit`` is
+refused too.
 """
 
 from __future__ import annotations
@@ -17,9 +15,6 @@ from typing import Any
 import yaml
 
 from padam_lightning.errors import UserError
-
-#: The config key whose list a later file would replace.
-CALLBACKS_KEY = "callbacks"
 
 
 def config_file_args(args: Sequence[str]) -> list[str]:
@@ -42,83 +37,64 @@ def _read_mapping(path: str) -> dict[str, Any] | None:
     return content if isinstance(content, dict) else None
 
 
-def _callback_entries(config: dict[str, Any]) -> tuple[str | None, list[Any]]:
-    """How a config sets the trainer's callbacks (``"replace"``, ``"append"`` or None) and to what.
+def _callbacks(config: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """Whether a config sets (``"replace"``) or appends to (``"append"``) the callbacks, and which.
 
-    Both spellings jsonargparse reads are covered: nested (``trainer: {callbacks: ...}``) and
-    dotted (``trainer.callbacks: ...``).
+    Both spellings jsonargparse reads count: ``trainer: {callbacks: ...}`` and
+    ``trainer.callbacks: ...``.
     """
     trainer = config.get("trainer")
     sections = [trainer] if isinstance(trainer, dict) else []
     sections.append({k.removeprefix("trainer."): v for k, v in config.items() if "." in str(k)})
     for section in sections:
-        for key, mode in ((CALLBACKS_KEY, "replace"), (f"{CALLBACKS_KEY}+", "append")):
+        for key, mode in (("callbacks", "replace"), ("callbacks+", "append")):
             if key in section:
                 value = section[key]
-                if value is None:
-                    return mode, []
-                return mode, value if isinstance(value, list) else [value]
+                entries = [] if value is None else value if isinstance(value, list) else [value]
+                return mode, [_class_name(entry) for entry in entries]
     return None, []
 
 
-def _callback_name(entry: Any) -> str:
+def _class_name(entry: Any) -> str:
     """``TrainPass`` for ``{class_path: padam_lightning.training.train_pass.TrainPass}``."""
-    class_path = entry.get("class_path") if isinstance(entry, dict) else entry
-    return str(class_path).rsplit(".", 1)[-1]
-
-
-#: The key that makes a YAML file a sweep file (``configs/sweeps/*.yaml``); no run config has it.
-SWEEP_KEY = "grid"
+    return str(entry.get("class_path") if isinstance(entry, dict) else entry).rsplit(".", 1)[-1]
 
 
 def check_not_sweep_files(config_files: Sequence[str]) -> None:
-    """Refuse a sweep file given to ``padam-fit --config``, naming the command that runs it.
-
-    jsonargparse would report its first key as an unknown config key, which says nothing about
-    what the file is.
+    """Refuse a sweep file (a top-level ``grid``) given to ``padam-fit --config``.
 
     Raises:
-        UserError: If a file has a top-level ``grid``.
+        UserError: Naming the command that runs it, where jsonargparse would only report an
+            unknown key.
     """
     for path in config_files:
         config = _read_mapping(path)
-        if config is not None and SWEEP_KEY in config:
+        if config is not None and "grid" in config:
             raise UserError(
-                f"--config {path} is a sweep file (it has a '{SWEEP_KEY}' of runs), which "
-                f"padam-sweep runs: padam-sweep {path}. padam-fit takes the config of one run, "
-                "such as configs/wrn.yaml."
+                f"--config {path} is a sweep file (it has a 'grid' of runs), which padam-sweep "
+                f"runs: padam-sweep {path}. padam-fit takes the config of one run, such as "
+                "configs/wrn.yaml."
             )
 
 
 def check_callback_stacking(config_files: Sequence[str]) -> None:
-    """Refuse a config file that would drop callbacks added by an earlier ``--config`` file.
-
-    Args:
-        config_files: The ``--config`` files in the order given.
+    """Refuse a ``--config`` file (in the order given) that drops callbacks an earlier one added.
 
     Raises:
-        UserError: If a file sets ``trainer.callbacks`` (a replacement) after another file added
-            callbacks; the message names both files, the dropped callbacks and the fix.
+        UserError: Naming both files, the dropped callbacks and the fix.
     """
-    earlier: list[tuple[str, list[Any]]] = []
+    earlier: list[str] = []  # "<class> (from <file>)" of each callback the files so far add
     for path in config_files:
-        config = _read_mapping(path)
-        if config is None:
-            continue
-        mode, entries = _callback_entries(config)
+        mode, names = _callbacks(_read_mapping(path) or {})
         if mode == "replace" and earlier:
-            dropped = ", ".join(
-                f"{_callback_name(entry)} (from {source})"
-                for source, added in earlier
-                for entry in added
-            )
             raise UserError(
                 f"--config {path} sets trainer.callbacks, which replaces the callbacks of the "
-                f"configs before it and would drop {dropped}. To add to them, write "
-                f"'{CALLBACKS_KEY}+:' instead of '{CALLBACKS_KEY}:' under 'trainer:' in {path} "
+                f"configs before it and would drop {', '.join(earlier)}. To add to them, write "
+                f"'callbacks+:' instead of 'callbacks:' under 'trainer:' in {path} "
                 "(or leave the earlier config out if the replacement is meant)."
             )
+        added = [f"{name} (from {path})" for name in names]
         if mode == "replace":
-            earlier = [(path, entries)] if entries else []
+            earlier = added
         elif mode == "append":
-            earlier.append((path, entries))
+            earlier += added
