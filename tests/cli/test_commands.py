@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,9 @@ import torch
 from jsonargparse import Namespace
 from test_robustness import tiny_cli_args
 
+import padam_lightning.cli
 from padam_lightning.cli import main, resume_command
-from padam_lightning.cli.padam_cli import _latest_run_checkpoint, _run_names
+from padam_lightning.cli.padam_cli import _latest_run_checkpoint, run_name
 from padam_lightning.experiments.run_logs import read_run, read_scalars
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -129,64 +132,49 @@ def test_padam_fit_alone_prints_usage_and_examples(capsys: pytest.CaptureFixture
 
 
 @pytest.mark.parametrize(
-    ("data", "name", "legacy"),
+    ("data", "name"),
     [
-        ({"dataset": "cifar10", "data_dir": "data"}, "cifar10-wrn16_4-padam", None),
-        (
-            {"dataset": "imagefolder", "data_dir": "data/cifar10-jpeg"},
-            "cifar10-jpeg-wrn16_4-padam",
-            "imagefolder-wrn16_4-padam",
-        ),
+        ({"dataset": "cifar10", "data_dir": "data"}, "cifar10-wrn16_4-padam"),
+        ({"dataset": "imagefolder", "data_dir": "data/cifar10-jpeg"}, "cifar10-jpeg-wrn16_4-padam"),
         (
             {"dataset": "imagefolder", "data_dir": "/datasets/cifar10-jpeg/"},
             "cifar10-jpeg-wrn16_4-padam",
-            "imagefolder-wrn16_4-padam",
         ),
     ],
 )
-def test_runs_are_named_after_the_data_they_read(
-    data: dict[str, str], name: str, legacy: str | None
-) -> None:
+def test_runs_are_named_after_the_data_they_read(data: dict[str, str], name: str) -> None:
     config = Namespace(data=Namespace(**data), model=Namespace(arch="wrn16_4", optimizer=None))
-    assert _run_names(config) == (name, legacy)
+    assert run_name(config) == name
 
 
-def test_resuming_last_finds_a_run_named_after_the_loader(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+_SCRIPT = Path(sys.executable).with_name("padam-fit")
+
+
+@pytest.mark.parametrize(
+    ("argv0", "on_path", "executable"),
+    [
+        # The padam-fit that PATH finds: its name, as a user types it.
+        (str(_SCRIPT), True, ["padam-fit"]),
+        # A padam-fit that PATH does not find (a virtual environment not activated): its path.
+        (str(_SCRIPT), False, [str(_SCRIPT.resolve())]),
+        # python -m padam_lightning.cli (argv[0] is the package's __main__.py): the same again.
+        (
+            str(Path(padam_lightning.cli.__file__).with_name("__main__.py")),
+            True,
+            [sys.executable, "-m", "padam_lightning.cli"],
+        ),
+    ],
+    ids=["on-path", "not-on-path", "python-m"],
+)
+def test_the_resume_command_runs_the_same_program_with_the_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, argv0: str, on_path: bool, executable: list[str]
 ) -> None:
-    # A run of an earlier version, before folders were named after the image folder.
-    data = tmp_path / "cifar10-jpeg"
-    old_run = tmp_path / "logs" / "imagefolder-wrn10_1-padam" / "version_0"
-    (old_run / "checkpoints").mkdir(parents=True)
-    (old_run / "config.yaml").write_text("# trained\n")
-    args = [
-        "fit",
-        "--config",
-        str(CONFIGS / "wrn.yaml"),
-        "--config",
-        str(CONFIGS / "tiny.yaml"),
-        "--data.dataset",
-        "imagefolder",
-        "--data.data_dir",
-        str(data),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "logs"),
-        "--ckpt_path",
-        "last",
-    ]
-    with pytest.raises(SystemExit):
-        main(args)
-    # It looked into the old folder (and found its run had no checkpoint yet).
-    assert (
-        f"no checkpoint found at {old_run / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
-    )
-    assert not (tmp_path / "logs" / "cifar10-jpeg-wrn10_1-padam").exists()
-
-
-def test_the_resume_command_replaces_ckpt_path() -> None:
+    monkeypatch.setattr("sys.argv", [argv0])
+    monkeypatch.setenv("PATH", str(_SCRIPT.parent) if on_path else "/nonexistent")
     last = Path("/runs/x/version_0/checkpoints/last.ckpt")
     args = ["fit", "--config", "a b.yaml", "--ckpt_path", "old.ckpt", "--ckpt_path=last"]
-    assert resume_command(args, last) == (f"padam-fit fit --config 'a b.yaml' --ckpt_path {last}")
+    expected = shlex.join([*executable, "fit", "--config", "a b.yaml", "--ckpt_path", str(last)])
+    assert resume_command(args, last) == expected
 
 
 def test_predict_saves_each_test_images_class_beside_the_run_and_leaves_the_run(

@@ -9,8 +9,9 @@ from typing import Any
 
 import lightning as L
 import pytest
-from test_robustness import tiny_cli_args
+from test_robustness import stop_line, tiny_cli_args
 
+import padam_lightning.cli
 import padam_lightning.cli.padam_cli as padam_cli
 from padam_lightning.cli import CTRL_C_EXIT_STATUS, main
 
@@ -30,18 +31,36 @@ def test_the_entry_point_imports_nothing_heavy() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_ctrl_c_while_starting_up_is_one_line(
+def _interrupted(*args: Any, **kwargs: Any) -> None:
+    raise KeyboardInterrupt  # as Ctrl-C raises it wherever the interpreter is
+
+
+def test_ctrl_c_while_importing_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def interrupted(*args: Any, **kwargs: Any) -> None:
-        raise KeyboardInterrupt  # as Ctrl-C during parsing or building the run raises it
-
-    monkeypatch.setattr(padam_cli, "build_cli", interrupted)
+    monkeypatch.setattr(padam_lightning.cli.importlib, "import_module", _interrupted)
+    # As in a fresh process: no subcommand begun, no run from an earlier test.
     monkeypatch.setattr(padam_cli, "subcommand_started", False)
+    monkeypatch.setattr(padam_cli, "_running", None)
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CONFIGS / "wrn.yaml")])
     assert exit_info.value.code == CTRL_C_EXIT_STATUS == 130
     err = capsys.readouterr().err
+    assert err.strip() == "padam-fit: stopped by Ctrl-C before the run started."
+
+
+def test_ctrl_c_while_parsing_or_building_the_run_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(padam_cli, "build_cli", _interrupted)
+    # As in a fresh process: no subcommand begun, no run from an earlier test.
+    monkeypatch.setattr(padam_cli, "subcommand_started", False)
+    monkeypatch.setattr(padam_cli, "_running", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "wrn.yaml")])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    # Nothing has trained yet: the seconds of parsing, data and model set-up come first.
     assert err.strip() == "padam-fit: stopped by Ctrl-C before the run started."
 
 
@@ -53,11 +72,15 @@ class InterruptAtTrainStart(L.Callback):
 
 
 def test_ctrl_c_that_lightning_catches_exits_130(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(CONFIGS.parent)
     callback = f"--trainer.callbacks+={__name__}.InterruptAtTrainStart"
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *tiny_cli_args(tmp_path, "run", callback)])
+        main(["fit", *tiny_cli_args(tmp_path, "run", callback, configs=CONFIGS)])
     assert exit_info.value.code == 130  # Lightning itself exits 1
-    assert "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert stop_line(err) == (
+        "padam-fit: stopped by Ctrl-C before the run's first checkpoint; start it again."
+    )
+    assert not list(tmp_path.rglob("*.ckpt"))

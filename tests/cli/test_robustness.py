@@ -1,13 +1,16 @@
-"""Runs that survive crashes and faults: exact resume, hard kill, divergence, AMP overflow, DDP."""
+"""Runs that survive crashes and faults: exact resume, stops, hard kill, divergence, AMP, DDP."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +21,20 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from test_fit import read_scalars
 
 from padam_lightning.cli import build_cli, main
-from padam_lightning.cli.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from padam_lightning.cli.storage import AtomicCheckpointIO
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.errors import TrainingDivergedError, UserError
 from padam_lightning.optim import Padam
 from padam_lightning.training.classifier import ImageClassifier
 from padam_lightning.training.divergence import DivergenceGuard
+from padam_lightning.training.run_record import RunRecord, read_record
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = REPO_ROOT / "configs"
 PADAM_FIT = [sys.executable, "-m", "padam_lightning.cli"]
+#: tiny.yaml trains 3 batches an epoch; the uninterrupted reference trains 3 epochs.
+BATCHES_PER_EPOCH = 3
+STRAIGHT_EPOCHS = 3
 
 
 def tiny_cli_args(
@@ -51,6 +59,19 @@ def tiny_cli_args(
 
 def load(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def record_of(path: Path) -> dict[str, Any]:
+    """The run record in a checkpoint (its settings left out)."""
+    record = read_record(load(path))
+    assert record is not None, f"{path} has no run record"
+    record.pop("config", None)
+    return record
+
+
+def where(record: dict[str, Any]) -> tuple[Any, ...]:
+    """(stop, epoch, batches, global_step) of a run record."""
+    return record["stop"], record["epoch"], record["batches"], record["global_step"]
 
 
 def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
@@ -78,32 +99,91 @@ def last_values(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-def test_stopped_and_resumed_run_equals_uninterrupted_run(
-    tiny_fit_args: list[str], tmp_path: Path
-) -> None:
-    def args(name: str, *extra: str) -> list[str]:
-        return [*tiny_fit_args, "--trainer.logger.init_args.name", name, *extra]
-
-    main(args("straight", "--trainer.max_epochs", "3"))
-    main(args("resumed", "--trainer.max_epochs", "2"))
-    main(args("resumed", "--trainer.max_epochs", "3", "--ckpt_path", "last"))
-
-    straight_dir = tmp_path / "logs" / "straight" / "version_0"
-    resumed_dir = tmp_path / "logs" / "resumed" / "version_0"
+def assert_same_run(straight_dir: Path, resumed_dir: Path) -> None:
+    """Two runs' last checkpoints and curves are the same, bit for bit."""
     straight = load(straight_dir / "checkpoints" / "last.ckpt")
     resumed = load(resumed_dir / "checkpoints" / "last.ckpt")
-    assert straight["epoch"] == resumed["epoch"] == 2
+    assert straight["epoch"] == resumed["epoch"] == STRAIGHT_EPOCHS
     assert straight["global_step"] == resumed["global_step"] == 9
     # Weights, Padam's m / v / vhat / step, and the MultiStepLR state: bit for bit.
-    assert_same_tensors(straight["state_dict"], resumed["state_dict"], "state_dict")
-    assert_same_tensors(
-        straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states"
-    )
-    assert_same_tensors(straight["lr_schedulers"], resumed["lr_schedulers"], "lr_schedulers")
+    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
+        assert_same_tensors(straight[key], resumed[key], key)
     padam_state = resumed["optimizer_states"][0]["state"][0]
     assert {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"} <= set(padam_state)
     # The logged curves: same steps, same values.
     assert last_values(straight_dir) == last_values(resumed_dir)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """The run folder of the uninterrupted 3-epoch tiny run with some settings (run once each)."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run(*settings: str) -> Path:
+        if settings not in runs:
+            save_dir = tmp_path_factory.mktemp("straight")
+            epochs = ("--trainer.max_epochs", str(STRAIGHT_EPOCHS))
+            with pytest.MonkeyPatch.context() as patch:  # as conftest's _plain_argv
+                patch.setattr("sys.argv", ["padam-fit"])
+                main(["fit", *tiny_cli_args(save_dir, "run", *epochs, *settings, configs=CONFIGS)])
+            runs[settings] = save_dir / "run" / "version_0"
+        return runs[settings]
+
+    return run
+
+
+@pytest.fixture
+def padam_fit_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run as the installed ``padam-fit`` that ``PATH`` finds, as a user does."""
+    script = Path(sys.executable).with_name("padam-fit")
+    monkeypatch.setattr("sys.argv", [str(script)])
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def stop_line(err: str) -> str:
+    """The one line padam-fit prints when a run stops before its end."""
+    lines = [line for line in err.splitlines() if line.startswith("padam-fit: stopped by")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def continue_printed(line: str) -> None:
+    """Run the command a stop line prints, as printed (it starts with ``padam-fit``)."""
+    command = shlex.split(line.split("To continue: ", 1)[1])
+    assert command[0] == "padam-fit", line
+    main(command[1:])
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "ended"),
+    [
+        (("--trainer.max_epochs", "2"), ("--trainer.max_epochs", "3"), ("max_epochs", 2, 0, 6)),
+        # max_steps ends the run one batch into epoch 1: continued, it trains that epoch's rest.
+        (("--trainer.max_steps", "4"), ("--trainer.max_steps", "-1"), ("max_steps", 1, 1, 4)),
+    ],
+    ids=["max-epochs", "max-steps"],
+)
+def test_a_finished_run_continued_further_equals_the_uninterrupted_run(
+    tmp_path: Path,
+    straight: Callable[..., Path],
+    first: tuple[str, ...],
+    then: tuple[str, ...],
+    ended: tuple[Any, ...],
+) -> None:
+    args = ["fit", *tiny_cli_args(tmp_path, "run", "--trainer.max_epochs", "3", configs=CONFIGS)]
+    main([*args, *first])
+    run_dir = tmp_path / "run" / "version_0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert where(record_of(last)) == ended
+    finished = json.loads((run_dir / "finished.json").read_text())
+    assert where(finished) == ended
+
+    main([*args, *then, "--ckpt_path", "last"])
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"], "one run folder"
+    assert where(record_of(last)) == ("max_epochs", 3, 0, 9)
+    # Each epoch's values once, at the epoch's last step (TensorBoard purged the resumed steps).
+    assert [step for step, _ in read_scalars(run_dir)["val/err"]] == [2, 5, 8]
+    assert_same_run(straight(), run_dir)
 
 
 def test_atomic_checkpoint_write_never_leaves_a_partial_file(
@@ -181,92 +261,37 @@ def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> Non
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    killed_epoch = load(last)["epoch"]  # loadable: not truncated
+    # Loadable (not truncated), and the start of an epoch: the run saves there while it goes on.
+    stop, epoch, batches, step = where(record_of(last))
+    assert (stop, batches, step) == (None, 0, 4 * epoch) and epoch >= 1
 
     resumed = subprocess.run(
-        [*PADAM_FIT, *common, "--trainer.max_epochs", str(killed_epoch + 2), "--ckpt_path", "last"],
+        [*PADAM_FIT, *common, "--trainer.max_epochs", str(epoch + 2), "--ckpt_path", "last"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    final = load(last)
-    assert final["epoch"] == killed_epoch + 1
+    # The resume trained the two epochs from the one the kill interrupted.
+    assert where(record_of(last)) == ("max_epochs", epoch + 2, 0, 4 * (epoch + 2))
     assert (last.parent.parent / "finished.json").exists()
     leftovers = [p.name for p in last.parent.iterdir() if ".tmp" in p.name]
     assert not leftovers
 
 
 class SignalAtStep(L.Callback):
-    """Send this process a signal at the end of a given training step (as a user or cluster)."""
+    """Send this process a signal (``times`` times) at the end of a given training step."""
 
-    def __init__(self, step: int, signum: int) -> None:
+    def __init__(self, step: int, signum: int, times: int = 1) -> None:
         self.step = step
         self.signum = signum
+        self.times = times
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signum)
-
-
-@pytest.mark.parametrize(
-    ("signum", "schedule"),
-    [
-        (signal.SIGTERM, []),  # a cluster's notice before its time limit
-        # with Lightning's progress bar (on by default; tiny.yaml turns it off)
-        (signal.SIGTERM, ["--trainer.enable_progress_bar", "true"]),
-        # Ctrl-C, with a per-step p schedule that also scales the lr (state in a callback)
-        (
-            signal.SIGINT,
-            [
-                "--config",
-                "configs/experiments/p_schedule.yaml",
-                "--trainer.callbacks.interval",
-                "step",
-                "--trainer.callbacks.lr_start_scale",
-                "0.5",
-            ],
-        ),
-    ],
-    ids=["sigterm", "sigterm-progress-bar", "ctrl-c-p-schedule"],
-)
-def test_a_run_stopped_mid_epoch_by_a_signal_resumes_exactly(
-    tmp_path: Path,
-    signum: int,
-    schedule: list[str],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.chdir(REPO_ROOT)
-
-    def args(name: str, *extra: str) -> list[str]:
-        return [
-            "fit",
-            *tiny_cli_args(tmp_path, name, "--trainer.max_epochs", "3", *schedule, *extra),
-        ]
-
-    main(args("straight"))
-    stop = [f"--trainer.callbacks+={__name__}.SignalAtStep", "--trainer.callbacks.step", "4"]
-    with pytest.raises(SystemExit) as exit_info:
-        main(args("stopped", *stop, "--trainer.callbacks.signum", str(int(signum))))
-    assert exit_info.value.code == 128 + signum
-    last = tmp_path / "stopped" / "version_0" / "checkpoints" / "last.ckpt"
-    # Saved where it stopped: step 4 is the first batch of the second epoch (3 batches each).
-    stopped = load(last)
-    assert (stopped["epoch"], stopped["global_step"]) == (1, 4)
-    assert not (last.parent.parent / "finished.json").exists()
-    err = capsys.readouterr().err
-    assert "To continue it: padam-fit fit --config configs/wrn.yaml" in err
-    assert err.rstrip().endswith(f"--ckpt_path {last}")
-
-    main(args("stopped", "--ckpt_path", "last"))
-    straight_dir = tmp_path / "straight" / "version_0"
-    straight, resumed = load(straight_dir / "checkpoints" / "last.ckpt"), load(last)
-    assert resumed["global_step"] == straight["global_step"] == 9
-    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
-        assert_same_tensors(straight[key], resumed[key], key)
-    assert last_values(straight_dir) == last_values(last.parent.parent)
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
 
 
 class SignalInValidation(L.Callback):
@@ -281,105 +306,181 @@ class SignalInValidation(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-#: What Ctrl-C printed before: true only for a stop in training that saves a checkpoint.
-SAVING = "stopping after this batch and saving a checkpoint"
+def signal_at_step(step: int, signum: int, times: int = 1) -> tuple[str, ...]:
+    """The options that add :class:`SignalAtStep` to a run."""
+    repeat = ("--trainer.callbacks.times", str(times)) if times != 1 else ()
+    return (
+        f"--trainer.callbacks+={__name__}.SignalAtStep",
+        "--trainer.callbacks.step",
+        str(step),
+        "--trainer.callbacks.signum",
+        str(int(signum)),
+        *repeat,
+    )
 
 
-_IN_VALIDATION = f"{__name__}.SignalInValidation --trainer.callbacks.epoch 1"
-_AT_LAST_TRAINING_BATCH = f"{__name__}.SignalAtStep --trainer.callbacks.step 6"
+def signal_in_validation(epoch: int, signum: int) -> tuple[str, ...]:
+    """The options that add :class:`SignalInValidation` to a run."""
+    return (
+        f"--trainer.callbacks+={__name__}.SignalInValidation",
+        "--trainer.callbacks.epoch",
+        str(epoch),
+        "--trainer.callbacks.signum",
+        str(int(signum)),
+    )
+
+
+#: What the stop line calls each signal.
+STOPPED_BY: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+P_SCHEDULE_BY_STEP = (
+    "--config",
+    str(CONFIGS / "experiments" / "p_schedule.yaml"),
+    "--trainer.callbacks.interval",
+    "step",
+    "--trainer.callbacks.lr_start_scale",
+    "0.5",
+)
 
 
 @pytest.mark.parametrize(
-    ("stop", "ctrl_c_says", "signum"),
+    ("signum", "settings", "display"),
+    [
+        (signal.SIGTERM, (), ()),  # a cluster's notice before its time limit
+        # with Lightning's progress bar (on by default; tiny.yaml turns it off)
+        (signal.SIGTERM, (), ("--trainer.enable_progress_bar", "true")),
+        # Ctrl-C, with a per-step p schedule that also scales the lr (state in a callback)
+        (signal.SIGINT, P_SCHEDULE_BY_STEP, ()),
+    ],
+    ids=["sigterm", "sigterm-progress-bar", "ctrl-c-p-schedule"],
+)
+def test_a_run_stopped_mid_epoch_by_a_signal_resumes_exactly(
+    tmp_path: Path,
+    straight: Callable[..., Path],
+    signum: int,
+    settings: tuple[str, ...],
+    display: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
+    padam_fit_on_path: None,
+) -> None:
+    options = ("--trainer.max_epochs", "3", *settings, *display, *signal_at_step(4, signum))
+    args = ["fit", *tiny_cli_args(tmp_path, "stopped", *options, configs=CONFIGS)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 128 + signum
+    run_dir = tmp_path / "stopped" / "version_0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # Saved where it stopped: step 4 is the first batch of the second epoch (3 batches each).
+    assert where(record_of(last)) == (signal.Signals(signum).name, 1, 1, 4)
+    assert not (run_dir / "finished.json").exists()
+    line = stop_line(capsys.readouterr().err)
+    command = shlex.join(["padam-fit", *args, "--ckpt_path", str(last)])
+    assert line == (
+        f"padam-fit: stopped by {STOPPED_BY[signum]}; saved {last} (epoch 1, 1 batches done, "
+        f"step 4). To continue: {command}"
+    )
+
+    continue_printed(line)
+    assert where(record_of(last)) == ("max_epochs", 3, 0, 9)
+    assert_same_run(straight(*settings), run_dir)
+
+
+@pytest.mark.parametrize(
+    ("stop", "signum", "epoch", "resume"),
     [
         # While validating epoch 1 (tiny.yaml: 2 validation batches).
-        (
-            _IN_VALIDATION,
-            "padam-fit: stopping after this validation batch, without saving a checkpoint "
-            "(none is saved during validation: the run's last checkpoint is kept;",
-            signal.SIGINT,
-        ),
-        (_IN_VALIDATION, "", signal.SIGTERM),  # no message at the signal, only at the end
-        # At epoch 1's last training batch: validation follows it, and the stop falls in it.
-        (_AT_LAST_TRAINING_BATCH, f"padam-fit: {SAVING}", signal.SIGINT),
+        (signal_in_validation(1, signal.SIGINT), signal.SIGINT, 2, True),
+        (signal_in_validation(1, signal.SIGTERM), signal.SIGTERM, 2, False),
+        # At epoch 1's last training batch: validation and the epoch's end follow it.
+        (signal_at_step(6, signal.SIGINT), signal.SIGINT, 2, False),
+        # In the run's first validation: the stop saves the run's first checkpoint.
+        (signal_in_validation(0, signal.SIGINT), signal.SIGINT, 1, False),
     ],
-    ids=["ctrl-c-in-validation", "sigterm-in-validation", "ctrl-c-last-training-batch"],
+    ids=[
+        "ctrl-c-in-validation",
+        "sigterm-in-validation",
+        "ctrl-c-last-training-batch",
+        "ctrl-c-first-validation",
+    ],
 )
-def test_a_stop_in_validation_says_it_keeps_the_last_checkpoint(
+def test_a_stop_in_validation_waits_for_the_epochs_end_and_saves_it(
     tmp_path: Path,
-    stop: str,
-    ctrl_c_says: str,
+    straight: Callable[..., Path],
+    stop: tuple[str, ...],
     signum: int,
+    epoch: int,
+    resume: bool,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    padam_fit_on_path: None,
 ) -> None:
-    monkeypatch.chdir(REPO_ROOT)
-    callback, option, value = stop.split()
-    args = tiny_cli_args(tmp_path, "run", "--trainer.max_epochs", "3")
+    # Lightning cannot resume a validation half done: the run stops once the epoch is complete.
+    args = [
+        "fit",
+        *tiny_cli_args(tmp_path, "run", "--trainer.max_epochs", "3", *stop, configs=CONFIGS),
+    ]
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "fit",
-                *args,
-                f"--trainer.callbacks+={callback}",
-                option,
-                value,
-                "--trainer.callbacks.signum",
-                str(int(signum)),
-            ]
-        )
+        main(args)
     assert exit_info.value.code == 128 + signum
-    last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
-    # Nothing was saved at the stop: last.ckpt is still epoch 0's, after its 3 steps.
-    assert (load(last)["epoch"], load(last)["global_step"]) == (0, 3)
-    err = capsys.readouterr().err
-    if signum == signal.SIGINT:
-        assert ctrl_c_says in err
-        if SAVING in ctrl_c_says:  # then corrected once validation starts
-            assert (
-                "validation follows that batch and the run stops in it, where no checkpoint is "
-                "saved: the run's last checkpoint is kept"
-            ) in err
-        else:
-            assert SAVING not in err
-    assert "holds where it stopped" not in err
-    assert (
-        f"the run stopped before its end, during validation, which saves no checkpoint; {last} "
-        "holds its last checkpoint, after 3 training steps (continuing repeats the training "
-        "since). To continue it: padam-fit fit --config configs/wrn.yaml"
-    ) in err
+    run_dir = tmp_path / "run" / "version_0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    step = BATCHES_PER_EPOCH * epoch
+    assert where(record_of(last)) == (signal.Signals(signum).name, epoch, 0, step)
+    assert not (run_dir / "finished.json").exists()
+    line = stop_line(capsys.readouterr().err)
+    command = shlex.join(["padam-fit", *args, "--ckpt_path", str(last)])
+    assert line == (
+        f"padam-fit: stopped by {STOPPED_BY[signum]}; saved {last} (start of epoch {epoch}, "
+        f"step {step}). To continue: {command}"
+    )
+    if resume:  # no epoch is skipped or trained twice
+        continue_printed(line)
+        assert_same_run(straight(), run_dir)
 
 
-def test_ctrl_c_in_the_first_validation_says_there_is_no_checkpoint_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_a_second_ctrl_c_stops_at_once_without_saving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], padam_fit_on_path: None
 ) -> None:
-    monkeypatch.chdir(REPO_ROOT)
-    args = tiny_cli_args(tmp_path, "run", f"--trainer.callbacks+={__name__}.SignalInValidation")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *args, "--trainer.callbacks.epoch", "0", "--trainer.callbacks.signum", "2"])
+    # Both at epoch 1's last training batch: the first stop waits for validation and the
+    # epoch's end, the second does not wait.
+    stop = signal_at_step(6, signal.SIGINT, times=2)
+    args = [
+        "fit",
+        *tiny_cli_args(tmp_path, "run", "--trainer.max_epochs", "3", *stop, configs=CONFIGS),
+    ]
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     assert exit_info.value.code == 130
+    last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    assert where(record_of(last)) == (None, 1, 0, 3)  # epoch 1's start, as it was
     err = capsys.readouterr().err
-    assert (
-        "padam-fit: stopping after this validation batch, without saving a checkpoint (none is "
-        "saved during validation: it has none yet;"
-    ) in err
-    assert "To continue it" not in err
-    assert not list(tmp_path.rglob("*.ckpt"))
+    assert "Traceback" not in err
+    command = shlex.join(["padam-fit", *args, "--ckpt_path", str(last)])
+    assert stop_line(err) == (
+        f"padam-fit: stopped by Ctrl-C without saving; {last} (start of epoch 1, step 3) "
+        f"continues the run: {command}"
+    )
 
 
 def test_ctrl_c_in_a_run_without_checkpoints_promises_none(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(REPO_ROOT)
-    args = tiny_cli_args(tmp_path, "run", "--trainer.enable_checkpointing", "false")
-    stop = [f"--trainer.callbacks+={__name__}.SignalAtStep", "--trainer.callbacks.step", "2"]
+    stop = signal_at_step(2, signal.SIGINT)
+    args = tiny_cli_args(
+        tmp_path, "run", "--trainer.enable_checkpointing", "false", *stop, configs=CONFIGS
+    )
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *args, *stop, "--trainer.callbacks.signum", str(int(signal.SIGINT))])
+        main(["fit", *args])
     assert exit_info.value.code == 130
-    err = capsys.readouterr().err
-    assert "padam-fit: stopping after this batch; this run saves no checkpoints" in err
-    assert SAVING not in err and "To continue it" not in err
     assert not list(tmp_path.rglob("*.ckpt"))
+    err = capsys.readouterr().err
+    # Nothing printed at the signal or at the stop may promise a checkpoint the run never saves.
+    assert "saving a checkpoint" not in err, err
+    line = stop_line(err)
+    assert "saved" not in line and "To continue" not in line, line
 
 
 class CrashAtStep(L.Callback):
@@ -393,21 +494,19 @@ class CrashAtStep(L.Callback):
             raise RuntimeError("out of memory")
 
 
-def test_after_a_crash_the_resume_hint_says_the_last_checkpoint_is_older(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_after_a_crash_padam_fit_names_the_checkpoint_that_continues_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], padam_fit_on_path: None
 ) -> None:
-    monkeypatch.chdir(REPO_ROOT)
-    args = tiny_cli_args(tmp_path, "run", f"--trainer.callbacks+={__name__}.CrashAtStep")
+    crash = (f"--trainer.callbacks+={__name__}.CrashAtStep", "--trainer.callbacks.step", "4")
+    args = ["fit", *tiny_cli_args(tmp_path, "run", *crash, configs=CONFIGS)]
     with pytest.raises(RuntimeError, match="out of memory"):
-        main(["fit", *args, "--trainer.callbacks.step", "4"])
+        main(args)
     last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
-    assert load(last)["global_step"] == 3
+    # Nothing is saved at a crash (it may come mid-step): last.ckpt is epoch 1's start.
+    assert where(record_of(last)) == (None, 1, 0, 3)
     err = capsys.readouterr().err
-    assert "holds where it stopped" not in err
-    assert (
-        f"the run stopped before its end, where no checkpoint was saved; {last} holds its last "
-        "checkpoint, after 3 training steps"
-    ) in err
+    assert f"{last} (start of epoch 1, step 3)" in err, err
+    assert f"--ckpt_path {last}" in err, err
 
 
 def test_a_failure_that_is_not_a_stop_keeps_the_last_epochs_checkpoint(tmp_path: Path) -> None:
@@ -423,7 +522,9 @@ def test_a_failure_that_is_not_a_stop_keeps_the_last_epochs_checkpoint(tmp_path:
     trainer = _tiny_trainer(tmp_path, Crash(), max_epochs=3)
     with pytest.raises(RuntimeError, match="out of memory"):
         trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=_tiny_data())
-    assert load(last)["global_step"] == 3
+    # A checkpoint of a run still going: no stop recorded.
+    assert where(record_of(last)) == (None, 1, 0, 3)
+    assert not (tmp_path / "finished.json").exists()
 
 
 class _RaiseLearningRate(L.Callback):
@@ -452,7 +553,7 @@ def _tiny_trainer(tmp_path: Path, *callbacks: L.Callback, **kwargs: Any) -> L.Tr
         "logger": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
-        "callbacks": [LastCheckpoint(), *callbacks],
+        "callbacks": [RunRecord(), *callbacks],
     }
     trainer = L.Trainer(**{**settings, **kwargs})
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
