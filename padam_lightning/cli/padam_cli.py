@@ -81,7 +81,7 @@ from padam_lightning.training.classifier import (
 from padam_lightning.training.divergence import DivergenceGuard
 from padam_lightning.training.predictions import PredictionWriter
 from padam_lightning.training.run_estimate import RunTimeEstimate
-from padam_lightning.training.run_record import RunRecord, read_record
+from padam_lightning.training.run_record import FINISHED_REASONS, RunRecord, read_record
 from padam_lightning.training.tensorboard import TensorBoardDashboards
 
 #: What ``padam-fit`` without arguments prints (to stderr, exit status 2).
@@ -142,15 +142,11 @@ def _trains_on_cuda(accelerator: Any) -> bool:
 
 
 def _latest_run_checkpoint(run_root: Path) -> Path:
-    """``last.ckpt`` of the run folder under ``run_root`` trained most recently (it may not exist).
+    """``last.ckpt`` of the run under ``run_root`` trained most recently (it may not exist).
 
-    Only the latest run is considered: when it crashed before its first checkpoint, resuming an
-    older run in its place would be a silent surprise, so the caller reports the missing file.
-    Folders without ``config.yaml`` (written before the first training step) are left out when
-    others have one: there a run failed before it started, e.g. because its data was missing.
-    "Trained" counts the files training writes (``config.yaml``, ``last.ckpt``, the event files),
-    not the folder's own time: evaluating a run's checkpoint (:data:`EVAL_FOLDER`) must not make
-    it the latest.
+    Never an older run in its place (a silent surprise). Runs refused before training (no
+    ``config.yaml``) are passed over; the time is that of the files training writes, so
+    evaluating a run (:data:`EVAL_FOLDER`) does not make it the latest.
     """
     runs = _run_folders(run_root)
     started = [folder for folder in runs if (folder / CONFIG_FILE).is_file()]
@@ -172,12 +168,7 @@ def _latest_run_checkpoint(run_root: Path) -> Path:
 
 
 def _evaluation_version(run_dir: Path, stage: str) -> str:
-    """``<stage>-<N>``: the TensorBoard logger's version for an evaluation of ``run_dir``.
-
-    Results go to ``<run_dir>/eval/<stage>-<N>`` (N counts up from 0), never into the training
-    run's own event files, so the run's curves, ``finished.json`` and its place as the latest run
-    stay as they were.
-    """
+    """``<stage>-<N>``: an evaluation's logs go to ``<run_dir>/eval/<stage>-<N>``, not the run's."""
     folder = run_dir / EVAL_FOLDER
     taken = {path.name for path in folder.glob(f"{stage}-*")} if folder.is_dir() else set()
     number = next(n for n in range(len(taken) + 1) if f"{stage}-{n}" not in taken)
@@ -185,11 +176,9 @@ def _evaluation_version(run_dir: Path, stage: str) -> str:
 
 
 def _follow_default_root_dir(trainer: Namespace, logger_args: Namespace | None) -> None:
-    """Put the logs under ``--trainer.default_root_dir`` when it is given, as Lightning does.
+    """Log under ``--trainer.default_root_dir`` when it is given, as Lightning's default logger.
 
-    Lightning's default logger writes to ``<default_root_dir>/lightning_logs``; padam-fit's
-    TensorBoard logger has its own ``save_dir`` default, which would otherwise ignore the flag. An
-    explicit ``--trainer.logger.init_args.save_dir`` other than the default wins.
+    An explicit ``--trainer.logger.init_args.save_dir`` wins.
     """
     root = trainer.get("default_root_dir")
     if root is None or logger_args is None:
@@ -218,11 +207,7 @@ def _run_root(logger_args: Namespace) -> Path:
 
 
 def run_name(config: Namespace) -> str:
-    """The run name ``<data>-<arch>-<optimizer>``.
-
-    ``<data>`` is the dataset, or for an image folder the folder's own name (``cifar10-jpeg`` for
-    ``data/cifar10-jpeg``): what the run read, not how it was loaded.
-    """
+    """``<data>-<arch>-<optimizer>``; ``<data>`` is the dataset or an image folder's own name."""
     data = config.get("data") if isinstance(config.get("data"), Namespace) else Namespace()
     source = str(data.get("dataset", "data"))
     if source == "imagefolder" and data.get("data_dir"):
@@ -232,16 +217,10 @@ def run_name(config: Namespace) -> str:
 
 
 def resume_command(args: Sequence[str] | None, last: Path) -> str:
-    """The command that continues a stopped run from ``last``, runnable as printed.
+    """The command's own arguments with ``--ckpt_path last``, runnable as printed.
 
-    The run's own arguments with ``--ckpt_path`` set to the file, which also makes the resumed
-    run log into the same run folder. The executable is the one the user ran: ``padam-fit``
-    when that is what ``PATH`` finds, else its full path (a virtual environment that is not
-    activated), or ``python -m padam_lightning.cli``.
-
-    Args:
-        args: The stopped command's arguments (after ``padam-fit``); None when not known.
-        last: The checkpoint to continue from.
+    The executable is ``padam-fit`` when ``PATH`` finds the one that ran, else its full path (a
+    virtual environment that is not activated), or ``python -m padam_lightning.cli``.
     """
     kept: list[str] = []
     skip_value = False
@@ -278,33 +257,26 @@ _STOPS = {
 def stop_message(record: RunRecord, args: Sequence[str] | None) -> str:
     """One line: what stopped the run, what is saved, and the command that continues it."""
     what = _STOPS.get(record.stop or "", (record.stop or "an error", 1))[0]
-    saved = record.saved
-    if saved is not None:
-        state = describe_checkpoint(saved)
+    if record.saved is not None:
         return (
-            f"padam-fit: stopped by {what}; saved {saved} ({state}). "
-            f"To continue: {resume_command(args, saved)}"
+            f"padam-fit: stopped by {what}; saved {record.saved} ({_where(record.saved_state)})."
+            f" To continue: {resume_command(args, record.saved)}"
         )
     last = record.last_checkpoint(record.trainer) if record.trainer is not None else None
     if last is not None and last.is_file():
+        where = f" ({_where(record.last_state)})" if record.last_state else ""
         return (
-            f"padam-fit: stopped by {what} without saving; {last} ({describe_checkpoint(last)}) "
-            f"continues the run: {resume_command(args, last)}"
+            f"padam-fit: stopped by {what} without saving; {last}{where} continues the run: "
+            f"{resume_command(args, last)}"
         )
     return f"padam-fit: stopped by {what} before the run's first checkpoint; start it again."
 
 
-def describe_checkpoint(path: Path) -> str:
-    """``epoch 2, 3 batches done, step 11`` from a checkpoint's run record."""
-    try:
-        record = read_record(read_checkpoint(path)) or {}
-    except UserError:
-        return "unreadable"
-    if not record:
-        return "no run record"
-    epoch, batches = record.get("epoch", "?"), record.get("batches", 0)
+def _where(state: dict[str, Any]) -> str:
+    """``epoch 2, 3 batches done, step 11`` or ``start of epoch 2, step 8`` from a run record."""
+    epoch, batches = state["epoch"], state["batches"]
     where = f"epoch {epoch}, {batches} batches done" if batches else f"start of epoch {epoch}"
-    return f"{where}, step {record.get('global_step', '?')}"
+    return f"{where}, step {state['global_step']}"
 
 
 def _max_time(value: Any) -> timedelta | None:
@@ -340,10 +312,7 @@ def _requeue_marker(run_root: Path, job: str) -> Path:
 
 
 def check_numeric_settings(config: Namespace) -> None:
-    """Refuse numbers that parse as the right type but that Lightning fails on with a traceback.
-
-    Args:
-        config: The parsed config of the subcommand (``seed_everything``, ``trainer``, ...).
+    """Refuse numbers of the right type that Lightning fails on with a traceback.
 
     Raises:
         UserError: Naming the first setting out of range, its value and what it accepts.
@@ -362,12 +331,7 @@ def check_numeric_settings(config: Namespace) -> None:
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Save the resolved config in the run folder: ``config.yaml`` for ``fit``.
-
-    ``validate`` and ``test`` of a run's checkpoint write ``config-validate.yaml`` /
-    ``config-test.yaml`` beside it instead of replacing the record of how the run was trained.
-    The file is written atomically: a full disk leaves the old file or none, never a 0-byte one.
-    """
+    """Save the resolved config atomically: ``config.yaml`` (fit) or ``config-<stage>.yaml``."""
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         """Pick the file name for this stage, then save."""
@@ -394,18 +358,12 @@ class PadamCLI(LightningCLI):
     arguments are read, and Lightning then refuses the flag). tests/cli covers it.
     """
 
-    #: The checkpoint this command resumes or evaluates (set in parse_arguments).
-    _ckpt_path: Path | None = None
-    #: That checkpoint's run record (None: a new run, or a checkpoint without one).
-    _saved_record: dict[str, Any] | None = None
-    #: That checkpoint's hyperparameters, as ``{"hyper_parameters": ...}``.
-    _saved_hparams: dict[str, Any] | None = None
-    #: The command's arguments (for the resume command), None when not given as a list.
-    _command_args: list[str] | None = None
-    #: The subcommands' parsers (their options are suggested for a misspelled one).
-    _parsers: tuple[LightningArgumentParser, ...] = ()
-    #: The run's record keeper (fit only).
-    record: RunRecord | None = None
+    _ckpt_path: Path | None = None  # the checkpoint this command resumes or evaluates
+    _saved_record: dict[str, Any] | None = None  # its run record
+    _saved_hparams: dict[str, Any] | None = None  # its hyperparameters
+    _command_args: list[str] | None = None  # for the resume command
+    _parsers: tuple[LightningArgumentParser, ...] = ()  # their options are suggested for typos
+    record: RunRecord | None = None  # fit only
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the best-checkpoint options and link the class count from the data to the model."""
@@ -472,16 +430,20 @@ class PadamCLI(LightningCLI):
             logger_args["name"] = run_name(config)
         run_root = _run_root(logger_args) if logger_args is not None else None
         if subcommand == "fit":
+            # The RunRecord's: Lightning's own end the epoch they stop in as if it were complete.
             self._max_time = _max_time(trainer.get("max_time"))
-            trainer.max_time = None  # the RunRecord's: Lightning's ends the epoch as if complete
+            self._max_steps = trainer.get("max_steps", -1)
+            trainer.max_time, trainer.max_steps = None, -1
             self._plan_fit(config, logger_args, run_root)
         elif subcommand and config.get("ckpt_path"):
             self._ckpt_path = self._find_checkpoint(str(config.ckpt_path), logger_args, run_root)
             checkpoint = read_checkpoint(self._ckpt_path)
             check_network(self._ckpt_path, checkpoint, config.model.get("arch"), evaluating=True)
+        if subcommand and "weights_only" in config and config.get("weights_only") is None:
+            config.weights_only = False  # this package's own checkpoints (Lightning warns)
         if subcommand:
-            # Loaded through trainer.ckpt_path (before_<subcommand>): LightningCLI would otherwise
-            # parse the checkpoint's hyperparameters over this command's model settings.
+            # Put back in instantiate_trainer: LightningCLI would otherwise parse the checkpoint's
+            # hyperparameters over this command's model settings.
             config.ckpt_path = None
         if subcommand in EVALUATION_STAGES and logger_args is not None and run_root is not None:
             self._log_evaluation_apart(logger_args, subcommand, run_root)
@@ -600,17 +562,16 @@ class PadamCLI(LightningCLI):
         self._refuse_to_overwrite("predict")
 
     def _refuse_to_overwrite(self, stage: str) -> None:
-        """Refuse a run without a logger whose files would replace files already there.
+        """Refuse a logger-less run that would overwrite files; the subcommand starts here.
 
-        Without a logger (``--trainer.logger false``) Lightning writes checkpoints to
-        ``<default_root_dir>/checkpoints`` and padam-fit the config beside them, and
-        ``default_root_dir`` is the working directory unless given. Only a ``fit`` resuming a
-        checkpoint of that folder may rewrite them. Also hands the checkpoint to the trainer.
+        Without a logger, files go to ``default_root_dir`` (the working directory unless given);
+        only a ``fit`` resuming a checkpoint of that folder may rewrite them.
 
         Raises:
             UserError: If such a file exists, before anything is written.
         """
-        self.trainer.ckpt_path = self._ckpt_path
+        global subcommand_started
+        subcommand_started = True
         if self.trainer.loggers:
             return
         root = Path(self.trainer.default_root_dir)
@@ -678,11 +639,21 @@ class PadamCLI(LightningCLI):
             # Trainer.__init__ only resolves its arguments: a ValueError there is a bad setting,
             # and so is a TypeError (`--trainer.devices -2`: "should be an int > 0").
             raise UserError(f"invalid trainer setting: {err}") from None
+        if self._ckpt_path is not None:
+            # Back into the config (its saved copy names the checkpoint) and the subcommand's
+            # arguments, now that LightningCLI has passed over it (see parse_arguments).
+            self.config[self.subcommand].ckpt_path = str(self._ckpt_path)
+            self.config_init[self.subcommand].ckpt_path = str(self._ckpt_path)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand == "fit":
             config = _plain_config(self.config["fit"])
-            self.record = RunRecord(config=config, max_time=getattr(self, "_max_time", None))
+            max_steps = getattr(self, "_max_steps", -1)
+            self.record = RunRecord(
+                config=config,
+                max_time=getattr(self, "_max_time", None),
+                max_steps=max_steps if max_steps not in (None, -1) else None,
+            )
             trainer.callbacks.append(self.record)  # type: ignore[attr-defined]
             global _running
             _running = (self.record, self._command_args)
@@ -771,15 +742,19 @@ def main(args: ArgsType = None) -> None:
     if (sys.argv[1:] if args is None else args) == []:
         print(USAGE, file=sys.stderr)
         sys.exit(UserError.exit_code)
-    global subcommand_started
-    subcommand_started = True
+    global _running
+    _running = None
     try:
         build_cli(args)
-    except (SIGTERMException, SystemExit, KeyboardInterrupt):
+    except (SIGTERMException, SystemExit, KeyboardInterrupt) as err:
         # A stop before the run's end (Lightning exits 1 itself after a second Ctrl-C).
         if _running is None or _running[0].stop is None:
+            if isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None  # Ctrl-C in an evaluation: one line, exit 130
             raise
         record, command_args = _running
+        if record.stop in FINISHED_REASONS:
+            return  # max_steps, reached at a batch boundary
         rank_zero_only(print)(stop_message(record, command_args), file=sys.stderr)
         if record.stop == "SIGUSR1":
             _requeue(record)
@@ -794,10 +769,19 @@ def main(args: ArgsType = None) -> None:
     except OSError as err:
         # A full or read-only disk under another library's writer (TensorBoard, hparams.yaml).
         if err.errno not in STORAGE_ERRNOS:
+            _say_how_to_continue()
             raise
         error = storage_error_from(err, kept="checkpoints saved before are intact")
         rank_zero_only(print)(f"padam-fit: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except Exception:
+        _say_how_to_continue()  # then the traceback: a crash is a bug to report
+        raise
+
+
+def _say_how_to_continue() -> None:
+    if _running is not None and _running[0].stop is not None:
+        rank_zero_only(print)(stop_message(*_running), file=sys.stderr)
 
 
 def _quiet_storage_errors_in_threads(args: threading.ExceptHookArgs) -> None:

@@ -64,6 +64,9 @@ class RunRecord(L.Callback):
         max_time: Stop at a batch boundary once training has taken this long in all (summed over
             resumes); use this instead of ``Trainer(max_time=...)``, which ends the epoch there
             as if it were complete.
+        max_steps: End the run at this global step, at a batch boundary; instead of
+            ``Trainer(max_steps=...)``, which counts the epoch it ends in as complete (a run
+            continued with more steps would skip the rest of that epoch).
         dirpath: Folder of ``last.ckpt``; default ``<log_dir>/checkpoints``.
     """
 
@@ -71,15 +74,21 @@ class RunRecord(L.Callback):
         self,
         config: dict[str, Any] | None = None,
         max_time: timedelta | None = None,
+        max_steps: int | None = None,
         dirpath: str | Path | None = None,
     ) -> None:
         self.config = config
         self.max_time = max_time
+        self.max_steps = max_steps
         self.dirpath = Path(dirpath) if dirpath is not None else None
         #: Why this fit stopped (see the class docstring); "diverged" or "error" for an exception.
         self.stop: str | None = None
-        #: Where ``last.ckpt`` was saved by this fit's stop or end (None: nothing saved then).
+        #: Where ``last.ckpt`` was saved by this fit's stop or end (None: nothing saved then),
+        #: and the record it holds.
         self.saved: Path | None = None
+        self.saved_state: dict[str, Any] = {}
+        #: The record of the latest ``last.ckpt`` this fit saved (epoch starts included).
+        self.last_state: dict[str, Any] = {}
         self._trainer: L.Trainer | None = None
         self._lightning_sigterm: Any = None
         self._previous_handlers: dict[int, Any] = {}
@@ -172,13 +181,25 @@ class RunRecord(L.Callback):
         """
         self.stop = reason
         self._pending = True
-        _say(f"padam-fit: {reason}: stopping at the next batch boundary and saving a checkpoint")
+        trainer = self._trainer
+        saves = self.dirpath is not None or (trainer is not None and trainer.checkpoint_callbacks)
+        what = "and saving a checkpoint" if saves else "(this run saves no checkpoints)"
+        _say(f"padam-fit: {reason}: stopping at the next batch boundary {what}")
 
-    def _forward(self) -> None:
-        """Hand a pending stop to Lightning, which stops at the end of this batch or epoch."""
-        if not self._pending:
+    def _forward(self, trainer: L.Trainer) -> None:
+        """Hand a pending stop to Lightning, which stops at the end of this batch or epoch.
+
+        Every process calls this at the same hooks; under DDP they first agree (one all-reduce
+        of a flag): Lightning's handler broadcasts from process 0, which pairs up only when all
+        processes call it at the same point (one process alone deadlocks in validation's sync).
+        """
+        pending = self._pending
+        if trainer.world_size > 1:
+            pending = trainer.strategy.reduce_boolean_decision(pending, all=False)
+        if not pending:
             return
         self._pending = False
+        self.stop = self.stop or "SIGTERM"  # another process's signal
         handler = self._lightning_sigterm
         if not callable(handler):
             raise KeyboardInterrupt  # no graceful path (not the main thread): stop at once
@@ -186,11 +207,11 @@ class RunRecord(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A stop asked for before or during validation goes ahead now that it is complete."""
-        self._forward()
+        self._forward(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A stop asked for in the epoch's last batch goes ahead after the epoch's end."""
-        self._forward()
+        self._forward(trainer)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
@@ -201,6 +222,12 @@ class RunRecord(L.Callback):
             spent = torch.tensor(self.train_seconds() >= limit.total_seconds())
             if trainer.strategy.broadcast(spent):  # every process stops at the same batch
                 self.request_stop("max_time")
+        if (
+            self.stop is None
+            and self.max_steps is not None
+            and trainer.global_step >= self.max_steps
+        ):
+            self.stop, self._pending = "max_steps", True
         interval = trainer.val_check_batch
         validation_follows = (
             trainer.enable_validation
@@ -210,7 +237,7 @@ class RunRecord(L.Callback):
         )
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if not (validation_follows or last_batch):
-            self._forward()
+            self._forward(trainer)
 
     # -- saving --------------------------------------------------------------------------------
 
@@ -229,10 +256,13 @@ class RunRecord(L.Callback):
         path = self.last_checkpoint(trainer)
         self._at_epoch_start = at_epoch_start
         try:
+            state = self.state_dict()
             trainer.save_checkpoint(path)
         finally:
             self._at_epoch_start = False
-        self.saved = path
+        self.last_state = state
+        if not at_epoch_start:
+            self.saved, self.saved_state = path, state
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -254,14 +284,20 @@ class RunRecord(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The run reached its configured end: save ``last.ckpt`` and write ``finished.json``."""
-        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        if self.stop == "max_steps" or (
+            trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+        ):
             self.stop = "max_steps"
         elif trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
             self.stop = "max_epochs"
         else:
             self.stop = "early_stopping"
         self._save(trainer)
-        if trainer.loggers and trainer.is_global_zero and trainer.log_dir is not None:
+        self._write_finished(trainer)
+
+    def _write_finished(self, trainer: L.Trainer) -> None:
+        log_dir = trainer.log_dir if trainer.loggers else None  # a collective call under DDP
+        if log_dir is not None and trainer.is_global_zero:
             metrics = {
                 name: float(value)
                 for name, value in trainer.callback_metrics.items()
@@ -269,7 +305,7 @@ class RunRecord(L.Callback):
             }
             summary = {**self.state_dict(), "config": None, "metrics": metrics}
             summary.pop("config")
-            _write_json(Path(trainer.log_dir) / "finished.json", summary)
+            _write_json(Path(log_dir) / "finished.json", summary)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -279,6 +315,8 @@ class RunRecord(L.Callback):
             if self.stop is None:
                 self.stop = "SIGTERM"  # Lightning's own handler, before ours was installed
             self._save(trainer)
+            if self.stop in FINISHED_REASONS:
+                self._write_finished(trainer)
         elif isinstance(exception, KeyboardInterrupt):
             self.stop = "SIGINT"
         else:
