@@ -9,15 +9,21 @@ Examples::
 
 Every folder under LOGDIR with event files and a ``config.yaml`` is a run. What a run is comes
 from the ``run.json`` padam-sweep writes into its folder (axis labels and seed); a plain padam-fit
-run is grouped by its folder name (:mod:`padam_lightning.experiments.run_logs`). Runs that differ
-only in their seed form a group; the sweep's axes make the figures, panels and lines
-(:mod:`padam_lightning.experiments.report_groups`). Written to ``--out``:
+run is named by its run name, with the settings in which runs of that name differ
+(:mod:`padam_lightning.experiments.run_logs`). Runs that differ only in their seed form a group;
+the sweep's axes make the figures, panels and lines
+(:mod:`padam_lightning.experiments.report_groups`).
+
+Epochs are counted as TensorBoard's ``epoch`` scalar + 1: epoch 1 is the value after one epoch of
+training, and every epoch number the report shows is a number of epochs completed. Written to
+``--out``:
 
 - ``curves.png`` / ``curves.svg`` (``curves_<dataset>.*`` per dataset): training loss and test
-  error (%) against epoch, one panel per network (or per value of a further axis), one line per
-  optimizer / p / setting; ``schedule.*`` when some run schedules p.
+  error (%) against epochs completed, one panel per network (or per value of a further axis), one
+  line per optimizer / p / setting; the title names the networks, dataset, optimizer and the
+  epochs done of those planned; ``schedule.*`` when some run schedules p.
 - ``results.md``: final and best test error per group (mean ± std over seeds), final training
-  loss and the epoch each group first reached the target errors.
+  loss and after how many epochs each group first reached the target errors.
 - ``results.json`` (groups, and every run with its per-epoch curves) and ``results.csv`` (one row
   per run).
 """
@@ -36,6 +42,7 @@ from padam_lightning.experiments.report_groups import (
     RunGroup,
     choose_layout,
     group_runs,
+    label_plain_runs,
 )
 from padam_lightning.experiments.report_tables import (
     markdown_table,
@@ -73,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_TARGETS),
         metavar="ERR",
-        help="test error fractions for the epochs-to-target columns (default 0.10); the best "
-        "error of the worst group per panel is always added",
+        help="test error fractions for the epochs-to-target columns, which give the epochs "
+        "completed when each group first reached them (default 0.10); the best error of the "
+        "worst group per panel is always added",
     )
     parser.add_argument(
         "--panels",
@@ -157,18 +165,18 @@ def build_report(
             f"not log {train_loss}, the end-of-epoch pass over the training split; train them "
             "with --config configs/experiments/released_metrics.yaml, or use --train-curve running."
         )
+    label_plain_runs(records)
     layout = choose_layout(records, panels=panels, lines=lines, train_loss=train_loss)
     groups = group_runs(records, layout)
     for group in groups:
         seeds = [run.seed for run in group.runs]
         if len(set(seeds)) < len(seeds):
-            # Plain padam-fit runs group by folder name: two runs in one folder (version_0,
-            # version_1) with the same seed are not repeats of one setting, as seeds would be.
+            # Two plain padam-fit runs of one name with the same settings and seed (a run
+            # started twice): averaged like seeds, although they are not independent repeats.
             names = ", ".join(run.name for run in group.runs)
             notes.append(
-                f"{group.label or 'one group'}: runs {names} share a seed; they are averaged as "
-                "if repeats. Give runs of different settings their own names "
-                "(--trainer.logger.init_args.name) to report them apart."
+                f"{group.label or 'one group'}: runs {names} have the same settings and seed; "
+                "they are averaged as if repeats."
             )
     return groups, layout, notes
 

@@ -1,12 +1,13 @@
-"""Figures like the paper's: training loss and test error against epoch, one panel per network.
+"""Figures like the paper's: training loss and test error per epoch, one panel per network.
 
 One figure per dataset; columns are the panels of the layout (networks, or e.g. the lr of a
 ``p x lr`` grid); the top row is the training loss (log scale, plain tick labels), the bottom row
 the test error in percent; one line per group (the seed mean, with a ±1 std band when there are
 several seeds), each with its own colour, line style and marker, so lines that coincide (Adam and
-AMSGrad often do) stay visible. Epoch ticks are whole numbers. The title says which networks,
-dataset, epochs and seeds are shown. A run with a ``p`` schedule adds a figure of ``p`` and the
-learning rate against epoch.
+AMSGrad often do) stay visible. The x axis is *epochs completed* (1 is the value after the first
+epoch), in whole numbers. The title says which networks, dataset, optimizer, epochs (done of
+planned) and seeds are shown. A run with a ``p`` schedule adds a figure of ``p`` and the learning
+rate against epochs completed.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import Formatter, FuncFormatter, MaxNLocator, NullFormatter
 
 from padam_lightning.experiments.report_groups import VAL_ERR, Layout, RunGroup
 from padam_lightning.experiments.sweep_spec import default_title
 
 PARTIAL = "optim/partial"
 LR = "optim/lr"
+#: The x axis of every panel: epoch ``n`` is the value logged after ``n`` epochs of training.
+EPOCH_AXIS_LABEL = "epochs completed"
 #: A row of panels: the tag, its axis label, log scale, and the factor values are shown times.
 Row = tuple[str, str, bool, float]
 SCHEDULE_ROWS: tuple[Row, ...] = (
@@ -63,6 +66,24 @@ def _plain(value: float, _position: object = None) -> str:
     return f"{value:.3g}"
 
 
+class _PlainDistinct(Formatter):
+    """Plain tick labels (no powers of ten) with as many digits as it takes to tell them apart.
+
+    A loss that moves little over a run gets ticks such as 2.2875 and 2.29, which three
+    significant digits would both show as ``2.29``.
+    """
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return _plain(x)
+
+    def format_ticks(self, values: Sequence[float]) -> list[str]:
+        for digits in range(3, 10):
+            labels = [f"{v:.{digits}g}" for v in values]
+            if len(set(labels)) == len(labels):
+                return labels
+        return [f"{v:.10g}" for v in values]
+
+
 def _plain_minor(value: float, _position: object = None) -> str:
     """A minor log tick's label at 2, 3 and 5 times a power of ten (the others stay unlabelled)."""
     if value <= 0:
@@ -76,7 +97,7 @@ def _style_axes(ax: Axes, log_scale: bool) -> None:
     if log_scale and lines and all(np.min(np.asarray(line.get_ydata())) > 0 for line in lines):
         ax.set_yscale("log")
         low, high = ax.get_ylim()
-        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        ax.yaxis.set_major_formatter(_PlainDistinct())
         # Training losses span a decade or two, so few powers of ten fall in range: within a
         # decade, evenly spaced round values; over a few, the minor ticks at 2, 3 and 5 as well.
         if high / low < 10:
@@ -91,7 +112,7 @@ def _style_axes(ax: Axes, log_scale: bool) -> None:
     if lines and high - low < 2:
         epochs = np.concatenate([np.asarray(line.get_xdata(), dtype=float) for line in lines])
         ax.set_xlim(math.floor(epochs.min()) - 0.5, math.ceil(epochs.max()) + 0.5)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(EPOCH_AXIS_LABEL)
     ax.grid(True, alpha=0.3)
 
 
@@ -154,12 +175,27 @@ def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> F
             if ax.get_lines():
                 ax.legend(fontsize="small")
     # Wrapped to the figure's width (a one-panel figure is narrow).
-    fig.suptitle(textwrap.fill(title, width=48 * len(panels)), fontsize="medium")
+    fig.suptitle(textwrap.fill(title, width=58 * len(panels)), fontsize="medium")
     return fig
 
 
+def _epochs(done: Sequence[int], planned: Sequence[int]) -> str:
+    """``10 epochs`` when every run did what it planned, else ``1 of 10 epochs``, ``1-3 of 10``."""
+    low, high = min(done), max(done)
+    shown = str(low) if low == high else f"{low}–{high}"
+    noun = "epoch" if (planned or done) == [1] else "epochs"
+    if not planned or planned == [high] == [low]:
+        return f"{shown} {noun}"
+    return f"{shown} of {'/'.join(map(str, planned))} {noun}"
+
+
 def describe_runs(groups: Sequence[RunGroup]) -> str:
-    """What the figure shows: networks, dataset, epochs and seeds of its runs, in one line."""
+    """What the figure shows, in one line: networks, dataset, optimizer, epochs and seeds.
+
+    The optimizer is named when every run has the same one (several are the figure's lines).
+    Epochs are those completed, of those planned (``trainer.max_epochs``) where the runs stopped
+    short: ``1 of 10 epochs``.
+    """
     records = [record for group in groups for record in group.runs]
 
     def values(key: str) -> list[str]:
@@ -172,11 +208,15 @@ def describe_runs(groups: Sequence[RunGroup]) -> str:
                 found.append(default_title(str(value)))
         return list(dict.fromkeys(found))
 
-    epochs = sorted({r.max_epochs for r in records if r.max_epochs is not None})
+    planned = sorted({r.max_epochs for r in records if r.max_epochs is not None})
+    done = sorted({r.epochs_completed for r in records})
     seeds = sorted({r.seed for r in records if r.seed is not None})
+    optimizers = list(dict.fromkeys(r.optimizer for r in records if r.optimizer))
     parts = [", ".join(values("model.arch")), ", ".join(values("data.dataset"))]
-    if epochs:
-        parts.append(f"{'/'.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}")
+    if len(optimizers) == 1:
+        parts.append(optimizers[0])
+    if done:
+        parts.append(_epochs(done, planned))
     if seeds:
         shown = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
         parts.append(shown + (" (mean ± 1 std)" if len(seeds) > 1 else ""))

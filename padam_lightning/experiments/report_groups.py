@@ -10,6 +10,11 @@ follows the axes the sweep file declares, in its order, keeping those with more 
 - any further axis adds panels (``lr`` in a ``p x lr`` grid gives a grid of panels).
 
 ``--panels`` / ``--lines`` on the command line name the axes instead.
+
+A plain ``padam-fit`` run (no ``run.json``) has one axis, its run name; runs of one name that were
+trained with different settings (another lr, p, ...) are told apart by those settings, added to
+the name (:func:`label_plain_runs`), so they are drawn as lines of their own and their versions
+pool as seeds only when nothing but the seed differs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from padam_lightning.errors import UserError
-from padam_lightning.experiments.run_logs import AxisValue, Curve, RunRecord
+from padam_lightning.experiments.run_logs import FOLDER_AXIS, AxisValue, Curve, RunRecord
 
 VAL_ERR = "val/err"
 #: ``--train-curve``: the tag of the training loss each definition reads.
@@ -33,6 +38,21 @@ TRAIN_CURVES = {
 FIGURE_AXES = ("data", "dataset")
 PANEL_AXES = ("arch",)
 _MISSING = AxisValue("", "-", -1)
+#: Config keys (and key prefixes) that are not what a run is: its seed, where and how it logs
+#: and saves, and how it was resumed. A run that differs from another only in these is a repeat.
+_NOT_SETTINGS = (
+    "seed_everything",
+    "ckpt_path",
+    "weights_only",
+    "checkpoint",
+    "trainer.logger",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "data.download",
+)
+#: Short names of settings in labels (the last part of the key otherwise).
+_SHORT_NAMES = {"partial": "p"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,60 @@ class RunGroup:
             if value <= target:
                 return epoch
         return None
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"lr": 0.1}}`` -> ``{"model.lr": 0.1}``; lists by index."""
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+    return flat or {prefix: value}
+
+
+def _is_setting(key: str) -> bool:
+    return not any(key == skip or key.startswith(skip + ".") for skip in _NOT_SETTINGS)
+
+
+def _short_names(keys: Sequence[str]) -> dict[str, str]:
+    """``model.optimizer.init_args.lr`` -> ``lr``; longer where two keys would share a name."""
+    parts = {k: [p for p in k.split(".") if p != "init_args" and not p.isdigit()] for k in keys}
+    names = {key: _SHORT_NAMES.get(p[-1], p[-1]) if p else key for key, p in parts.items()}
+    for key, name in names.items():
+        if list(names.values()).count(name) > 1:
+            names[key] = ".".join(parts[key][-2:])
+    return names
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def label_plain_runs(records: Sequence[RunRecord]) -> None:
+    """Add to each plain run's name the settings in which runs of that name differ.
+
+    Two ``padam-fit`` runs under one name (``version_0``, ``version_1``) trained with another
+    ``lr`` become ``<name> lr=0.1`` and ``<name> lr=0.05``; versions that differ only in their
+    seed (or in where they logged, see :data:`_NOT_SETTINGS`) keep the name and pool as seeds.
+    """
+    by_name: dict[str, list[RunRecord]] = {}
+    for record in records:
+        if record.plain and FOLDER_AXIS in record.axes:
+            by_name.setdefault(record.axes[FOLDER_AXIS].label, []).append(record)
+    for name, runs in by_name.items():
+        flat = [_flatten(run.config) for run in runs]
+        keys = [k for k in dict.fromkeys(k for f in flat for k in f) if _is_setting(k)]
+        differing = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+        short = _short_names(differing)
+        for run, settings in zip(runs, flat, strict=True):
+            shown = " ".join(f"{short[k]}={_shown(settings.get(k))}" for k in differing)
+            label = f"{name} {shown}" if shown else name
+            run.axes[FOLDER_AXIS] = AxisValue(label, label, run.axes[FOLDER_AXIS].index)
 
 
 def choose_layout(

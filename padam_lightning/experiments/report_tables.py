@@ -1,12 +1,13 @@
 """The report's tables: ``results.md`` for people, ``results.json`` and ``results.csv`` for tools.
 
-Errors are fractions in JSON and CSV and percentages in the markdown table. Per group: the
-number of seeds, epochs completed (of the configured epochs), the final and the best test error
-(mean ± sample std over seeds), the final training loss, and the first epoch at which the
-seed-mean test error reached each target: the ``--target-err`` values and, per panel, the best
-error of the worst group (a level every group reaches, so it compares speed fairly). The numbers
-are computed once, into ``results.json``'s structure; ``results.md`` and ``.csv`` are written from
-it.
+Errors are fractions in JSON and CSV and percentages in the markdown table. Every epoch number
+is a number of epochs completed (1 after the first epoch; ``epochs``, ``best_epoch``, the curves'
+epochs and the epochs to a target). Per group: the number of seeds, epochs completed (of the
+planned ``trainer.max_epochs``), the final and the best test error (mean ± sample std over
+seeds), the final training loss, and after how many epochs the seed-mean test error first reached
+each target: the ``--target-err`` values and, per panel, the best error of the worst group (a
+level every group reaches, so it compares speed fairly). The numbers are computed once, into
+``results.json``'s structure; ``results.md`` and ``.csv`` are written from it.
 """
 
 from __future__ import annotations
@@ -166,10 +167,11 @@ def markdown_table(results: dict[str, Any], title: str) -> str:
         f"# {title}",
         "",
         f"{_count(len(results['runs']), 'run')} in {_count(len(groups), 'group')}. Test error is "
-        "`val/err` (the CIFAR test split) in %; mean ± std over seeds where a group has "
-        "several. *Epochs to x%*: the first epoch at which the seed-mean test error was at most "
-        "x% (`-`: not reached); *common* is the best error of the group that did worst, a "
-        "level every group reached.",
+        "`val/err` (the test split, evaluated after every epoch) in %; mean ± std over seeds "
+        "where a group has several. Epochs are epochs completed: *epochs* is those done of "
+        "those planned; *epochs to x%* is after how many epochs the seed-mean test error was "
+        "first at most x% (`-`: not reached); *common* is the best error of the group that did "
+        "worst, a level every group reached.",
     ]
     sections: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for group in groups:

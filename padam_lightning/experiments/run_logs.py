@@ -12,10 +12,13 @@ same step, which numbers them as epochs *completed*: the value logged at the end
 ``e`` belongs to epoch ``e + 1``.
 
 What a run is comes from its ``run.json`` (written by ``padam-sweep``: axis labels and titles,
-seed). A plain ``padam-fit`` run has none; it is then one group per run folder, named by the
-folder's path under the report's log folder with a trailing ``/version_N`` or ``-seedN`` taken
-off (so ``cifar10-wrn16_4-padam/version_0`` and ``.../version_1`` pool as two seeds of
-``cifar10-wrn16_4-padam``), and its seed is the config's ``seed_everything``.
+seed). A plain ``padam-fit`` run has none; it is then named by its folder's path under the
+report's log folder with a trailing ``/version_N`` or ``-seedN`` taken off (so
+``cifar10-wrn16_4-padam/version_0`` and ``.../version_1`` are both ``cifar10-wrn16_4-padam``), or
+by the folder above it, the run name, when that path is only ``version_N`` (a report on a run
+name's folder or on one run folder); its seed is the config's ``seed_everything``. The report
+then adds the settings that differ between runs of one name to their labels
+(:func:`padam_lightning.experiments.report_groups.label_plain_runs`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import yaml
 
 from padam_lightning.cli.run_layout import CONFIG_FILE, EVAL_FOLDER, FINISHED_FILE
 from padam_lightning.errors import UserError
+from padam_lightning.experiments.sweep_spec import KNOWN_TITLES
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 #: Lightning's epoch index (0-based), logged at each step that has other values.
@@ -41,6 +45,7 @@ RUN_FILE = "run.json"
 #: The axis of runs without a ``run.json``: one label per run folder (seeds stripped).
 FOLDER_AXIS = "run"
 _SEED_SUFFIX = re.compile(r"(/version_\d+|-seed\d+)$")
+_VERSION = re.compile(r"^version_\d+$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class RunRecord:
     Attributes:
         axes: The run's value on each axis, in the sweep's axis order.
         notes: Files of the folder that could not be read and were passed over, one line each.
+        plain: Whether the run has no ``run.json`` (a plain ``padam-fit`` run, whose one axis,
+            :data:`FOLDER_AXIS`, is its name).
     """
 
     path: Path
@@ -81,18 +88,32 @@ class RunRecord:
     seed: int | None
     curves: dict[str, Curve] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    plain: bool = False
 
     @property
     def epochs_completed(self) -> int:
-        """The last epoch with a logged test error (0 when none)."""
+        """Epochs completed: the last epoch (numbered from 1) with a logged test error, or 0."""
         curve = self.curves.get("val/err")
         return curve.epochs[-1] if curve and curve.epochs else 0
 
     @property
     def max_epochs(self) -> int | None:
-        """The configured number of epochs (``trainer.max_epochs``; ``None`` when not set)."""
+        """The planned number of epochs (``trainer.max_epochs``; ``None`` when not set or -1)."""
         value = self.setting("trainer.max_epochs")
-        return value if isinstance(value, int) else None
+        planned = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return value if planned else None
+
+    @property
+    def optimizer(self) -> str | None:
+        """The optimizer as reports name it, or ``None`` when the config names none.
+
+        ``Padam``, ``SGDM``, ``AMSGrad``...: see :func:`optimizer_title`.
+        """
+        class_path = self.setting("model.optimizer.class_path")
+        if not class_path:
+            return None
+        settings = self.setting("model.optimizer.init_args")
+        return optimizer_title(str(class_path), settings if isinstance(settings, dict) else {})
 
     def setting(self, dotted: str) -> Any:
         """A value of the run's ``config.yaml`` by dotted key (``None`` when absent)."""
@@ -100,6 +121,25 @@ class RunRecord:
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         return value
+
+
+def optimizer_title(class_path: str, settings: dict[str, Any]) -> str:
+    """An optimizer's display name from its class and settings, as run names tell them apart.
+
+    The rule of padam-fit's run names (``padam_lightning.cli.padam_cli.optimizer_label``): SGD
+    with momentum is ``SGDM``, Adam with ``amsgrad`` is ``AMSGrad`` (AdamW with it ``AdamW
+    (amsgrad)``); names the sweeps use get their usual spelling (``padam`` -> ``Padam``); any
+    other optimizer is its class name. Used by the report's titles and TensorBoard's HParams.
+    """
+    name = class_path.rsplit(".", 1)[-1]
+    label = name.lower()
+    if label == "sgd" and settings.get("momentum"):
+        label = "sgdm"
+    elif label == "adam" and settings.get("amsgrad"):
+        label = "amsgrad"
+    elif label == "adamw" and settings.get("amsgrad"):
+        return "AdamW (amsgrad)"
+    return KNOWN_TITLES.get(label, name)
 
 
 def check_output_folder(path: Path, option: str) -> None:
@@ -237,9 +277,13 @@ def _one_line(err: Exception) -> str:
 
 
 def _identity(
-    identity: dict[str, Any] | None, name: str, config: dict[str, Any]
-) -> tuple[dict[str, AxisValue], int | None]:
-    """The run's axes and seed from its ``run.json``, or by the folder rule without one."""
+    identity: dict[str, Any] | None, name: str, config: dict[str, Any], run_dir: Path
+) -> tuple[dict[str, AxisValue], int | None, bool]:
+    """The run's axes and seed from its ``run.json``, or by the folder rule without one.
+
+    Returns:
+        The axes, the seed, and whether the folder rule gave them (no usable ``run.json``).
+    """
     axes = identity.get("axes") if identity else None
     if isinstance(axes, dict) and all(isinstance(v, dict) for v in axes.values()):
         values = {
@@ -251,11 +295,15 @@ def _identity(
             for axis, value in axes.items()
         }
         seed = identity.get("seed") if identity else None
+        plain = False
     else:
         group = _SEED_SUFFIX.sub("", name)
+        if _VERSION.match(group):  # the log folder is the run's own or its name's folder
+            group = run_dir.resolve().parent.name or group
         values = {FOLDER_AXIS: AxisValue(group, group)}
         seed = config.get("seed_everything")
-    return values, seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        plain = True
+    return values, seed if isinstance(seed, int) and not isinstance(seed, bool) else None, plain
 
 
 def read_run(run_dir: Path, logdir: Path) -> RunRecord | None:
@@ -279,8 +327,8 @@ def read_run(run_dir: Path, logdir: Path) -> RunRecord | None:
     identity, note = read_json_object(run_dir / RUN_FILE)
     if note is not None:
         notes.append(f"{note}; grouped by its folder name")
-    name = run_dir.relative_to(logdir).as_posix() if run_dir != logdir else run_dir.name
-    axes, seed = _identity(identity, name, config)
+    name = run_dir.relative_to(logdir).as_posix() if run_dir != logdir else run_dir.resolve().name
+    axes, seed, plain = _identity(identity, name, config, run_dir)
     return RunRecord(
         path=run_dir,
         name=name,
@@ -290,4 +338,5 @@ def read_run(run_dir: Path, logdir: Path) -> RunRecord | None:
         seed=seed,
         curves=epoch_curves(read_scalars(run_dir)),
         notes=notes,
+        plain=plain,
     )

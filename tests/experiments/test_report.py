@@ -26,9 +26,14 @@ from matplotlib.lines import Line2D
 
 from padam_lightning.experiments import report as report_module
 from padam_lightning.experiments.report import build_report, main
-from padam_lightning.experiments.report_figures import build_figures
+from padam_lightning.experiments.report_figures import build_figures, describe_runs
 from padam_lightning.experiments.report_tables import results_json
-from padam_lightning.experiments.run_logs import epoch_curves, read_run, read_scalars
+from padam_lightning.experiments.run_logs import (
+    epoch_curves,
+    optimizer_title,
+    read_run,
+    read_scalars,
+)
 
 OPTIMIZERS = {"sgdm": "SGDM", "adam": "Adam", "amsgrad": "AMSGrad", "padam": "Padam"}
 ARCHS = {"vgg16": "VGG-16", "resnet18": "ResNet-18"}
@@ -452,27 +457,124 @@ def test_a_one_epoch_comparison_of_eight_optimizers_is_readable(tmp_path: Path) 
     assert fig.get_suptitle() == "ResNet-18 · CIFAR-10 · 1 epoch · seed 0"
 
 
-def test_runs_of_one_folder_with_the_same_seed_are_noted_and_eval_folders_skipped(
+def test_plain_runs_of_one_name_are_labelled_by_the_settings_they_differ_in(
     tmp_path: Path,
 ) -> None:
-    # Two padam-fit runs under one name with seed 0 (e.g. another lr): not seeds of one setting.
+    # padam-fit runs under one name: two with another lr and p, and two seeds of the first.
     logdir = tmp_path / "lightning_logs"
-    for version in (0, 1):
+    name = logdir / "synthetic-wrn10_1-padam"
+    for version, (lr, p, seed) in enumerate(((0.1, 0.125, 0), (0.05, 0.25, 0), (0.1, 0.125, 1))):
         write_run(
-            logdir / "synthetic-wrn10_1-padam" / f"version_{version}",
-            config(arch="wrn10_1", lr=0.1 / (version + 1), max_epochs=2),
-            {"val/err": [0.5, 0.4]},
+            name / f"version_{version}",
+            config(arch="wrn10_1", lr=lr, p=p, seed=seed, max_epochs=2),
+            {"val/err": [0.5, 0.4 - lr]},
         )
     # What `padam-fit validate` of a run writes: not a training run, and no note about it.
     write_run(
-        logdir / "synthetic-wrn10_1-padam" / "version_0" / "eval" / "validate-0",
+        name / "version_0" / "eval" / "validate-0",
         config(arch="wrn10_1", max_epochs=2),
         {"val/err": [0.45]},
     )
+    groups, layout, notes = build_report(logdir)
+    assert notes == []
+    assert [(g.label, [r.name.rsplit("/", 1)[1] for r in g.runs]) for g in groups] == [
+        ("synthetic-wrn10_1-padam lr=0.05 p=0.25", ["version_1"]),
+        ("synthetic-wrn10_1-padam lr=0.1 p=0.125", ["version_0", "version_2"]),  # two seeds
+    ]
+    fig = build_figures(groups, layout)["curves"]
+    assert _legend(fig, 1, 0) == [g.label for g in groups]
+    # The same settings and seed twice (a run started again) are noted: not independent repeats.
+    write_run(name / "version_3", config(arch="wrn10_1", max_epochs=2), {"val/err": [0.5, 0.3]})
     groups, _, notes = build_report(logdir)
-    assert [len(g.runs) for g in groups] == [2]
-    assert len(notes) == 1 and "share a seed" in notes[0], notes
-    assert "version_0" in notes[0] and "version_1" in notes[0]
+    assert [len(g.runs) for g in groups] == [1, 3]
+    assert len(notes) == 1 and "have the same settings and seed" in notes[0], notes
+    assert "version_0" in notes[0] and "version_3" in notes[0] and "version_2" in notes[0]
+
+
+@pytest.mark.parametrize("where", ["name folder", "run folder"])
+def test_a_report_on_one_run_says_what_ran_and_epochs_done_of_planned(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One padam-fit run stopped (max_steps, Ctrl-C) after 1 of its 10 planned epochs.
+    run_dir = tmp_path / "r" / "cifar10-resnet18-sgdm" / "version_0"
+    write_run(
+        run_dir,
+        config(optimizer="sgdm", max_epochs=10),
+        {"val/err": [0.6], "train/loss": [2.0]},
+        finished=False,
+    )
+    logdir = run_dir.parent if where == "name folder" else run_dir
+    groups, layout, _ = build_report(logdir)
+    # The line is the run's name, not its version folder.
+    assert [g.label for g in groups] == ["cifar10-resnet18-sgdm"]
+    fig = build_figures(groups, layout)["curves"]
+    assert _legend(fig, 0, 0) == ["cifar10-resnet18-sgdm"]
+    # The optimizer is in the title, and the epochs are those done of those planned.
+    assert fig.get_suptitle() == "ResNet-18 · CIFAR-10 · SGDM · 1 of 10 epochs · seed 0"
+    assert {ax.get_xlabel() for ax in fig.axes} == {"epochs completed"}
+    out = tmp_path / "out"
+    assert main([str(logdir), "--out", str(out)]) == 0
+    markdown = (out / "results.md").read_text()
+    assert "| cifar10-resnet18-sgdm | 1 | 1/10 |" in markdown
+    assert "Epochs are epochs completed" in markdown
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert (run["epochs"], run["max_epochs"]) == (1, 10)
+    assert run["curves"]["val/err"] == [[1, pytest.approx(0.6)]]
+
+
+def test_titles_name_one_optimizer_and_the_epochs_of_runs_that_stopped_short(
+    tmp_path: Path,
+) -> None:
+    logdir = tmp_path / "p_grid"
+    for i, (p, epochs) in enumerate(((0.25, 3), (0.125, 1))):
+        write_run(
+            logdir / f"p{p}-seed0",
+            config(p=p, max_epochs=3),
+            {"val/err": [0.5, 0.4, 0.3][:epochs]},
+            axes={"p": (f"p{p}", f"p = {p}", i)},
+        )
+    groups, layout, _ = build_report(logdir)
+    title = build_figures(groups, layout)["curves"].get_suptitle().replace("\n", " ")
+    # All Padam (the lines are p): the optimizer is named; one run stopped after 1 of 3 epochs.
+    assert title == "ResNet-18 · CIFAR-10 · Padam · 1–3 of 3 epochs · seed 0"
+    assert describe_runs(groups[:1]) == "ResNet-18 · CIFAR-10 · Padam · 3 epochs · seed 0"
+    assert describe_runs(groups[1:]) == "ResNet-18 · CIFAR-10 · Padam · 1 of 3 epochs · seed 0"
+
+
+@pytest.mark.parametrize(
+    ("class_path", "settings", "title"),
+    [
+        ("padam_lightning.Padam", {"partial": 0.125, "amsgrad": True}, "Padam"),
+        ("torch.optim.SGD", {"momentum": 0.9}, "SGDM"),
+        ("torch.optim.SGD", {"momentum": 0.0}, "SGD"),
+        ("torch.optim.Adam", {"amsgrad": True}, "AMSGrad"),
+        ("torch.optim.Adam", {"amsgrad": False}, "Adam"),
+        ("torch.optim.AdamW", {"amsgrad": True}, "AdamW (amsgrad)"),
+        ("my.optimizers.LionW", {}, "LionW"),
+    ],
+)
+def test_optimizers_are_named_as_run_names_tell_them_apart(
+    class_path: str, settings: dict[str, object], title: str
+) -> None:
+    assert optimizer_title(class_path, settings) == title
+
+
+def test_tick_labels_of_a_loss_that_barely_moves_differ(tmp_path: Path) -> None:
+    # A tiny run's loss goes from 2.2903 to 2.2912: three significant digits label every tick
+    # 2.29; each label is distinct and plain (no powers of ten).
+    write_run(
+        tmp_path / "logs" / "run",
+        config(max_epochs=2),
+        {"val/err": [0.9, 0.9], "train/loss": [2.2903, 2.2912]},
+    )
+    groups, layout, _ = build_report(tmp_path / "logs")
+    fig = build_figures(groups, layout)["curves"]
+    fig.canvas.draw()
+    ax = _ax(fig, 0, 0)
+    low, high = ax.get_ylim()
+    labels = [t.label1.get_text() for t in ax.yaxis.get_major_ticks() if low <= t.get_loc() <= high]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    assert all(2.29 <= float(label) <= 2.2915 for label in labels), labels
 
 
 @pytest.mark.parametrize(
