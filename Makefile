@@ -15,7 +15,7 @@ JPEG_MARKER := .extracted
 FIT ?= $(BIN)/padam-fit
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format bench bench-gpu fit fit-cpu demo tensorboard sweep report clean
+.PHONY: help install test lint format bench bench-gpu chaos fit fit-cpu demo tensorboard sweep report clean
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,11 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 
 bench: $(STAMP) ## Run every benchmark in benchmarks/ (ratios measured in one run; not tests).
 	@for script in benchmarks/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+chaos: $(STAMP) ## Stop tiny runs at 30 random and every chosen moment, resume, compare bit for bit.
+	@# About 10-30 s per trial (several padam-fit start-ups). ARGS: e.g. --jobs 2, --keep,
+	@# --moments val-first --kinds SIGKILL (benchmarks/chaos.py --help).
+	$(BIN)/python benchmarks/chaos.py --trials 30 $(ARGS)
 
 bench-gpu: ## On a CUDA machine: every GPU goal and a short ResNet-18 run (benchmarks/gpu.sh).
 	bash benchmarks/gpu.sh
