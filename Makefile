@@ -15,7 +15,7 @@ JPEG_MARKER := .extracted
 FIT ?= $(BIN)/padam-fit
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format bench bench-gpu chaos fit fit-cpu demo tensorboard sweep report clean
+.PHONY: help install test lint format bench bench-gpu chaos fit fit-cpu demo tensorboard sweep report docs clean
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy.
 	$(BIN)/ruff check padam_lightning tests benchmarks
 	$(BIN)/ruff format --check padam_lightning tests benchmarks
 	$(BIN)/mypy
+
+docs: $(STAMP) ## Build the documentation site into out/site/ (mkdocs, strict: a broken link fails).
+	$(BIN)/mkdocs build --strict --quiet
 
 format: $(STAMP) ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix padam_lightning tests benchmarks
