@@ -63,7 +63,7 @@ EXPECTED_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, floa
     ),
     "yogi.yaml": (
         pytorch_optimizer.Yogi,
-        {"lr": 1e-3, "eps": 1e-3, "weight_decay": 5e-4, "weight_decouple": False},
+        {"lr": 1e-2, "eps": 1e-3, "weight_decay": 5e-4, "weight_decouple": False},
     ),
     "adabound.yaml": (
         pytorch_optimizer.AdaBound,

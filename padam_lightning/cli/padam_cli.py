@@ -481,7 +481,13 @@ class PadamCLI(LightningCLI):
                 and run_root is not None
                 and run_folder.parent.resolve() == run_root.resolve()
             ):
-                logger_args["version"] = run_folder.name  # the curves go on in one place
+                # The curves go on in one place; an int version shows as v_num=N in the
+                # progress bar (a string's last four characters: "on_0").
+                number = run_folder.name.removeprefix("version_")
+                plain = (
+                    number != run_folder.name and number.isdigit() and str(int(number)) == number
+                )
+                logger_args["version"] = int(number) if plain else run_folder.name
 
     @staticmethod
     def _tensorboard_args(config: Namespace) -> Namespace | None:

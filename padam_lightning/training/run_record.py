@@ -295,6 +295,11 @@ class RunRecord(L.Callback):
         self._save(trainer)
         self._write_finished(trainer)
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Finish a run resumed from a stop at its very end (Lightning then trains nothing)."""
+        if self.stop is None and _epochs_done(trainer):
+            self.on_train_end(trainer, pl_module)
+
     def _write_finished(self, trainer: L.Trainer) -> None:
         log_dir = trainer.log_dir if trainer.loggers else None  # a collective call under DDP
         if log_dir is not None and trainer.is_global_zero:
@@ -314,6 +319,8 @@ class RunRecord(L.Callback):
         if isinstance(exception, SIGTERMException):
             if self.stop is None:
                 self.stop = "SIGTERM"  # Lightning's own handler, before ours was installed
+            if _epochs_done(trainer):
+                self.stop = "max_epochs"  # stopped where the run ends anyway
             self._save(trainer)
             if self.stop in FINISHED_REASONS:
                 self._write_finished(trainer)
@@ -321,6 +328,10 @@ class RunRecord(L.Callback):
             self.stop = "SIGINT"
         else:
             self.stop = "diverged" if isinstance(exception, TrainingDivergedError) else "error"
+
+
+def _epochs_done(trainer: L.Trainer) -> bool:
+    return trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs
 
 
 def _in_main_thread() -> bool:

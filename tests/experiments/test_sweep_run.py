@@ -662,8 +662,8 @@ def test_a_typo_after_the_dashes_is_named_by_the_real_padam_fit(
     assert main([str(sweep), "--dry-run", "--", "--trainer.max_epohcs", "2"]) == 2
     assert capsys.readouterr().err == (
         "padam-sweep: error: padam-fit refuses the arguments of run a-seed0 (parsed with "
-        "--print_config before any run starts): unknown option --trainer.max_epohcs (did you "
-        "mean --trainer.max_epochs?). padam-fit fit --help lists the options.\n"
+        "--print_config before any run starts): unrecognized arguments: --trainer.max_epohcs 2 "
+        "(did you mean --trainer.max_epochs?)\n"
     )
 
 
