@@ -635,7 +635,8 @@ class PadamCLI(LightningCLI):
             UserError: If Lightning refuses a trainer setting (an unknown accelerator or strategy
                 name, devices the machine does not have or a device count of the wrong kind).
         """
-        if _slurm_job() is not None:
+        configured_plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        if _slurm_job() is not None and not configured_plugins:
             # SIGUSR1 is the RunRecord's (a stop at a batch boundary, saved in the run folder);
             # Lightning's own handler saves hpc_ckpt_N.ckpt mid-step into default_root_dir.
             kwargs.setdefault("plugins", [SLURMEnvironment(auto_requeue=False)])
