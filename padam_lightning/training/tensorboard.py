@@ -3,12 +3,13 @@
 :class:`TensorBoardDashboards` writes into each run's event file
 
 - a Custom Scalars layout that puts the paper's per-epoch curves first: training loss and test
-  error (``val/err``, the CIFAR test split) of every run in one chart each, then the training
+  error (``val/err``, the test split) of every run in one chart each, then the training
   error and test loss, the per-step training loss, and the optimizer's lr and p;
-- the run's hyperparameters for the HParams dashboard (network, dataset, optimizer class and
-  every setting, scheduler and its settings, p schedule, seed, precision, batch sizes, epochs),
-  whose metric columns include the final ``val/err`` and the best so far, ``val/err_best``, a
-  scalar this callback logs every epoch;
+- the run's hyperparameters for the HParams dashboard: one row per run, whose first columns are
+  ``run``, ``optimizer``, ``lr``, ``p`` and ``seed``, followed by the network, dataset, batch
+  size, epochs and every other setting of the optimizer, scheduler and p schedule (see
+  :data:`HPARAM_COLUMNS`), and whose first metrics are the final ``val/err`` and the best so
+  far, ``val/err_best`` (a scalar this callback logs every epoch);
 
 and removes the event file of an attempt that logged nothing (refused before its first step,
 stopped by Ctrl-C or an exception before the first values were written), which TensorBoard would
@@ -19,21 +20,27 @@ and the hyperparameters are removed; run folders, checkpoints and config files a
 from __future__ import annotations
 
 import os
+import re
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from google.protobuf import struct_pb2
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from padam_lightning.experiments.run_logs import optimizer_title
 from padam_lightning.training.classifier import qualified_name
 from padam_lightning.training.partial_schedule import PartialSchedule
+from padam_lightning.training.run_record import RunRecord
 
 #: The best ``val/err`` so far (the running minimum over epochs), for the HParams dashboard.
 BEST_VAL_ERR_TAG = "val/err_best"
@@ -42,7 +49,7 @@ BEST_VAL_ERR_TAG = "val/err_best"
 #: chart shows one line per run (and per matching tag); a regex that matches nothing draws nothing,
 #: so the released code's ``train_pass/*`` tags appear only in runs that log them.
 LAYOUT: dict[str, dict[str, list[Any]]] = {
-    "Paper curves, per epoch (val = the CIFAR test split)": {
+    "Paper curves, per epoch (val = the test split)": {
         "training loss (train/loss; train_pass/loss: the released code's extra pass)": [
             "Multiline",
             [r"^train/loss$", r"^train_pass/loss$"],
@@ -77,28 +84,109 @@ _METADATA_TAGS = frozenset(
 )
 #: Scheduler state entries that are progress, not settings.
 _SCHEDULER_PROGRESS = frozenset({"base_lrs", "last_epoch", "verbose"})
+#: Optimizer settings with a column of their own (the rest are in ``optimizer_settings``).
+_OPTIMIZER_COLUMNS = {
+    "lr": "lr",
+    "partial": "p",
+    "weight_decay": "weight_decay",
+    "momentum": "momentum",
+}
+
+_STRING, _NUMBER, _BOOL = (
+    api_pb2.DATA_TYPE_STRING,
+    api_pb2.DATA_TYPE_FLOAT64,
+    api_pb2.DATA_TYPE_BOOL,
+)
+#: The HParams dashboard's columns, in the order it shows them, with their types.
+#:
+#: What TensorBoard (2.21) does, and so how this is written: without a declared list of columns
+#: it lists every hyperparameter in name order (those that differ between runs first) and every
+#: scalar tag as a metric in name order, and shows the first five of each until a person picks
+#: others, so ``val/err`` was not among them; it shows every number with five significant
+#: digits (``10`` as ``10.000``) and has no integer type. So the columns are declared (the
+#: hparams *experiment* summary) with the metrics in the order below and each hyperparameter
+#: under a name that carries its position (``"03 lr"``: TensorBoard still sorts declared columns
+#: by name) and a display name, which the HParams dashboard, the runs table of Time Series and
+#: the CSV download show. Whole-number settings (seed, batch size, epochs) are text, so they read
+#: ``10``. Every run declares the same columns (settings an optimizer lacks, such as SGD's ``p``,
+#: stay empty), since TensorBoard takes one run's declaration for all runs.
+#:
+#: The cost of declaring: TensorBoard no longer builds value filters from the values it sees.
+#: In the HParams dashboard numbers keep their range filter and the bool its checkboxes; text
+#: columns can be sorted but not filtered (the run selector's regex still filters by run name).
+HPARAM_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("run", _STRING),  # the run name (the sweep's, or padam-fit's <data>-<arch>-<optimizer>)
+    ("optimizer", _STRING),  # Padam, SGDM, AMSGrad, ... as run names tell them apart
+    ("lr", _NUMBER),  # the optimizer's configured (initial) learning rate
+    ("p", _NUMBER),  # Padam's partial exponent
+    ("seed", _STRING),
+    ("network", _STRING),
+    ("dataset", _STRING),
+    ("batch_size", _STRING),
+    ("max_epochs", _STRING),
+    ("weight_decay", _NUMBER),
+    ("momentum", _NUMBER),
+    ("optimizer_settings", _STRING),  # every other constructor setting, ``key=value, ...``
+    ("scheduler", _STRING),
+    ("scheduler_settings", _STRING),
+    ("p_schedule", _STRING),
+    ("p_schedule_settings", _STRING),
+    ("precision", _STRING),
+    ("eval_batch_size", _STRING),
+    ("augment", _BOOL),
+    ("num_classes", _STRING),
+    ("max_steps", _STRING),
+    ("data_dir", _STRING),
+    ("optimizer_class", _STRING),
+)
+#: The metric columns, in order: the paper's test error first (see :data:`HPARAM_COLUMNS`).
+HPARAM_METRICS = (
+    "val/err",
+    BEST_VAL_ERR_TAG,
+    "train/loss",
+    "val/loss",
+    "train/err",
+    "train_pass/loss",
+    "train_pass/err",
+)
 
 
-def hparam_value(value: Any) -> bool | int | float | str:
-    """A value the HParams plugin can store: numbers, bools and strings as they are, else text.
+def hparam_text(value: Any) -> str:
+    """A setting as text for the HParams dashboard: ``10``, ``0.1``, ``[100, 150]``, ``none``.
 
-    Lists, tuples and counters (e.g. MultiStepLR's milestones) become ``"[100, 150]"``, None
-    becomes ``"none"``, one-element tensors their number.
+    Lists, tuples and counters (e.g. MultiStepLR's milestones) become ``[100, 150]``, one-element
+    tensors their number.
     """
-    if isinstance(value, bool | int | float | str):
-        return value
     if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
+        value = value.item()
     if value is None:
         return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
     if isinstance(value, Mapping) and all(isinstance(k, int) for k in value):
         return str(sorted(value.elements()) if hasattr(value, "elements") else sorted(value))
     if isinstance(value, list | tuple):
-        return str([hparam_value(item) for item in value])
+        return "[" + ", ".join(hparam_text(item) for item in value) + "]"
     return str(value)
 
 
-def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+def _settings_text(settings: Mapping[str, Any]) -> str:
+    """``{"gamma": 0.1, "milestones": [1]}`` -> ``gamma=0.1, milestones=[1]`` (``none``: empty)."""
+    return ", ".join(f"{key}={hparam_text(value)}" for key, value in settings.items()) or "none"
+
+
+def _run_name(trainer: L.Trainer) -> str:
+    """The run's name: a sweep's run (the logger's version), else the logger's name."""
+    for logger in trainer.loggers:
+        version = str(logger.version)
+        if logger.version is not None and not re.fullmatch(r"version_\d+|\d+", version):
+            return version
+        if logger.name:
+            return str(logger.name)
+    return "none"
+
+
+def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, bool | float | str]:
     """The hyperparameters that tell a run apart, as the HParams dashboard lists them.
 
     Read from the objects the run trains with (after ``configure_optimizers``), not from the
@@ -107,45 +195,133 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
     p schedule callback's, the data module's and the trainer's.
 
     Returns:
-        Names such as ``network``, ``optimizer``, ``optimizer/lr``, ``scheduler/milestones``,
-        ``p_schedule/p_start``, ``seed``, ``precision``, ``batch_size``, ``max_epochs``, mapped
-        to bools, numbers or strings.
+        The columns of :data:`HPARAM_COLUMNS` that apply to the run, in that order, each a
+        number, a bool or text as the column's type says (``p`` only for an optimizer that has
+        one). Settings that have no column of their own are in the ``*_settings`` columns as
+        ``key=value`` pairs: every constructor setting of the optimizer (and of any further
+        optimizer, after ``;``), every scheduler setting, every setting the p schedule stores.
     """
     module_hparams = dict(getattr(pl_module, "hparams", {}))
-    params: dict[str, Any] = {"network": module_hparams.get("arch", type(pl_module).__name__)}
+    params: dict[str, Any] = {"run": _run_name(trainer)}
+    settings: dict[str, Any] = {}
+    optimizers = list(trainer.optimizers)
+    if optimizers:
+        optimizer = optimizers[0]
+        defaults = dict(sorted(optimizer.defaults.items()))
+        params["optimizer"] = optimizer_title(type(optimizer).__name__, defaults)
+        params["optimizer_class"] = qualified_name(type(optimizer))
+        for key, column in _OPTIMIZER_COLUMNS.items():
+            if key in defaults:
+                params[column] = defaults.pop(key)
+        settings["optimizer_settings"] = _settings_text(defaults)
+        for extra in optimizers[1:]:
+            extra_settings = _settings_text(dict(sorted(extra.defaults.items())))
+            settings["optimizer_settings"] += f"; {qualified_name(type(extra))}: {extra_settings}"
+    params["seed"] = os.environ.get("PL_GLOBAL_SEED") or "none"
+    params["network"] = module_hparams.get("arch", type(pl_module).__name__)
     datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None:
-        for name in ("dataset", "data_dir", "batch_size", "eval_batch_size", "augment"):
-            if hasattr(datamodule, name):
-                params[name] = getattr(datamodule, name)
+    for name in ("dataset", "data_dir", "batch_size", "eval_batch_size", "augment"):
+        if datamodule is not None and hasattr(datamodule, name):
+            params[name] = getattr(datamodule, name)
     params["num_classes"] = module_hparams.get("num_classes")
-    for index, optimizer in enumerate(trainer.optimizers):
-        prefix = "optimizer" if index == 0 else f"optimizer{index}"
-        params[prefix] = qualified_name(type(optimizer))
-        for key, value in sorted(optimizer.defaults.items()):
-            params[f"{prefix}/{key}"] = value
     schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-    params["scheduler"] = qualified_name(type(schedulers[0])) if schedulers else "none"
-    for index, scheduler in enumerate(schedulers):
-        prefix = "scheduler" if index == 0 else f"scheduler{index}"
-        for key, value in sorted(scheduler.state_dict().items()):
-            if not key.startswith("_") and key not in _SCHEDULER_PROGRESS:
-                params[f"{prefix}/{key}"] = value
+    params["scheduler"] = type(schedulers[0]).__name__ if schedulers else "none"
+    scheduler_settings = []
+    for scheduler in schedulers:
+        state = {
+            key: value
+            for key, value in sorted(scheduler.state_dict().items())
+            if not key.startswith("_") and key not in _SCHEDULER_PROGRESS
+        }
+        scheduler_settings.append(_settings_text(state))
+    settings["scheduler_settings"] = "; ".join(scheduler_settings) or "none"
     # (Trainer.callbacks is set by Lightning's callback connector, not declared on the class.)
     callbacks = getattr(trainer, "callbacks", [])
     p_schedules = [cb for cb in callbacks if isinstance(cb, PartialSchedule)]
-    params["p_schedule"] = "none" if not p_schedules else p_schedules[0].shape
-    for schedule in p_schedules[:1]:
-        # The settings its checkpoints store, as configured (``total`` None: max_epochs).
-        for key in schedule.config():
-            params[f"p_schedule/{key}"] = getattr(schedule, key)
-    # A number, so that the HParams tab sorts and filters runs by seed numerically.
-    seed = os.environ.get("PL_GLOBAL_SEED", "")
-    params["seed"] = int(seed) if seed.lstrip("-").isdigit() else "none"
-    params["precision"] = str(trainer.precision)
+    params["p_schedule"] = p_schedules[0].shape if p_schedules else "none"
+    # The settings its checkpoints store, as configured (``total`` None: max_epochs).
+    settings["p_schedule_settings"] = (
+        _settings_text({key: getattr(p_schedules[0], key) for key in p_schedules[0].config()})
+        if p_schedules
+        else "none"
+    )
+    params["precision"] = trainer.precision
     params["max_epochs"] = trainer.max_epochs
-    params["max_steps"] = trainer.max_steps
-    return {name: hparam_value(value) for name, value in params.items()}
+    # padam-fit ends a run at max_steps with its RunRecord (the trainer's own stays -1).
+    records = [cb for cb in callbacks if isinstance(cb, RunRecord) and cb.max_steps is not None]
+    params["max_steps"] = records[0].max_steps if records else trainer.max_steps
+    params.update(settings)
+    values: dict[str, bool | float | str] = {}
+    for column, kind in HPARAM_COLUMNS:
+        if column not in params:
+            continue
+        value = params[column]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if kind == _NUMBER and isinstance(value, int | float) and not isinstance(value, bool):
+            values[column] = float(value)
+        elif kind == _BOOL and isinstance(value, bool):
+            values[column] = value
+        else:  # text; and a number-typed setting that is not one (e.g. Adam's betas as lr)
+            values[column] = hparam_text(value)
+    return values
+
+
+def _column_name(index: int, column: str) -> str:
+    """The internal name that puts a column in its place (TensorBoard sorts by name)."""
+    return f"{index + 1:02d} {column}"
+
+
+def hparams_summaries(values: Mapping[str, bool | float | str]) -> tuple[Summary, Summary]:
+    """The HParams plugin's experiment (the columns) and session start (this run's values).
+
+    Args:
+        values: :func:`run_hparams`'s columns and values.
+
+    Returns:
+        The two summaries to write into the run's event file.
+    """
+    experiment = api_pb2.Experiment(
+        metric_infos=[
+            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in HPARAM_METRICS
+        ],
+    )
+    for index, (column, kind) in enumerate(HPARAM_COLUMNS):
+        info = experiment.hparam_infos.add(
+            name=_column_name(index, column), display_name=column, type=kind
+        )
+        if kind == _BOOL:  # every value is known, so the dashboard offers them as a filter
+            info.domain_discrete.values.extend(
+                struct_pb2.Value(bool_value=value) for value in (False, True)
+            )
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for index, (column, _) in enumerate(HPARAM_COLUMNS):
+        if column not in values:
+            continue
+        value, slot = values[column], start.hparams[_column_name(index, column)]
+        if isinstance(value, bool):
+            slot.bool_value = value
+        elif isinstance(value, float):
+            slot.number_value = value
+        else:
+            slot.string_value = value
+    return (
+        _hparams_summary(hparams_metadata.EXPERIMENT_TAG, experiment=experiment),
+        _hparams_summary(hparams_metadata.SESSION_START_INFO_TAG, session_start_info=start),
+    )
+
+
+def _hparams_summary(tag: str, **content: Any) -> Summary:
+    data = plugin_data_pb2.HParamsPluginData(**content)
+    return Summary(
+        value=[
+            Summary.Value(
+                tag=tag,
+                metadata=hparams_metadata.create_summary_metadata(data),
+                tensor=hparams_metadata.NULL_TENSOR,
+            )
+        ]
+    )
 
 
 def _tensorboard_loggers(trainer: L.Trainer) -> Iterator[TensorBoardLogger]:
@@ -254,16 +430,13 @@ class TensorBoardDashboards(L.Callback):
         loggers = list(_tensorboard_loggers(trainer))
         if not loggers or not trainer.is_global_zero:
             return
-        params = run_hparams(trainer, pl_module)
-        # Only the session's start (its hyperparameters): no per-run "experiment" summary,
-        # because TensorBoard takes the first run's one as the column list for all runs, which
-        # would hide the settings of other optimizers in a sweep. Without it, TensorBoard lists
-        # every hyperparameter of every run and every scalar tag (val/err, val/err_best, ...)
-        # as a metric.
-        _, session_start, _ = hparams_summary(params, {})
+        # The experiment declares the columns (the same in every run: TensorBoard takes one
+        # run's for all), the session start holds this run's values.
+        experiment, session_start = hparams_summaries(run_hparams(trainer, pl_module))
         for logger in loggers:
             writer = logger.experiment
             writer.add_custom_scalars(LAYOUT)
+            writer._get_file_writer().add_summary(experiment)
             writer._get_file_writer().add_summary(session_start)
             writer.flush()
             # Attempts killed (SIGKILL) before logging, in this run folder (a resume) or beside

@@ -1,4 +1,4 @@
-"""What a run leaves in TensorBoard: the Custom Scalars layout, HParams record, no empty runs."""
+"""What a run leaves in TensorBoard: the Custom Scalars layout, HParams table, no empty runs."""
 
 from __future__ import annotations
 
@@ -11,21 +11,33 @@ from typing import Any
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard import context
+from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins import base_plugin
 from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import (
+    api_pb2,
+    backend_context,
+    get_experiment,
+    list_session_groups,
+)
 from torch.utils.tensorboard import SummaryWriter
 
 from padam_lightning.cli import main
 from padam_lightning.data import CIFARDataModule
+from padam_lightning.optim import Padam
 from padam_lightning.training.classifier import ImageClassifier
 from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.tensorboard import (
     BEST_VAL_ERR_TAG,
+    HPARAM_COLUMNS,
     LAYOUT,
     TensorBoardDashboards,
     holds_logged_data,
+    hparams_summaries,
     remove_empty_event_files,
     run_hparams,
 )
@@ -37,17 +49,43 @@ def _accumulator(run_dir: Path) -> EventAccumulator:
     return accumulator
 
 
-def _session_hparams(accumulator: EventAccumulator) -> dict[str, Any]:
-    """The run's hyperparameters as the HParams plugin reads them."""
-    content = accumulator.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
-    start = hparams_metadata.parse_session_start_info_plugin_data(
-        content[hparams_metadata.SESSION_START_INFO_TAG]
+def _hparams_table(logdir: Path) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
+    """What TensorBoard's HParams plugin serves for ``logdir``, as its dashboard gets it.
+
+    Returns:
+        The hyperparameter columns (display names) and metric columns in the order the
+        dashboard shows them, and each run's values by column.
+    """
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(
+        base_plugin.TBContext(logdir=str(logdir), multiplexer=multiplexer, data_provider=provider)
     )
-    values = {}
-    for name, value in start.hparams.items():
-        kind = value.WhichOneof("kind")
-        values[name] = getattr(value, kind)
-    return values
+    request_context = context.RequestContext()
+    experiment = get_experiment.Handler(
+        request_context, backend, "", api_pb2.GetExperimentRequest()
+    ).run()
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=100, allowed_statuses=list(api_pb2.Status.values())
+    )
+    for info in experiment.hparam_infos:
+        request.col_params.add(hparam=info.name, include_in_result=True)
+    for metric in experiment.metric_infos:
+        request.col_params.add(metric=metric.name, include_in_result=True)
+    groups = list_session_groups.Handler(request_context, backend, "", request).run()
+    shown = {info.name: info.display_name or info.name for info in experiment.hparam_infos}
+    rows = {}
+    for group in groups.session_groups:
+        row: dict[str, Any] = {
+            shown[name]: getattr(value, str(value.WhichOneof("kind")))
+            for name, value in group.hparams.items()
+        }
+        row.update({metric.name.tag: metric.value for metric in group.metric_values})
+        rows[group.name] = row
+    columns = [shown[info.name] for info in experiment.hparam_infos]
+    return columns, [metric.name.tag for metric in experiment.metric_infos], rows
 
 
 def test_fit_records_layout_hparams_and_best_error(
@@ -67,28 +105,42 @@ def test_fit_records_layout_hparams_and_best_error(
     assert list(first.chart[1].multiline.tag) == [r"^val/err$"]
     assert [category.title for category in layout.category] == list(LAYOUT)
 
-    # Every setting that tells runs apart, read back through the HParams plugin's own parser.
-    hparams = _session_hparams(accumulator)
+    # The HParams dashboard, as TensorBoard's plugin serves it: the columns a person reads
+    # first are the run, its optimizer, lr, p and seed, then the test error.
+    columns, metrics, rows = _hparams_table(tmp_path / "logs")
+    assert columns == [column for column, _ in HPARAM_COLUMNS]
+    assert columns[:5] == ["run", "optimizer", "lr", "p", "seed"]
+    assert metrics[:2] == ["val/err", "val/err_best"]
+    (row,) = rows.values()
+    # Whole numbers are text, so the dashboard shows 3, not 3.000; real numbers stay numbers
+    # (filtered by range), a bool a bool.
     expected = {
+        "run": "run",
+        "optimizer": "Padam",
+        "lr": pytest.approx(0.1),
+        "p": pytest.approx(0.125),
+        "seed": "0",
         "network": "wrn10_1",
         "dataset": "synthetic",
-        "batch_size": 16.0,  # the plugin stores numbers as doubles
-        "eval_batch_size": 16.0,
-        "optimizer": "padam_lightning.optim.padam.Padam",
-        "optimizer/lr": 0.1,
-        "optimizer/partial": 0.125,
-        "optimizer/weight_decay": 0.0005,
-        "optimizer/betas": "[0.9, 0.999]",
-        "optimizer/amsgrad": True,
-        "scheduler": "torch.optim.lr_scheduler.MultiStepLR",
-        "scheduler/milestones": "[1]",
-        "scheduler/gamma": 0.1,
+        "batch_size": "16",
+        "max_epochs": "3",
+        "weight_decay": pytest.approx(0.0005),
+        "optimizer_settings": "amsgrad=True, betas=[0.9, 0.999], decoupled_weight_decay=False, "
+        "eps=1e-08, foreach=none, fused=none, maximize=False",
+        "scheduler": "MultiStepLR",
+        "scheduler_settings": "gamma=0.1, milestones=[1]",
         "p_schedule": "none",
-        "seed": 0,
+        "p_schedule_settings": "none",
         "precision": "32-true",
-        "max_epochs": 3.0,
+        "eval_batch_size": "16",
+        "augment": True,
+        "num_classes": "10",
+        "max_steps": "-1",
+        "data_dir": "data",
+        "optimizer_class": "padam_lightning.optim.padam.Padam",
     }
-    assert {name: hparams.get(name) for name in expected} == expected
+    assert {column: row.get(column) for column in expected} == expected
+    assert "momentum" not in row  # Padam has none: the cell is empty
 
     # val/err_best is the running minimum of val/err, epoch by epoch, at the same steps.
     val_err = [(event.step, event.value) for event in accumulator.Scalars("val/err")]
@@ -99,6 +151,43 @@ def test_fit_records_layout_hparams_and_best_error(
     ]
     assert len(val_err) == 3
     assert [value for _, value in best] == pytest.approx([value for _, value in running_min])
+    assert row["val/err"] == pytest.approx(val_err[-1][1])
+
+
+def _hparams_of(optimizer: torch.optim.Optimizer, **trainer_args: Any) -> dict[str, Any]:
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, **trainer_args)
+    trainer.optimizers = [optimizer]
+    return run_hparams(trainer, L.LightningModule())
+
+
+def test_runs_of_different_optimizers_share_the_columns(tmp_path: Path) -> None:
+    # TensorBoard takes one run's declared columns for all runs: every run declares the same,
+    # so an SGD run beside a Padam run loses none of its settings, and has no p.
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    runs = {
+        "sgdm": _hparams_of(torch.optim.SGD(weights, lr=0.05, momentum=0.9), max_epochs=200),
+        "padam": _hparams_of(Padam(weights, lr=0.1, partial=0.125)),
+        "amsgrad": _hparams_of(torch.optim.Adam(weights, lr=0.001, amsgrad=True)),
+    }
+    for name, values in runs.items():
+        writer = SummaryWriter(str(tmp_path / name))
+        for summary in hparams_summaries(values):
+            writer._get_file_writer().add_summary(summary)
+        writer.add_scalar("val/err", 0.5, 0)
+        writer.close()
+    columns, metrics, rows = _hparams_table(tmp_path)
+    assert columns[:5] == ["run", "optimizer", "lr", "p", "seed"]
+    assert metrics[0] == "val/err"
+    assert rows["sgdm"]["optimizer"] == "SGDM" and "p" not in rows["sgdm"]
+    assert rows["sgdm"]["momentum"] == pytest.approx(0.9)
+    assert rows["sgdm"]["max_epochs"] == "200"
+    assert rows["sgdm"]["optimizer_settings"] == (
+        "dampening=0, differentiable=False, foreach=none, fused=none, maximize=False, "
+        "nesterov=False"
+    )
+    assert rows["padam"]["optimizer"] == "Padam" and rows["padam"]["p"] == pytest.approx(0.125)
+    assert rows["amsgrad"]["optimizer"] == "AMSGrad"
+    assert rows["amsgrad"]["lr"] == pytest.approx(0.001)
 
 
 def test_p_schedule_settings_are_recorded(tiny_fit_args: list[str], tmp_path: Path) -> None:
@@ -108,12 +197,13 @@ def test_p_schedule_settings_are_recorded(tiny_fit_args: list[str], tmp_path: Pa
         "    - class_path: padam_lightning.training.partial_schedule.PartialSchedule\n"
         "      init_args: {p_start: 0.25, p_end: 0.0625, shape: linear, total: 2}\n"
     )
-    main([*tiny_fit_args, "--config", str(schedule)])
-    hparams = _session_hparams(_accumulator(tmp_path / "logs" / "run" / "version_0"))
-    assert hparams["p_schedule"] == "linear"
-    assert hparams["p_schedule/p_start"] == 0.25
-    assert hparams["p_schedule/p_end"] == 0.0625
-    assert hparams["p_schedule/total"] == 2.0
+    main([*tiny_fit_args, "--config", str(schedule), "--trainer.max_steps", "4"])
+    _, _, rows = _hparams_table(tmp_path / "logs")
+    (row,) = rows.values()
+    assert row["p_schedule"] == "linear"
+    assert row["p_schedule_settings"].startswith("p_start=0.25, p_end=0.0625, shape=linear, ")
+    assert "total=2" in row["p_schedule_settings"]
+    assert row["max_steps"] == "4"  # padam-fit's own stop at max_steps, not the trainer's -1
 
 
 class _WarmupSchedule(PartialSchedule):
@@ -132,18 +222,10 @@ def test_the_hparams_record_every_setting_the_schedule_stores() -> None:
     schedule = _WarmupSchedule(0.25, p_end=0.0625, total=5, lr_end_scale=0.5)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[schedule])
     hparams = run_hparams(trainer, L.LightningModule())
-    recorded = {k: v for k, v in hparams.items() if k.startswith("p_schedule/")}
-    assert recorded == {
-        "p_schedule/p_start": 0.25,
-        "p_schedule/p_end": 0.0625,
-        "p_schedule/shape": "linear",
-        "p_schedule/interval": "epoch",
-        "p_schedule/total": 5,
-        "p_schedule/milestones": "[]",
-        "p_schedule/lr_start_scale": 1.0,
-        "p_schedule/lr_end_scale": 0.5,
-        "p_schedule/warmup": 3,
-    }
+    assert hparams["p_schedule_settings"] == (
+        "p_start=0.25, p_end=0.0625, shape=linear, interval=epoch, total=5, milestones=[], "
+        "lr_start_scale=1, lr_end_scale=0.5, warmup=3"
+    )
 
 
 class _Fails(L.Callback):
