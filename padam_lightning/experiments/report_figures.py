@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter, FuncFormatter, MaxNLocator, NullFormatter
 
 from padam_lightning.experiments.report_groups import VAL_ERR, Layout, RunGroup
+from padam_lightning.experiments.run_logs import RunRecord
 from padam_lightning.experiments.sweep_spec import default_title
 
 PARTIAL = "optim/partial"
@@ -116,7 +117,13 @@ def _style_axes(ax: Axes, log_scale: bool) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> Figure:
+def _plot_grid(
+    groups: Sequence[RunGroup],
+    rows: Sequence[Row],
+    title: str,
+    notes: dict[str, str] | None = None,
+) -> Figure:
+    """One column per panel, one row per curve; ``notes`` adds text to lines' legend labels."""
     panels = list(dict.fromkeys(g.panel_key for g in groups))
     titles = {g.panel_key: g.panel_title for g in groups}
     labels = list(dict.fromkeys(g.label for g in groups))
@@ -155,7 +162,7 @@ def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> F
                 ax.plot(
                     mean.epochs,
                     values,
-                    label=group.label,
+                    label=group.label + (notes or {}).get(group.label, ""),
                     markerfacecolor="none",
                     markevery=max(1, len(values) // 12),
                     **style,
@@ -179,22 +186,42 @@ def _plot_grid(groups: Sequence[RunGroup], rows: Sequence[Row], title: str) -> F
     return fig
 
 
-def _epochs(done: Sequence[int], planned: Sequence[int]) -> str:
-    """``10 epochs`` when every run did what it planned, else ``1 of 10 epochs``, ``1-3 of 10``."""
-    low, high = min(done), max(done)
-    shown = str(low) if low == high else f"{low}–{high}"
-    noun = "epoch" if (planned or done) == [1] else "epochs"
-    if not planned or planned == [high] == [low]:
-        return f"{shown} {noun}"
-    return f"{shown} of {'/'.join(map(str, planned))} {noun}"
+def _progress(records: Sequence[RunRecord]) -> tuple[int, int | None]:
+    """Epochs completed by all of ``records`` and the most any of them planned (None: unknown)."""
+    planned = [r.max_epochs for r in records if r.max_epochs is not None]
+    return min(r.epochs_completed for r in records), max(planned) if planned else None
+
+
+def _epochs(done: int, planned: int | None) -> str:
+    """``10 epochs`` (all that were planned, or the plan is unknown), ``1 of 10 epochs``."""
+    noun = "epoch" if (planned or done) == 1 else "epochs"
+    return f"{done} {noun}" if planned in (None, done) else f"{done} of {planned} {noun}"
+
+
+def stopped_short(groups: Sequence[RunGroup]) -> dict[str, str]:
+    """Legend notes for the lines that stopped short, where the runs' epochs differ.
+
+    When every run completed the same epochs of the same plan the title says so; otherwise the
+    title gives the range of epochs completed and each line that did not complete its planned
+    epochs says how far it got: ``Adam (1 of 10 epochs)``.
+    """
+    if len({_progress([r]) for g in groups for r in g.runs}) <= 1:
+        return {}
+    notes = {}
+    for group in groups:
+        done, planned = _progress(group.runs)
+        if planned is not None and done < planned:
+            notes[group.label] = f" ({_epochs(done, planned)})"
+    return notes
 
 
 def describe_runs(groups: Sequence[RunGroup]) -> str:
     """What the figure shows, in one line: networks, dataset, optimizer, epochs and seeds.
 
     The optimizer is named when every run has the same one (several are the figure's lines).
-    Epochs are those completed, of those planned (``trainer.max_epochs``) where the runs stopped
-    short: ``1 of 10 epochs``.
+    Epochs are those completed, of those planned (``trainer.max_epochs``) when the runs stopped
+    short: ``1 of 10 epochs``; runs that got to different epochs give the range, ``1–3 epochs``
+    (with :func:`stopped_short`'s notes on the lines).
     """
     records = [record for group in groups for record in group.runs]
 
@@ -208,15 +235,18 @@ def describe_runs(groups: Sequence[RunGroup]) -> str:
                 found.append(default_title(str(value)))
         return list(dict.fromkeys(found))
 
-    planned = sorted({r.max_epochs for r in records if r.max_epochs is not None})
-    done = sorted({r.epochs_completed for r in records})
+    progress = {_progress([r]) for r in records}
     seeds = sorted({r.seed for r in records if r.seed is not None})
     optimizers = list(dict.fromkeys(r.optimizer for r in records if r.optimizer))
     parts = [", ".join(values("model.arch")), ", ".join(values("data.dataset"))]
     if len(optimizers) == 1:
         parts.append(optimizers[0])
-    if done:
-        parts.append(_epochs(done, planned))
+    if len(progress) == 1:
+        parts.append(_epochs(*progress.pop()))
+    elif records:
+        done = sorted({done for done, _ in progress})
+        low, high = done[0], done[-1]
+        parts.append(_epochs(low, None) if low == high else f"{low}–{high} epochs")
     if seeds:
         shown = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
         parts.append(shown + (" (mean ± 1 std)" if len(seeds) > 1 else ""))
@@ -240,10 +270,10 @@ def build_figures(groups: Sequence[RunGroup], layout: Layout) -> dict[str, Figur
         by_figure.setdefault(group.figure_key, []).append(group)
     several = len(by_figure) > 1
     for members in by_figure.values():
-        title = describe_runs(members)
+        title, notes = describe_runs(members), stopped_short(members)
         name = members[0].figure_title
         stem = f"curves_{_slug(name)}" if several else "curves"
-        figures[stem] = _plot_grid(members, curve_rows, title)
+        figures[stem] = _plot_grid(members, curve_rows, title, notes)
         scheduled = [
             g
             for g in members
@@ -251,7 +281,7 @@ def build_figures(groups: Sequence[RunGroup], layout: Layout) -> dict[str, Figur
         ]
         if scheduled:
             stem = f"schedule_{_slug(name)}" if several else "schedule"
-            figures[stem] = _plot_grid(members, SCHEDULE_ROWS, title)
+            figures[stem] = _plot_grid(members, SCHEDULE_ROWS, title, notes)
     return figures
 
 

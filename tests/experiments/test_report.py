@@ -522,7 +522,7 @@ def test_a_report_on_one_run_says_what_ran_and_epochs_done_of_planned(
     assert run["curves"]["val/err"] == [[1, pytest.approx(0.6)]]
 
 
-def test_titles_name_one_optimizer_and_the_epochs_of_runs_that_stopped_short(
+def test_titles_name_one_optimizer_and_lines_say_when_they_stopped_short(
     tmp_path: Path,
 ) -> None:
     logdir = tmp_path / "p_grid"
@@ -534,11 +534,18 @@ def test_titles_name_one_optimizer_and_the_epochs_of_runs_that_stopped_short(
             axes={"p": (f"p{p}", f"p = {p}", i)},
         )
     groups, layout, _ = build_report(logdir)
-    title = build_figures(groups, layout)["curves"].get_suptitle().replace("\n", " ")
-    # All Padam (the lines are p): the optimizer is named; one run stopped after 1 of 3 epochs.
-    assert title == "ResNet-18 · CIFAR-10 · Padam · 1–3 of 3 epochs · seed 0"
+    fig = build_figures(groups, layout)["curves"]
+    # All Padam (the lines are p): the optimizer is named. The runs got to different epochs:
+    # the title gives the range, and the line that stopped short says how far it got.
+    assert fig.get_suptitle() == "ResNet-18 · CIFAR-10 · Padam · 1–3 epochs · seed 0"
+    assert _legend(fig, 1, 0) == ["p = 0.25", "p = 0.125 (1 of 3 epochs)"]
     assert describe_runs(groups[:1]) == "ResNet-18 · CIFAR-10 · Padam · 3 epochs · seed 0"
     assert describe_runs(groups[1:]) == "ResNet-18 · CIFAR-10 · Padam · 1 of 3 epochs · seed 0"
+    # Every run stopped after 1 of 3: the title says it once, the lines say nothing more.
+    groups, layout, _ = build_report(logdir, lines=["p"])
+    fig = build_figures([g for g in groups if g.label == "p = 0.125"], layout)["curves"]
+    assert fig.get_suptitle() == "ResNet-18 · CIFAR-10 · Padam · 1 of 3 epochs · seed 0"
+    assert _legend(fig, 1, 0) == ["p = 0.125"]
 
 
 @pytest.mark.parametrize(
