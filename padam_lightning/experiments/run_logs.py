@@ -35,7 +35,6 @@ import yaml
 
 from padam_lightning.cli.run_layout import CONFIG_FILE, EVAL_FOLDER, FINISHED_FILE
 from padam_lightning.errors import UserError
-from padam_lightning.experiments.sweep_spec import KNOWN_TITLES
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 #: Lightning's epoch index (0-based), logged at each step that has other values.
@@ -128,18 +127,16 @@ def optimizer_title(class_path: str, settings: dict[str, Any]) -> str:
 
     The rule of padam-fit's run names (``padam_lightning.cli.padam_cli.optimizer_label``): SGD
     with momentum is ``SGDM``, Adam with ``amsgrad`` is ``AMSGrad`` (AdamW with it ``AdamW
-    (amsgrad)``); names the sweeps use get their usual spelling (``padam`` -> ``Padam``); any
-    other optimizer is its class name. Used by the report's titles and TensorBoard's HParams.
+    (amsgrad)``); any other optimizer is its class name (``Padam``). TensorBoard's HParams table
+    names optimizers by the same rule (``padam_lightning.training.tensorboard``, which may not
+    import this package's ``experiments``).
     """
     name = class_path.rsplit(".", 1)[-1]
-    label = name.lower()
-    if label == "sgd" and settings.get("momentum"):
-        label = "sgdm"
-    elif label == "adam" and settings.get("amsgrad"):
-        label = "amsgrad"
-    elif label == "adamw" and settings.get("amsgrad"):
-        return "AdamW (amsgrad)"
-    return KNOWN_TITLES.get(label, name)
+    if name == "SGD" and settings.get("momentum"):
+        return "SGDM"
+    if name in ("Adam", "AdamW") and settings.get("amsgrad"):
+        return "AMSGrad" if name == "Adam" else "AdamW (amsgrad)"
+    return name
 
 
 def check_output_folder(path: Path, option: str) -> None:

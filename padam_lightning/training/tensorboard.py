@@ -37,7 +37,6 @@ from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from padam_lightning.experiments.run_logs import optimizer_title
 from padam_lightning.training.classifier import qualified_name
 from padam_lightning.training.partial_schedule import PartialSchedule
 from padam_lightning.training.run_record import RunRecord
@@ -170,6 +169,22 @@ def hparam_text(value: Any) -> str:
     return str(value)
 
 
+def optimizer_title(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer as run names tell them apart: ``Padam``, ``SGDM``, ``AMSGrad``, ``Adam``.
+
+    SGD with momentum is ``SGDM``, Adam with ``amsgrad`` is ``AMSGrad`` (AdamW with it ``AdamW
+    (amsgrad)``), any other optimizer its class name: padam-fit's run names' rule
+    (``padam_lightning.cli.padam_cli.optimizer_label``), as padam-report titles its figures
+    (``padam_lightning.experiments.run_logs.optimizer_title``, which reads it from a config).
+    """
+    name, settings = type(optimizer).__name__, optimizer.defaults
+    if name == "SGD" and settings.get("momentum"):
+        return "SGDM"
+    if name in ("Adam", "AdamW") and settings.get("amsgrad"):
+        return "AMSGrad" if name == "Adam" else "AdamW (amsgrad)"
+    return name
+
+
 def _settings_text(settings: Mapping[str, Any]) -> str:
     """``{"gamma": 0.1, "milestones": [1]}`` -> ``gamma=0.1, milestones=[1]`` (``none``: empty)."""
     return ", ".join(f"{key}={hparam_text(value)}" for key, value in settings.items()) or "none"
@@ -208,7 +223,7 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, b
     if optimizers:
         optimizer = optimizers[0]
         defaults = dict(sorted(optimizer.defaults.items()))
-        params["optimizer"] = optimizer_title(type(optimizer).__name__, defaults)
+        params["optimizer"] = optimizer_title(optimizer)
         params["optimizer_class"] = qualified_name(type(optimizer))
         for key, column in _OPTIMIZER_COLUMNS.items():
             if key in defaults:
