@@ -127,7 +127,7 @@ def test_report_on_real_runs_matches_the_logged_scalars(real_sweep: Path, tmp_pa
     assert np.asarray(line.get_ydata()).tolist() == pytest.approx(
         [100 * e for e in errors], abs=1e-5
     )
-    assert figures["curves"].get_suptitle() == "WRN-10-1 · synthetic · 3 epochs · seed 0"
+    assert figures["curves"].get_suptitle() == "WRN-10-1 · synthetic · Padam · 3 epochs · seed 0"
     (p_line,) = figures["schedule"].axes[0].get_lines()
     assert np.asarray(p_line.get_ydata()).tolist() == pytest.approx(
         [value for _, value in sorted(scalars["optim/partial"].items())], abs=1e-7
