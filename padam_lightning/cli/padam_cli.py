@@ -439,8 +439,6 @@ class PadamCLI(LightningCLI):
             self._ckpt_path = self._find_checkpoint(str(config.ckpt_path), logger_args, run_root)
             checkpoint = read_checkpoint(self._ckpt_path)
             check_network(self._ckpt_path, checkpoint, config.model.get("arch"), evaluating=True)
-        if subcommand and "weights_only" in config and config.get("weights_only") is None:
-            config.weights_only = False  # this package's own checkpoints (Lightning warns)
         if subcommand:
             # Put back in instantiate_trainer: LightningCLI would otherwise parse the checkpoint's
             # hyperparameters over this command's model settings.

@@ -257,7 +257,7 @@ class RunRecord(L.Callback):
         self._at_epoch_start = at_epoch_start
         try:
             state = self.state_dict()
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint
         finally:
             self._at_epoch_start = False
         self.last_state = state
