@@ -640,6 +640,11 @@ class PadamCLI(LightningCLI):
             kwargs.setdefault("plugins", [SLURMEnvironment(auto_requeue=False)])
         try:
             trainer = super().instantiate_trainer(**kwargs)
+            # A SLURM or torchrun layout other than num_nodes x devices, checked now rather than
+            # with a traceback inside fit.
+            environment = getattr(trainer.strategy, "cluster_environment", None)
+            if environment is not None:
+                environment.validate_settings(trainer.num_devices, trainer.num_nodes)
         except (ValueError, TypeError, MisconfigurationException) as err:
             # Trainer.__init__ only resolves its arguments: a ValueError there is a bad setting,
             # and so is a TypeError (`--trainer.devices -2`: "should be an int > 0").
@@ -761,8 +766,8 @@ def main(args: ArgsType = None) -> None:
         if record.stop in FINISHED_REASONS:
             return  # max_steps, reached at a batch boundary
         rank_zero_only(print)(stop_message(record, command_args), file=sys.stderr)
-        if record.stop == "SIGUSR1":
-            _requeue(record)
+        if record.stop == "SIGUSR1" and rank_zero_only.rank == 0:
+            _requeue(record)  # once per job, not once per process
         sys.exit(_STOPS.get(record.stop or "", ("", 1))[1])
     except (UserError, MisconfigurationException, ArgumentError) as err:
         # MisconfigurationException: Lightning's own checks of trainer settings at fit time.
