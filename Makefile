@@ -37,7 +37,8 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy.
 	$(BIN)/mypy
 
 docs: $(STAMP) ## Build the documentation site into out/site/ (mkdocs, strict: a broken link fails).
-	$(BIN)/mkdocs build --strict --quiet
+	@# Not --quiet: mkdocs drops warnings it does not print, and --strict then passes.
+	$(BIN)/mkdocs build --strict
 
 format: $(STAMP) ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix padam_lightning tests benchmarks
@@ -77,7 +78,7 @@ fit: $(STAMP) ## Train with CONFIG (default configs/wrn.yaml): padam-fit fit --c
 		$(FIT) fit --config $(CONFIG) $(ARGS); \
 	fi
 
-fit-cpu: $(STAMP) ## A CPU-scale run (WRN-10-1, 10 epochs, 10-12 min on 2 cores): configs/cpu.yaml.
+fit-cpu: $(STAMP) ## A CPU-scale run (WRN-10-1, 10 epochs; prints its time estimate): configs/cpu.yaml.
 	@# -f: the same Makefile also when it was named with make -f PATH from another folder.
 	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) fit CONFIG=configs/cpu.yaml ARGS="$(ARGS)"
 

@@ -273,10 +273,12 @@ def stop_message(record: RunRecord, args: Sequence[str] | None) -> str:
 
 
 def _where(state: dict[str, Any]) -> str:
-    """``epoch 2, 3 batches done, step 11`` or ``start of epoch 2, step 8`` from a run record."""
-    epoch, batches = state["epoch"], state["batches"]
-    where = f"epoch {epoch}, {batches} batches done" if batches else f"start of epoch {epoch}"
-    return f"{where}, step {state['global_step']}"
+    """``2 epochs and 3 batches done, step 11`` from a run record (counts, as padam-report's)."""
+    epochs = f"{state['epoch']} epoch{'' if state['epoch'] == 1 else 's'}"
+    batches = state["batches"]
+    if batches:
+        epochs += f" and {batches} batch{'' if batches == 1 else 'es'}"
+    return f"{epochs} done, step {state['global_step']}"
 
 
 def _max_time(value: Any) -> timedelta | None:

@@ -27,7 +27,7 @@ CPU_SCALE_EPOCHS = 10
 #: What to run instead of a GPU-sized config on a CPU (``configs/cpu.yaml``, ``make fit-cpu``).
 CPU_ALTERNATIVE = (
     "For a CPU-scale run use `make fit-cpu` (padam-fit fit --config configs/cpu.yaml: WRN-10-1 on "
-    "CIFAR-10, 10 epochs with the paper's lr decay compressed, about 12 minutes on 2 CPU cores)."
+    "CIFAR-10, 10 epochs with the paper's lr decay compressed; it prints its own estimate too)."
 )
 
 

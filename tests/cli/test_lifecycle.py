@@ -85,7 +85,7 @@ def test_a_max_time_stop_is_no_finish_and_the_resume_trains_the_rest_of_the_epoc
     record = _record(run_dir)
     assert (record["stop"], record["epoch"], record["batches"]) == ("max_time", 0, 1)
     line = _stop_line(stopped.stderr)
-    assert "--trainer.max_time" in line and "epoch 0, 1 batches done, step 1" in line
+    assert "--trainer.max_time" in line and "0 epochs and 1 batch done, step 1" in line
     # The printed command runs as printed (here with a longer limit).
     resume = shlex.split(line.split("To continue: ", 1)[1])
     assert resume[0] == str(PADAM_FIT)

@@ -375,7 +375,7 @@ def test_a_run_stopped_mid_epoch_by_a_signal_resumes_exactly(
     line = stop_line(capsys.readouterr().err)
     command = shlex.join(["padam-fit", *args, "--ckpt_path", str(last)])
     assert line == (
-        f"padam-fit: stopped by {STOPPED_BY[signum]}; saved {last} (epoch 1, 1 batches done, "
+        f"padam-fit: stopped by {STOPPED_BY[signum]}; saved {last} (1 epoch and 1 batch done, "
         f"step 4). To continue: {command}"
     )
 
@@ -428,8 +428,8 @@ def test_a_stop_in_validation_waits_for_the_epochs_end_and_saves_it(
     line = stop_line(capsys.readouterr().err)
     command = shlex.join(["padam-fit", *args, "--ckpt_path", str(last)])
     assert line == (
-        f"padam-fit: stopped by {STOPPED_BY[signum]}; saved {last} (start of epoch {epoch}, "
-        f"step {step}). To continue: {command}"
+        f"padam-fit: stopped by {STOPPED_BY[signum]}; saved {last} ({epoch} epoch"
+        f"{'' if epoch == 1 else 's'} done, step {step}). To continue: {command}"
     )
     if resume:  # no epoch is skipped or trained twice
         continue_printed(line)
@@ -460,7 +460,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(
     assert "Traceback" not in err
     command = shlex.join(["padam-fit", *args, "--ckpt_path", str(last)])
     assert stop_line(err) == (
-        f"padam-fit: stopped by Ctrl-C without saving; {last} (start of epoch 1, step 3) "
+        f"padam-fit: stopped by Ctrl-C without saving; {last} (1 epoch done, step 3) "
         f"continues the run: {command}"
     )
 
@@ -505,7 +505,7 @@ def test_after_a_crash_padam_fit_names_the_checkpoint_that_continues_the_run(
     # Nothing is saved at a crash (it may come mid-step): last.ckpt is epoch 1's start.
     assert where(record_of(last)) == (None, 1, 0, 3)
     err = capsys.readouterr().err
-    assert f"{last} (start of epoch 1, step 3)" in err, err
+    assert f"{last} (1 epoch done, step 3)" in err, err
     assert f"--ckpt_path {last}" in err, err
 
 
