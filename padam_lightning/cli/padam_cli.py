@@ -767,7 +767,8 @@ def main(args: ArgsType = None) -> None:
         record, command_args = _running
         if record.stop in FINISHED_REASONS:
             return  # max_steps, reached at a batch boundary
-        rank_zero_only(print)(stop_message(record, command_args), file=sys.stderr)
+        # On a line of its own: a progress bar may have left the cursor at the end of its line.
+        rank_zero_only(print)("\n" + stop_message(record, command_args), file=sys.stderr)
         if record.stop == "SIGUSR1" and rank_zero_only.rank == 0:
             _requeue(record)  # once per job, not once per process
         sys.exit(_STOPS.get(record.stop or "", ("", 1))[1])
