@@ -19,6 +19,7 @@ a batch boundary with ``last.ckpt`` saved there and prints the command that resu
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -254,13 +255,18 @@ _STOPS = {
 }
 
 
+#: ``max_time`` counts the run's whole training time: a resume needs a longer one.
+_MAX_TIME_HINT = " with a longer --trainer.max_time (it limits the run's training time in all)"
+
+
 def stop_message(record: RunRecord, args: Sequence[str] | None) -> str:
     """One line: what stopped the run, what is saved, and the command that continues it."""
     what = _STOPS.get(record.stop or "", (record.stop or "an error", 1))[0]
     if record.saved is not None:
         return (
             f"padam-fit: stopped by {what}; saved {record.saved} ({_where(record.saved_state)})."
-            f" To continue: {resume_command(args, record.saved)}"
+            f" To continue{_MAX_TIME_HINT if record.stop == 'max_time' else ''}: "
+            f"{resume_command(args, record.saved)}"
         )
     last = record.last_checkpoint(record.trainer) if record.trainer is not None else None
     if last is not None and last.is_file():
@@ -306,6 +312,51 @@ def _slurm_job() -> str | None:
     if array_job is not None:
         return f"{array_job}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
     return os.environ.get("SLURM_JOB_ID") if SLURMEnvironment.detect() else None
+
+
+def _lock_run(run_dir: Path) -> Any:
+    """Hold ``<run>/.lock`` while this process trains the run; the OS drops it when it ends.
+
+    Raises:
+        UserError: If another padam-fit holds it (two writers would interleave the run's
+            checkpoints and curves).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held until the process ends)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise UserError(
+            f"{run_dir} is being trained by another padam-fit (started as pid {holder}); wait "
+            "for it to end, or start a new run without --ckpt_path."
+        ) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def _refuse_foreign_hpc_checkpoints(root: Path) -> None:
+    """Refuse to start where Lightning would restore a requeue checkpoint it finds (SLURM only).
+
+    Without ``ckpt_path`` under SLURM, Lightning restores the newest ``hpc_ckpt_N.ckpt`` of
+    ``default_root_dir`` into whatever runs there. padam-fit writes none (SIGUSR1 is the
+    RunRecord's, which saves in the run's own folder), so such a file is another program's run.
+
+    Raises:
+        UserError: If there is one.
+    """
+    found = sorted(root.glob("hpc_ckpt_*.ckpt"))
+    if found:
+        raise UserError(
+            f"{found[-1]} would be restored into this run: under SLURM, Lightning restores the "
+            f"newest hpc_ckpt_N.ckpt of {root} (--trainer.default_root_dir, by default the "
+            "working directory) when no --ckpt_path is given, and padam-fit did not write it. "
+            "Move it away, or pass --ckpt_path to say what to load."
+        )
 
 
 def _requeue_marker(run_root: Path, job: str) -> Path:
@@ -431,6 +482,8 @@ class PadamCLI(LightningCLI):
         if logger_args is not None and not logger_args.get("name"):
             logger_args["name"] = run_name(config)
         run_root = _run_root(logger_args) if logger_args is not None else None
+        if subcommand and not config.get("ckpt_path") and _slurm_job() is not None:
+            _refuse_foreign_hpc_checkpoints(Path(config.trainer.get("default_root_dir") or "."))
         if subcommand == "fit":
             # The RunRecord's: Lightning's own end the epoch they stop in as if it were complete.
             self._max_time = _max_time(trainer.get("max_time"))
@@ -453,11 +506,6 @@ class PadamCLI(LightningCLI):
     ) -> None:
         """A new run or a resume: find the checkpoint, compare settings, continue its curves."""
         job = _slurm_job()
-        if job is not None and config.trainer.get("default_root_dir") is None and run_root:
-            # Lightning restores the newest hpc_ckpt_N.ckpt of default_root_dir (the working
-            # directory) in any new run under SLURM: another run's requeue checkpoint. Nothing
-            # writes there now (SIGUSR1 is the RunRecord's), so that restore never happens.
-            config.trainer.default_root_dir = str(run_root)
         ckpt_path = config.get("ckpt_path")
         marker = _requeue_marker(run_root, job) if run_root and job else None
         if ckpt_path is None and marker is not None and marker.is_file():
@@ -541,9 +589,10 @@ class PadamCLI(LightningCLI):
         logger_args["name"] = EVAL_FOLDER
 
     def before_fit(self) -> None:
-        """Refuse to overwrite another run's files; hand over the checkpoint to resume."""
+        """Refuse what the run cannot do before anything is written; then hold the run folder."""
         self._refuse_to_overwrite("fit")
-        check_writable(Path(self.trainer.log_dir or self.trainer.default_root_dir))
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        check_writable(run_dir)
         if self._ckpt_path is not None:
             # The class count is linked from the data when the model is built (an image
             # folder's), so it is compared here, not with the config.
@@ -554,6 +603,8 @@ class PadamCLI(LightningCLI):
         if self._ckpt_path is not None and self._saved_record is not None:
             configured = _plain_config(self.config["fit"])
             check_resume(self._ckpt_path, self._saved_record, configured, self.trainer.world_size)
+        if self.trainer.global_rank == 0:
+            self._lock = _lock_run(run_dir)
 
     def before_validate(self) -> None:
         """See :meth:`_refuse_to_overwrite`."""

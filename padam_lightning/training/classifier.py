@@ -455,7 +455,13 @@ class ImageClassifier(L.LightningModule):
         return {"pred": pred[counted], "label": labels[counted]}
 
     def on_train_epoch_start(self) -> None:
-        """Note the learning rate and partial exponent this epoch trains with."""
+        """Start the epoch's sums; note the learning rate and partial exponent it trains with.
+
+        A run resumed mid-epoch skips this hook and goes on with the sums it saved; one resumed
+        from an epoch's end (a best checkpoint, saved before Lightning reset them) starts afresh.
+        """
+        for metric in self._train_metrics():
+            metric.reset()
         group = self.trainer.optimizers[0].param_groups[0]
         self._epoch_optim_values = {"optim/lr": float(group["lr"])}
         if "partial" in group:

@@ -93,6 +93,7 @@ class RunRecord(L.Callback):
         self._lightning_sigterm: Any = None
         self._previous_handlers: dict[int, Any] = {}
         self._pending = False
+        self._loaded_stop: str | None = None
         self._seconds_before = 0.0
         self._started = time.monotonic()
         self._first_epoch = 0
@@ -135,6 +136,7 @@ class RunRecord(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the training time of the run being resumed."""
         self._seconds_before = float(state_dict.get("train_seconds", 0.0))
+        self._loaded_stop = state_dict.get("stop")
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -297,8 +299,14 @@ class RunRecord(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Finish a run resumed from a stop at its very end (Lightning then trains nothing)."""
-        if self.stop is None and _epochs_done(trainer):
-            self.on_train_end(trainer, pl_module)
+        if self.stop is not None or not _epochs_done(trainer):
+            return
+        if self._loaded_stop in FINISHED_REASONS:
+            self.stop = self._loaded_stop  # it had finished: its files stay as they are
+            limit = "max_steps" if self.stop == "max_steps" else "max_epochs"
+            _say(f"padam-fit: the run had already finished; raise --trainer.{limit} to go on")
+            return
+        self.on_train_end(trainer, pl_module)
 
     def _write_finished(self, trainer: L.Trainer) -> None:
         log_dir = trainer.log_dir if trainer.loggers else None  # a collective call under DDP

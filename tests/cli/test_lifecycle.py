@@ -87,7 +87,8 @@ def test_a_max_time_stop_is_no_finish_and_the_resume_trains_the_rest_of_the_epoc
     line = _stop_line(stopped.stderr)
     assert "--trainer.max_time" in line and "0 epochs and 1 batch done, step 1" in line
     # The printed command runs as printed (here with a longer limit).
-    resume = shlex.split(line.split("To continue: ", 1)[1])
+    assert "To continue with a longer --trainer.max_time" in line
+    resume = shlex.split(line.split(" To continue", 1)[1].split(": ", 1)[1])
     assert resume[0] == str(PADAM_FIT)
     done = _run([*resume, "--trainer.max_time", "00:01:00:00"], tmp_path)
     assert done.returncode == 0, done.stderr
@@ -116,15 +117,28 @@ def _slurm_env(tmp_path: Path, job: str = "4242", restarts: int = 0) -> dict[str
 
 
 def test_another_runs_requeue_checkpoint_is_never_restored(tmp_path: Path) -> None:
-    # Lightning restores the newest hpc_ckpt_N.ckpt of the working directory into any run
-    # started under SLURM without --ckpt_path; here one of another, finished run lies there.
+    # Lightning restores the newest hpc_ckpt_N.ckpt of default_root_dir (the working directory
+    # unless given) into any run started under SLURM without --ckpt_path, evaluations too.
     other = _run([str(PADAM_FIT), *_args(tmp_path / "other")], tmp_path)
     assert other.returncode == 0, other.stderr
     last = tmp_path / "other" / "run" / "version_0" / "checkpoints" / "last.ckpt"
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(last.read_bytes())
-    fresh = _run([str(PADAM_FIT), *_args(tmp_path / "logs")], tmp_path, _slurm_env(tmp_path))
+    slurm = _slurm_env(tmp_path)
+    for extra in ([], ["--trainer.default_root_dir", "."], ["--trainer.logger", "false"]):
+        fresh = _run([str(PADAM_FIT), *_args(tmp_path / "logs"), *extra], tmp_path, slurm)
+        assert fresh.returncode == 2, fresh.stderr
+        assert (
+            fresh.stderr.strip()
+            .splitlines()[-1]
+            .startswith("padam-fit: error: hpc_ckpt_1.ckpt would be restored into this run")
+        )
+        assert "Traceback" not in fresh.stderr
+    evaluation = ["validate", *_args(tmp_path / "logs")[1:]]
+    assert _run([str(PADAM_FIT), *evaluation], tmp_path, slurm).returncode == 2
+    assert not (tmp_path / "logs").exists()  # nothing was written
+    # Outside SLURM the file means nothing to Lightning, and the run trains from scratch.
+    fresh = _run([str(PADAM_FIT), *_args(tmp_path / "logs")], tmp_path)
     assert fresh.returncode == 0, fresh.stderr
-    assert "Restored" not in fresh.stderr
     finished = json.loads((tmp_path / "logs" / "run" / "version_0" / "finished.json").read_text())
     assert finished["global_step"] == 6 and finished["train_seconds"] > 0
 
