@@ -168,3 +168,19 @@ def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_continues(
     other_job = _run([str(PADAM_FIT), *args], tmp_path, _slurm_env(tmp_path, job="77"))
     assert other_job.returncode == 0, other_job.stderr
     assert (run_dir.parent / "version_1" / "finished.json").is_file()
+
+
+def test_a_stop_and_its_resume_print_no_third_party_noise(tmp_path: Path) -> None:
+    # With the progress bar on, as a user sees it: no "[rank: 0] Received SIGTERM", no
+    # "weights_only was not set", no "Checkpoint directory ... exists and is not empty", and
+    # the resumed run's bar shows v_num=0 (a string version showed its last four characters).
+    args = _args(tmp_path / "logs", "--trainer.enable_progress_bar", "true")
+    stop = json.dumps({"at": "train_batch", "epoch": 1, "batch": 0, "signal": "SIGTERM"})
+    stopped = _run([sys.executable, str(CHAOS_CHILD), stop, "--", *args], tmp_path)
+    assert stopped.returncode == 143, stopped.stderr
+    resumed = _run([str(PADAM_FIT), *args, "--ckpt_path", "last"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    output = stopped.stdout + stopped.stderr + resumed.stdout + resumed.stderr
+    for noise in ("Received SIGTERM", "weights_only", "exists and is not empty", "v_num=on_"):
+        assert noise not in output, noise
+    assert "v_num=0" in resumed.stdout + resumed.stderr
