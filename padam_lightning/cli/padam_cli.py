@@ -603,8 +603,8 @@ class PadamCLI(LightningCLI):
         if self._ckpt_path is not None and self._saved_record is not None:
             configured = _plain_config(self.config["fit"])
             check_resume(self._ckpt_path, self._saved_record, configured, self.trainer.world_size)
-        if self.trainer.global_rank == 0:
-            self._lock = _lock_run(run_dir)
+        if self.trainer.global_rank == 0 and self.record is not None:
+            self.record.lock = _lock_run(run_dir)  # released when the fit ends
 
     def before_validate(self) -> None:
         """See :meth:`_refuse_to_overwrite`."""

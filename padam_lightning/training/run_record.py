@@ -93,6 +93,8 @@ class RunRecord(L.Callback):
         self._lightning_sigterm: Any = None
         self._previous_handlers: dict[int, Any] = {}
         self._pending = False
+        #: An open file whose lock says this process trains the run; closed when the fit ends.
+        self.lock: Any = None
         self._loaded_stop: str | None = None
         self._seconds_before = 0.0
         self._started = time.monotonic()
@@ -163,10 +165,16 @@ class RunRecord(L.Callback):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Give the signals back their previous handlers."""
+        """Give the signals back their previous handlers; let the run folder go."""
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}
+        self._release()
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop is not None:
@@ -336,6 +344,7 @@ class RunRecord(L.Callback):
             self.stop = "SIGINT"
         else:
             self.stop = "diverged" if isinstance(exception, TrainingDivergedError) else "error"
+        self._release()  # Lightning calls no teardown hook after an exception
 
 
 def _epochs_done(trainer: L.Trainer) -> bool:
