@@ -20,6 +20,7 @@ a batch boundary with ``last.ckpt`` saved there and prints the command that resu
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -315,28 +317,25 @@ def _slurm_job() -> str | None:
 
 
 def _lock_run(run_dir: Path) -> Any:
-    """Hold ``<run>/.lock`` while this process trains the run; the OS drops it when it ends.
+    """Hold a lock on the run folder while this process trains it; the OS drops it at exit.
+
+    The folder itself is locked (``flock`` on its descriptor): nothing is written into it.
 
     Raises:
         UserError: If another padam-fit holds it (two writers would interleave the run's
             checkpoints and curves).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held until the process ends)
+    folder = os.open(run_dir, os.O_RDONLY)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
+        os.close(folder)
         raise UserError(
-            f"{run_dir} is being trained by another padam-fit (started as pid {holder}); wait "
-            "for it to end, or start a new run without --ckpt_path."
+            f"{run_dir} is being trained by another padam-fit; wait for it to end, or start a "
+            "new run without --ckpt_path."
         ) from None
-    lock.truncate(0)
-    lock.write(str(os.getpid()))
-    lock.flush()
-    return lock
+    return SimpleNamespace(close=functools.partial(os.close, folder))
 
 
 def _refuse_foreign_hpc_checkpoints(root: Path) -> None:

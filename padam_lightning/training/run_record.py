@@ -310,7 +310,11 @@ class RunRecord(L.Callback):
         if self.stop is not None or not _epochs_done(trainer):
             return
         if self._loaded_stop in FINISHED_REASONS:
-            self.stop = self._loaded_stop  # it had finished: its files stay as they are
+            self.stop = self._loaded_stop  # it had finished: its checkpoint stays as it is
+            log_dir = trainer.log_dir if trainer.loggers else None  # collective under DDP
+            if log_dir is not None and not (Path(log_dir) / "finished.json").is_file():
+                self._write_finished(trainer)  # killed between the last save and this file
+                return
             limit = "max_steps" if self.stop == "max_steps" else "max_epochs"
             _say(f"padam-fit: the run had already finished; raise --trainer.{limit} to go on")
             return
