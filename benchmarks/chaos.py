@@ -321,17 +321,10 @@ def run_args(save_dir: Path, extra: Sequence[str] = ()) -> list[str]:
 
 
 def without_ckpt_path(args: Sequence[str]) -> list[str]:
-    """``args`` less ``--ckpt_path`` and its value."""
-    kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--ckpt_path":
-            skip = True
-        elif not arg.startswith("--ckpt_path="):
-            kept.append(arg)
-    return kept
+    """``args`` less ``--ckpt_path`` and its value (padam-fit's own rule)."""
+    from padam_lightning.cli.padam_cli import without_ckpt_path as strip  # imports Lightning
+
+    return strip(args)
 
 
 @dataclass

@@ -225,16 +225,22 @@ def resume_command(args: Sequence[str] | None, last: Path) -> str:
     The executable is ``padam-fit`` when ``PATH`` finds the one that ran, else its full path (a
     virtual environment that is not activated), or ``python -m padam_lightning.cli``.
     """
+    kept = without_ckpt_path(args or ["fit", "--config", "<the run's config files>"])
+    return shlex.join([*_executable(), *kept, "--ckpt_path", str(last)])
+
+
+def without_ckpt_path(args: Sequence[str]) -> list[str]:
+    """``args`` less ``--ckpt_path`` and its value."""
     kept: list[str] = []
     skip_value = False
-    for arg in args or ["fit", "--config", "<the run's config files>"]:
+    for arg in args:
         if skip_value:
             skip_value = False
         elif arg == "--ckpt_path":
             skip_value = True
         elif not arg.startswith("--ckpt_path="):
             kept.append(arg)
-    return shlex.join([*_executable(), *kept, "--ckpt_path", str(last)])
+    return kept
 
 
 def _executable() -> list[str]:
