@@ -10,6 +10,7 @@ test_chaos.py.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -184,3 +185,24 @@ def test_a_stop_and_its_resume_print_no_third_party_noise(tmp_path: Path) -> Non
     for noise in ("Received SIGTERM", "weights_only", "exists and is not empty", "v_num=on_"):
         assert noise not in output, noise
     assert "v_num=0" in resumed.stdout + resumed.stderr
+
+
+def test_a_second_padam_fit_on_a_run_being_trained_is_refused(tmp_path: Path) -> None:
+    args = _args(tmp_path / "logs")
+    assert _run([str(PADAM_FIT), *args], tmp_path).returncode == 0
+    run_dir = tmp_path / "logs" / "run" / "version_0"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
+    folder = os.open(run_dir, os.O_RDONLY)  # as the padam-fit training it holds it
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = _run(
+            [str(PADAM_FIT), *args, "--ckpt_path", "last", "--trainer.max_epochs", "3"], tmp_path
+        )
+    finally:
+        os.close(folder)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"padam-fit: error: {run_dir} is being trained by another "
+        "padam-fit; wait for it to end, or start a new run without --ckpt_path."
+    )
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before
