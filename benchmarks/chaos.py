@@ -89,6 +89,8 @@ from _chaos_compare import (
     run_folders,
 )
 
+from padam_lightning.cli.run_layout import without_ckpt_path
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_chaos_child.py")
 #: The console script beside this interpreter (the venv's ``padam-fit``).
@@ -318,13 +320,6 @@ def child_env() -> dict[str, str]:
 def run_args(save_dir: Path, extra: Sequence[str] = ()) -> list[str]:
     """The padam-fit arguments of a run logging under ``save_dir``."""
     return [*BASE_ARGS, *extra, "--trainer.logger.init_args.save_dir", str(save_dir)]
-
-
-def without_ckpt_path(args: Sequence[str]) -> list[str]:
-    """``args`` less ``--ckpt_path`` and its value (padam-fit's own rule)."""
-    from padam_lightning.cli.padam_cli import without_ckpt_path as strip  # imports Lightning
-
-    return strip(args)
 
 
 @dataclass

@@ -64,6 +64,7 @@ from padam_lightning.cli.run_layout import (
     DEFAULT_LOG_DIR,
     EVAL_FOLDER,
     LAST_CHECKPOINT_PATH,
+    without_ckpt_path,
 )
 from padam_lightning.cli.storage import (
     STORAGE_ERRNOS,
@@ -227,20 +228,6 @@ def resume_command(args: Sequence[str] | None, last: Path) -> str:
     """
     kept = without_ckpt_path(args or ["fit", "--config", "<the run's config files>"])
     return shlex.join([*_executable(), *kept, "--ckpt_path", str(last)])
-
-
-def without_ckpt_path(args: Sequence[str]) -> list[str]:
-    """``args`` less ``--ckpt_path`` and its value."""
-    kept: list[str] = []
-    skip_value = False
-    for arg in args:
-        if skip_value:
-            skip_value = False
-        elif arg == "--ckpt_path":
-            skip_value = True
-        elif not arg.startswith("--ckpt_path="):
-            kept.append(arg)
-    return kept
 
 
 def _executable() -> list[str]:

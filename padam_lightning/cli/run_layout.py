@@ -4,6 +4,7 @@ A run folder is ``<save_dir>/<name>/<version>`` of the TensorBoard logger. Kept 
 imports so the sweep and report tools can use it cheaply.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 #: Root of all run folders unless ``--trainer.logger.init_args.save_dir`` says otherwise.
@@ -18,3 +19,18 @@ LAST_CHECKPOINT = "last.ckpt"
 LAST_CHECKPOINT_PATH = Path("checkpoints") / LAST_CHECKPOINT
 #: Evaluations of a run (``padam-fit validate|test|predict``) log to ``<run>/eval/<stage>-<N>``.
 EVAL_FOLDER = "eval"
+
+
+def without_ckpt_path(args: Sequence[str], *others: str) -> list[str]:
+    """``args`` less ``--ckpt_path`` (and the options ``others``), each with its value."""
+    options = ("--ckpt_path", *others)
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg in options:
+            skip_value = True
+        elif not arg.startswith(tuple(f"{option}=" for option in options)):
+            kept.append(arg)
+    return kept
