@@ -91,3 +91,55 @@ def test_logged_epoch_metrics_are_the_means_of_that_epoch(tmp_path: Path) -> Non
         assert logged["val/err"] == pytest.approx(expected_err, abs=1e-6)
     # Each epoch's values are its own: the training loss changes from epoch to epoch.
     assert len({round(m["train/loss"], 6) for m in recorder.epoch_metrics}) == 2
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_an_epoch_resumed_from_a_best_checkpoint_is_the_mean_of_its_own_batches(
+    tmp_path: Path,
+) -> None:
+    """A best checkpoint is saved after validation, before the epoch's sums are reset.
+
+    Resumed from it, the next epoch's ``train/loss`` and ``train/err`` must not carry the saved
+    epoch's sums: they equal the uninterrupted run's values for that epoch.
+    """
+
+    def fit(max_epochs: int, ckpt_path: str | None, callbacks: list[L.Callback]) -> None:
+        torch.manual_seed(0)
+        data = CIFARDataModule(
+            dataset="synthetic",
+            batch_size=24,
+            eval_batch_size=16,
+            synthetic_train_size=60,
+            synthetic_test_size=40,
+            seed=3,
+        )
+        trainer = L.Trainer(
+            max_epochs=max_epochs,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path,
+            callbacks=callbacks,
+        )
+        trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=data, ckpt_path=ckpt_path)
+
+    whole = Recorder()
+    fit(2, None, [whole])
+    best = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="val/err", save_top_k=1, save_last=False
+    )
+    fit(1, None, [best])
+    resumed = Recorder()
+    fit(2, best.best_model_path, [resumed])
+
+    assert len(resumed.epoch_metrics) == 1
+    losses = resumed.step_losses[0]
+    own_mean = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+    assert resumed.epoch_metrics[0]["train/loss"] == pytest.approx(own_mean, rel=1e-5)
+    for name in ("train/loss", "train/err"):
+        assert resumed.epoch_metrics[0][name] == pytest.approx(
+            whole.epoch_metrics[1][name], rel=1e-5
+        )
