@@ -23,10 +23,10 @@ help: ## List the targets.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,search]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the package (editable) with dev extras.
+install: $(STAMP) ## Create .venv and install the package (editable) with the dev and search extras.
 
 test: $(STAMP) ## Run the whole test suite (installs first when needed).
 	$(BIN)/pytest -q
