@@ -51,12 +51,12 @@ from padam_lightning.experiments.sweep_jobs import (
     run_local,
     run_slurm,
     slurm_executor,
+    stop_signals_passed_on,
 )
 from padam_lightning.experiments.sweep_spec import SweepSpec, expand, load_sweep
 
 PROG = "padam-sweep"
-#: ``auto`` and ``submitit-local`` (the name of an earlier version's local executor) mean ``local``.
-EXECUTORS = ("auto", "local", "submitit-local", "slurm")
+EXECUTORS = ("local", "slurm")
 #: The last line after a signal stopped the sweep.
 INTERRUPTED = f"{PROG}: interrupted; run the same command again to resume the sweep."
 #: Lines of a failed run's log shown in the final summary.
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
             "padam-fit parses the first run's arguments (--print_config) before any starts."
         ),
         epilog=(
-            "executors: local (the default; auto and submitit-local mean the same) runs on this "
+            "executors: local (the default) runs on this "
             "machine: one run per GPU at once, each seeing only its GPU, or one run after "
             "another in this terminal without GPUs; --runs-per-gpu K runs K at once per GPU (K "
             "at once without GPUs). slurm submits one job per run (one GPU each) through "
@@ -110,12 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("sweep", help="sweep YAML file, e.g. configs/sweeps/optimizers.yaml")
     add("--dry-run", action="store_true", help="print each run's state and command; run nothing")
-    add(
-        "--executor",
-        choices=EXECUTORS,
-        default="auto",
-        help="where to run (default: local, this machine)",
-    )
     add(
         "--save-dir",
         default=DEFAULT_LOG_DIR,
@@ -131,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit-command",
         metavar="CMD",
         help="training command to call instead of padam-fit (split like a shell would)",
+    )
+    add_executor_arguments(parser)
+    return parser
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that say where runs go: ``--executor``, local slots, SLURM resources.
+
+    Check the parsed values with :func:`check_executor_arguments`.
+    """
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="where to run: local (this machine, the default) or slurm (a job per run)",
     )
     add = parser.add_argument_group("local").add_argument
     add(
@@ -167,7 +176,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="submit and exit (do not restart the sweep until its jobs have ended)",
     )
-    return parser
+
+
+def check_executor_arguments(args: argparse.Namespace) -> None:
+    """Refuse executor options that cannot work, before anything is read or run.
+
+    Raises:
+        UserError: One line naming the option.
+    """
+    if args.no_wait and args.executor != "slurm":
+        raise UserError("--no-wait is for --executor slurm only.")
+    for flag, value in (
+        ("--max-parallel", args.max_parallel),
+        ("--runs-per-gpu", args.runs_per_gpu),
+    ):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1.")
+    if args.executor == "slurm":
+        if args.runs_per_gpu != 1:
+            raise UserError(
+                "--runs-per-gpu is for the local executor; SLURM gives each run its GPU."
+            )
+        slurm_parameters(args, job_name="check")
+    elif args.gpus is not None:
+        gpu_ids(args.gpus)
 
 
 def slurm_parameters(args: argparse.Namespace, job_name: str) -> dict[str, Any]:
@@ -410,16 +442,7 @@ def summary_text(outcomes: Sequence[Outcome], skipped: int, unstarted: int = 0) 
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, before anything is read or run."""
-    if args.no_wait and args.executor != "slurm":
-        raise UserError("--no-wait is for --executor slurm only.")
-    for flag, value in (
-        ("--max-parallel", args.max_parallel),
-        ("--runs-per-gpu", args.runs_per_gpu),
-    ):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1.")
-    if args.executor == "slurm" and args.runs_per_gpu != 1:
-        raise UserError("--runs-per-gpu is for the local executor; SLURM gives each run its GPU.")
+    check_executor_arguments(args)
     if args.fit_command and not shlex.split(args.fit_command):
         raise UserError("--fit-command is empty; give the training command, e.g. padam-fit.")
 
@@ -433,10 +456,6 @@ def check_place(args: argparse.Namespace, spec: SweepSpec) -> None:
     """
     check_output_folder(Path(args.save_dir), "--save-dir")
     check_output_folder(Path(args.save_dir) / spec.name, "the sweep's folder")
-    if args.executor == "slurm":
-        slurm_parameters(args, job_name=spec.name)
-    elif args.gpus is not None:
-        gpu_ids(args.gpus)
 
 
 def local_slots(args: argparse.Namespace) -> list[int | None]:
@@ -486,7 +505,7 @@ def run_sweep(argv: Sequence[str]) -> int:
     if not todo:
         print(f"{PROG}: nothing to do; delete a run's folder to run it again.")
         return 0
-    received: list[int] = []  # the signals that stopped a local sweep
+    received: list[int] = []  # the signals that stopped a local sweep (none on SLURM)
     if args.executor == "slurm":
         folder = Path.cwd() / args.save_dir / spec.name / ".submitit" / "%j"
         executor = slurm_executor(folder, slurm_parameters(args, job_name=spec.name))
@@ -495,7 +514,8 @@ def run_sweep(argv: Sequence[str]) -> int:
             _announce(f"submitted {len(todo)} job(s); rerun this command after they end.")
             return 0
     else:
-        outcomes = run_local(todo, _announce, local_slots(args), received)
+        with stop_signals_passed_on(_announce) as received:
+            outcomes = run_local(todo, _announce, local_slots(args), received)
     _announce(summary_text(outcomes, len(jobs) - len(todo), len(todo) - len(outcomes)))
     if received:
         print(INTERRUPTED, file=sys.stderr)

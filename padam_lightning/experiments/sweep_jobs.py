@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from enum import Enum
@@ -41,15 +41,13 @@ from typing import Any, BinaryIO
 
 import submitit
 
-from padam_lightning.cli.run_layout import FINISHED_FILE, LAST_CHECKPOINT_PATH
+from padam_lightning.cli.run_layout import FINISHED_FILE, LAST_CHECKPOINT_PATH, without_ckpt_path
 from padam_lightning.errors import UserError
 from padam_lightning.experiments.run_logs import RUN_FILE, read_json_object
 
 LOG_FILE = "fit.log"
 #: Start of the line ``fit.log`` gets before each attempt: ``### padam-sweep <time>: <command>``.
 LOG_HEADER = "### padam-sweep"
-#: Flags a resumed attempt may change: resuming itself, and training on for more epochs.
-_RESUME_FLAGS = ("--ckpt_path", "--trainer.max_epochs")
 #: Signals that stop a run without anything being wrong with it (Ctrl-C, a scheduler's stop or
 #: notice, a closed terminal): the run is interrupted, not failed, and resumes. padam-sweep
 #: passes each it gets on to its running runs.
@@ -76,20 +74,6 @@ def _stop_with_parent(parent: int) -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _comparable(arguments: Sequence[str]) -> list[str]:
-    """``arguments`` without the flags (and values) that :data:`_RESUME_FLAGS` name."""
-    kept: list[str] = []
-    skip = False
-    for arg in arguments:
-        if skip:
-            skip = False
-        elif arg in _RESUME_FLAGS:
-            skip = True
-        elif not arg.startswith(tuple(f"{flag}=" for flag in _RESUME_FLAGS)):
-            kept.append(arg)
-    return kept
 
 
 class RunState(Enum):
@@ -198,7 +182,10 @@ class FitJob(submitit.helpers.Checkpointable):
         """Whether this run resumes with other arguments than it ran with (epochs aside)."""
         previous = self._recorded_arguments()
         current = self.identity["arguments"]
-        return previous is not None and _comparable(previous) != _comparable(current)
+        epochs = "--trainer.max_epochs"  # training on for more epochs is resuming, not a change
+        return previous is not None and (
+            without_ckpt_path(previous, epochs) != without_ckpt_path(current, epochs)
+        )
 
     def argv(self, state: RunState | None = None) -> list[str]:
         """The command to run now: resumes from ``last.ckpt`` when the run was interrupted.
@@ -393,26 +380,65 @@ def _ended(
     return outcome
 
 
-def run_local(
-    jobs: Sequence[FitJob],
-    announce: Announce,
-    slots: Sequence[int | None],
-    received: list[int],
-) -> list[Outcome]:
-    """Run the jobs in subprocesses of this process, at most one per slot at a time.
+def run_on_slot(
+    job: FitJob, slot: int | None, *, echo: bool = False, signals: list[int] | None = None
+) -> str:
+    """Run ``job`` here and now (blocking; safe from a worker thread) on one local slot.
 
-    Failures do not stop the others. With a single slot the runs' output is shown live; with
-    several it goes to each run's ``fit.log`` only.
+    Args:
+        job: The run.
+        slot: A GPU id, given to the run as its ``CUDA_VISIBLE_DEVICES`` (nvidia-smi's
+            numbering), or ``None`` for this process's environment (a CPU slot).
+        echo: Also copy the run's output to this stdout.
+        signals: The list :func:`stop_signals_passed_on` fills; each signal in it is passed on
+            once to the run.
+
+    Returns:
+        The run's name, once it finished.
+
+    Raises:
+        RunInterruptedError: A signal stopped it. RunFailedError: It failed or stopped early.
+        OSError: Its command cannot be started.
+    """
+    env = job.env if slot is None else {**job.env, "CUDA_VISIBLE_DEVICES": str(slot)}
+    signals = [] if signals is None else signals
+    return dataclasses.replace(job, env=env, echo=echo, signals=signals)()
+
+
+@contextlib.contextmanager
+def stop_signals_passed_on(announce: Announce) -> Iterator[list[int]]:
+    """Within it, each of :data:`STOP_SIGNALS` this process gets is appended to the list yielded.
+
+    Give that list to :func:`run_on_slot`: the running runs get each signal (they save and stop)
+    and the caller starts no further run while it is not empty. Call from the main thread.
+    """
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        announce(
+            f"got {signal.Signals(signum).name}: passing it on to the running runs, which save "
+            "and stop; no further run starts"
+        )
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_local(
+    jobs: Sequence[FitJob], announce: Announce, slots: Sequence[int | None], received: list[int]
+) -> list[Outcome]:
+    """Run the jobs here, at most one per slot at a time; failures do not stop the others.
 
     Args:
         jobs: The runs, started in this order.
         announce: Prints a progress line (called from worker threads).
-        slots: One entry per run that may run at once: a GPU id (the run sees only that GPU,
-            through ``CUDA_VISIBLE_DEVICES``; repeat an id to share the GPU) or ``None`` for a
-            CPU slot.
-        received: Gets each of :data:`STOP_SIGNALS` this process receives meanwhile. Each is
-            passed on to the running runs (they save and stop; a second Ctrl-C stops them at
-            once), and no further run starts.
+        slots: One per run at once (see :func:`run_on_slot`); with one slot the output is live.
+        received: The signals of :func:`stop_signals_passed_on`; once one came, no run starts.
 
     Returns:
         One outcome per job that started, in the order they ended.
@@ -426,35 +452,21 @@ def run_local(
         try:
             if received:
                 return None
-            env = {**job.env} if slot is None else {**job.env, "CUDA_VISIBLE_DEVICES": str(slot)}
-            job = dataclasses.replace(job, env=env, echo=len(slots) == 1, signals=received)
             place = f"[{index}/{len(jobs)}]"
             where = "" if len(slots) == 1 else (" on CPU" if slot is None else f" on GPU {slot}")
             announce(f"{place} {job.name}{where}: {shlex.join(job.argv())}")
             start, error = time.monotonic(), None
             try:
-                job()
+                run_on_slot(job, slot, echo=len(slots) == 1, signals=received)
             except (RunFailedError, OSError) as err:
                 error = err
             return _ended(job, error, start, place, announce)
         finally:
             free.put(slot)
 
-    def on_signal(signum: int, frame: Any) -> None:
-        received.append(signum)
-        announce(
-            f"got {signal.Signals(signum).name}: passing it on to the running runs, which save "
-            "and stop; no further run starts"
-        )
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
-    try:
-        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-            futures = [pool.submit(work, i, job) for i, job in enumerate(jobs, start=1)]
-            outcomes = [future.result() for future in as_completed(futures)]
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        futures = [pool.submit(work, i, job) for i, job in enumerate(jobs, start=1)]
+        outcomes = [future.result() for future in as_completed(futures)]
     return [outcome for outcome in outcomes if outcome is not None]
 
 

@@ -233,7 +233,7 @@ def parse_sweep(data: Any, *, source: Path) -> SweepSpec:
     axes = _parse_grid(data.get("grid"), where)
     return SweepSpec(
         name=name,
-        base=_config_list(data.get("base"), f"{where}: base"),
+        base=config_list(data.get("base"), f"{where}: base"),
         axes=axes,
         seeds=_parse_seeds(data.get("seeds", [0]), where),
         overrides=_parse_overrides(data.get("overrides"), f"{where}: overrides"),
@@ -242,7 +242,12 @@ def parse_sweep(data: Any, *, source: Path) -> SweepSpec:
     )
 
 
-def _config_list(value: Any, where: str) -> tuple[str, ...]:
+def config_list(value: Any, where: str) -> tuple[str, ...]:
+    """``value`` as config file paths: ``None``, one path or a list of them.
+
+    Raises:
+        UserError: ``{where}: expected a config file path or a list of them, got ...``.
+    """
     if value is None:
         return ()
     if isinstance(value, str):
@@ -279,7 +284,7 @@ def _parse_choice(label: Any, value: Any, where: str) -> Choice:
     here = f"{where}.{label}"
     title = default_title(label)
     if isinstance(value, str | list):
-        return Choice(label, title, configs=_config_list(value, here))
+        return Choice(label, title, configs=config_list(value, here))
     if isinstance(value, dict):
         if any(key in CHOICE_KEYS for key in value):
             unknown = sorted(set(value) - set(CHOICE_KEYS))
@@ -288,7 +293,7 @@ def _parse_choice(label: Any, value: Any, where: str) -> Choice:
                     f"{here}: a choice with config/overrides/title takes only those keys; "
                     f"move {', '.join(map(str, unknown))} under overrides."
                 )
-            configs = _config_list(value.get("config"), f"{here}.config")
+            configs = config_list(value.get("config"), f"{here}.config")
             overrides = _parse_overrides(value.get("overrides"), f"{here}.overrides")
             title = value.get("title") or title
             if not isinstance(title, str):

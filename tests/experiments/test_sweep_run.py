@@ -245,8 +245,7 @@ def test_gpu_runs_queue_one_per_gpu_and_report_failures(
     sweep = _write_sweep(
         project, {"cfg": {"a": "a.yaml", "b": "b.yaml", "bad": {"fake.fail": True}}}
     )
-    # submitit-local: an earlier version's name of the local executor, still accepted.
-    args = [str(sweep), "--executor", "submitit-local", "--gpus", "3,5"]
+    args = [str(sweep), "--executor", "local", "--gpus", "3,5"]
     code = main([*args, "--fit-command", FIT_COMMAND])
     out = capsys.readouterr().out
     assert code == 1
@@ -328,7 +327,7 @@ def test_help_describes_executors(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "--executor {auto,local,submitit-local,slurm}" in text
+    assert "--executor {local,slurm}" in text
     assert "--slurm-partition" in text and "--dry-run" in text and "--runs-per-gpu K" in text
 
 
