@@ -34,8 +34,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from padam_lightning.errors import TrainingDivergedError
 
-#: Why a run stopped: its configured ends, then the stops that leave it to be continued.
-FINISHED_REASONS = ("max_epochs", "max_steps", "early_stopping")
+#: Why a run stopped: its configured ends, then the stops that leave it to be continued. A run
+#: ``pruned`` by a search (:mod:`~padam_lightning.training.pruning`) ends as finished: its search
+#: never resumes it.
+FINISHED_REASONS = ("max_epochs", "max_steps", "early_stopping", "pruned")
 STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SIGUSR1"}
 
 #: The record's key in ``checkpoint["callbacks"]``.
@@ -54,10 +56,10 @@ class RunRecord(L.Callback):
     The record (``state_dict``, saved atomically inside every checkpoint) holds ``epoch`` (the
     epoch in progress, from 0), ``batches`` (its training batches done), ``global_step`` (the
     TensorBoard step the next point goes to: a resumed run purges from there), ``stop`` (why the
-    run stopped: ``max_epochs``, ``max_steps``, ``early_stopping``, ``SIGINT``, ``SIGTERM``,
-    ``SIGUSR1``, ``max_time``; None in the checkpoints of a run still going), ``train_seconds``
-    (training time so far, what ``max_time`` limits), ``world_size`` and ``config`` (the settings
-    the run was started with, compared when it is resumed).
+    run stopped: ``max_epochs``, ``max_steps``, ``early_stopping``, ``pruned``, ``SIGINT``,
+    ``SIGTERM``, ``SIGUSR1``, ``max_time``; None in the checkpoints of a run still going),
+    ``train_seconds`` (training time so far, what ``max_time`` limits), ``world_size`` and
+    ``config`` (the settings the run was started with, compared when it is resumed).
 
     Args:
         config: The run's settings as plain data (padam-fit's resolved config).
@@ -183,18 +185,22 @@ class RunRecord(L.Callback):
             return
         self.request_stop(STOP_SIGNALS[signal.Signals(signum)])
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, message: str | None = None) -> None:
         """Stop at the next training-batch boundary that no validation or epoch end follows.
 
         The stop is passed to Lightning's SIGTERM handler only there: Lightning checks for it
         inside validation too, and a validation cut short would leave the epoch half counted.
+
+        Args:
+            reason: The stop, as the record keeps it (see the class docstring).
+            message: The line to print instead of ``padam-fit: <reason>: stopping at ...``.
         """
         self.stop = reason
         self._pending = True
         trainer = self._trainer
         saves = self.dirpath is not None or (trainer is not None and trainer.checkpoint_callbacks)
         what = "and saving a checkpoint" if saves else "(this run saves no checkpoints)"
-        _say(f"padam-fit: {reason}: stopping at the next batch boundary {what}")
+        _say(message or f"padam-fit: {reason}: stopping at the next batch boundary {what}")
 
     def _forward(self, trainer: L.Trainer) -> None:
         """Hand a pending stop to Lightning, which stops at the end of this batch or epoch.
@@ -294,7 +300,9 @@ class RunRecord(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The run reached its configured end: save ``last.ckpt`` and write ``finished.json``."""
-        if self.stop == "max_steps" or (
+        if self.stop == "pruned":
+            pass  # pruned in its last epoch's validation: the reason stays
+        elif self.stop == "max_steps" or (
             trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
         ):
             self.stop = "max_steps"
@@ -339,7 +347,7 @@ class RunRecord(L.Callback):
         if isinstance(exception, SIGTERMException):
             if self.stop is None:
                 self.stop = "SIGTERM"  # Lightning's own handler, before ours was installed
-            if _epochs_done(trainer):
+            if _epochs_done(trainer) and self.stop != "pruned":
                 self.stop = "max_epochs"  # stopped where the run ends anyway
             self._save(trainer)
             if self.stop in FINISHED_REASONS:

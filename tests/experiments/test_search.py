@@ -1,0 +1,297 @@
+"""padam-search with a stand-in padam-fit: the budget, kills and reruns, workers sharing a study.
+
+The stand-in is ``fake_fit.py`` (as padam-sweep's tests use) wrapped so that a finished trial's
+``finished.json`` holds ``val/err`` = its ``model.x`` value; ``--fake.steps N`` makes each trial
+train N steps, each appended to ``steps.txt`` in its run folder, saving where a signal stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from padam_lightning.experiments.search import main
+
+FAKE_FIT = Path(__file__).with_name("fake_fit.py")
+WRAPPER = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, FOLDER)
+import fake_fit
+argv = sys.argv[1:]
+status = fake_fit.main(argv)
+options = dict(zip(argv[1::2], argv[2::2]))
+if argv[-1] != "--print_config":
+    logger = "--trainer.logger.init_args."
+    run = Path(*(options[logger + key] for key in ("save_dir", "name", "version")))
+    if (run / "finished.json").is_file():
+        finished = json.loads((run / "finished.json").read_text())
+        finished["metrics"]["val/err"] = float(options["--model.x"])
+        (run / "finished.json").write_text(json.dumps(finished))
+sys.exit(status)
+""".replace("FOLDER", repr(str(FAKE_FIT.parent)))
+SPACE = {
+    "model.x": {"low": 0.0, "high": 1.0},
+    "model.width": {"low": 1, "high": 64, "log": True},
+    "model.kind": {"choices": ["a", "b"]},
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fit.py").write_text(WRAPPER)
+    spec = {"name": "demo", "space": SPACE, "trials": 12, "pruner": "median", "seed": 0}
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return tmp_path
+
+
+def _command(project: Path, *extra: str) -> list[str]:
+    fit = f"{shlex.quote(sys.executable)} {shlex.quote(str(project / 'fit.py'))}"
+    search = [sys.executable, "-m", "padam_lightning.experiments.search", "search.yaml"]
+    return [*search, "--save-dir", "logs", "--fit-command", fit, "--heartbeat", "1", *extra]
+
+
+def _start(project: Path, *extra: str, step_s: float = 0.05) -> subprocess.Popen[str]:
+    env = {**os.environ, "FAKE_FIT_STEP_S": str(step_s)}
+    return subprocess.Popen(
+        _command(project, *extra),
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _study(storage: str = "sqlite:///logs/demo/study.db") -> optuna.Study:
+    return optuna.load_study(study_name="demo", storage=storage)
+
+
+def _states(study: optuna.Study) -> Counter[str]:
+    return Counter(trial.state.name for trial in study.get_trials())
+
+
+def _check_each_trial_ran_once(project: Path, steps: int) -> None:
+    """Every run folder trained each step once, and only finished trials have folders."""
+    runs = sorted((project / "logs" / "demo").glob("trial-*"))
+    assert len(runs) == 12, [run.name for run in runs]
+    for run in runs:
+        assert (run / "finished.json").is_file(), run
+        trained = (run / "steps.txt").read_text().split()
+        assert trained == [str(step) for step in range(steps)], (run, trained)
+
+
+def test_a_12_trial_search_with_the_median_pruner_completes(project: Path) -> None:
+    result = subprocess.run(
+        _command(project, "--max-parallel", "2"), cwd=project, capture_output=True, text=True
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = _study()
+    assert _states(study) == {"COMPLETE": 12}
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith(
+        f"padam-search: study demo (search.yaml) in sqlite:///logs/demo/study.db: 12 finished, "
+        f"0 pruned, 0 running, 0 failed of 12; best: trial {study.best_trial.number}, val/err "
+    )
+    trial = study.trials[7]
+    identity = json.loads((project / "logs/demo/trial-0007/run.json").read_text())
+    assert identity["run"] == "trial-0007" and identity["trial"] == 7 and identity["seed"] == 0
+    assert identity["axes"] == {"trial": {"label": "trial-0007", "title": "trial 7", "index": 7}}
+    assert identity["params"] == trial.params
+    assert trial.value == trial.params["model.x"]
+    arguments = identity["arguments"]
+    assert arguments[arguments.index("--model.width") + 1] == str(trial.params["model.width"])
+    assert arguments[arguments.index("--trainer.callbacks.trial") + 1] == "7"
+    assert trial.user_attrs["run_dir"] == str(project / "logs/demo/trial-0007")
+
+    again = subprocess.run(_command(project), cwd=project, capture_output=True, text=True)
+    assert again.returncode == 0 and len(_study().trials) == 12  # the budget is spent
+
+
+def test_a_search_killed_part_way_and_rerun_ends_with_exactly_12_trials(project: Path) -> None:
+    search = _start(project, "--max-parallel", "2", "--", "--fake.steps", "6")
+    deadline = time.monotonic() + 30
+    started = project / "logs/demo/trial-0005/steps.txt"
+    while not started.is_file() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    search.kill()  # SIGKILL: its running trials stay RUNNING; their padam-fit save and stop
+    search.communicate()
+    killed = _states(_study())
+    assert killed["RUNNING"] >= 1 and killed["COMPLETE"] < 12, killed
+
+    rerun = _start(project, "--max-parallel", "2", "--", "--fake.steps", "6")
+    output, _ = rerun.communicate(timeout=60)
+
+    assert rerun.returncode == 0, output
+    study = _study()
+    states = _states(study)
+    assert states["COMPLETE"] + states["PRUNED"] == 12 and not states["RUNNING"], states
+    retries = [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert len(retries) == killed["RUNNING"], output
+    for retry in retries:  # each retry continued its original trial's run folder
+        original = study.trials[retry.system_attrs["failed_trial"]]
+        assert retry.params == original.params
+        assert retry.user_attrs["run_dir"] == original.user_attrs["run_dir"]
+        assert f"(retry of trial {original.number})" in output
+    _check_each_trial_ran_once(project, steps=6)
+
+
+def test_two_workers_sharing_a_sqlite_study_run_no_trial_twice(project: Path) -> None:
+    _shared_study_runs_each_trial_once(project, [])
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server on a free port, run as the postgres user (it refuses root)."""
+    bin_dir = Path("/usr/lib/postgresql/15/bin")
+    if not (bin_dir / "initdb").is_file() or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL 15 (Debian's /usr/lib/postgresql/15/bin) or runuser is missing")
+    if os.geteuid() != 0:
+        pytest.skip("starting PostgreSQL as the postgres user needs root (runuser)")
+    folder = Path(tempfile.mkdtemp(prefix="padam-search-pg-"))
+    shutil.chown(folder, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    data = folder / "data"
+    subprocess.run(
+        [*as_postgres, str(bin_dir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    ctl = [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log")]
+    subprocess.run([*ctl, "-o", options, "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_sharing_a_postgresql_study_run_no_trial_twice(
+    project: Path, postgres: str
+) -> None:
+    _shared_study_runs_each_trial_once(project, ["--storage", postgres], storage=postgres)
+
+
+def _shared_study_runs_each_trial_once(
+    project: Path, extra: list[str], storage: str = "sqlite:///logs/demo/study.db"
+) -> None:
+    workers = [_start(project, *extra, "--", "--fake.steps", "4") for _ in range(2)]
+    outputs = [worker.communicate(timeout=60)[0] for worker in workers]
+
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    study = _study(storage)
+    states = _states(study)
+    assert states["COMPLETE"] == 12 and not states["RUNNING"], states
+    ran = [line for output in outputs for line in output.splitlines() if ": model.x=" in line]
+    assert all(ran.count(line) == 1 for line in ran) and len(ran) == 12, ran
+    for output in outputs:  # both took part
+        assert ": model.x=" in output, output
+    _check_each_trial_ran_once(project, steps=4)
+    assert all(
+        len((run / "calls.jsonl").read_text().splitlines()) == 1
+        for run in (project / "logs/demo").glob("trial-*")
+    )
+    over = [t for t in study.trials if t.user_attrs.get("over_budget")]
+    assert all(t.state.name == "FAIL" and "run_dir" not in t.user_attrs for t in over)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"trials": 0}, "search.yaml: trials must be a positive integer, got 0."),
+        ({"pruner": "asha"}, "search.yaml: pruner must be one of median, hyperband, none"),
+        ({"space": {"model.x": {"low": 1, "high": 0}}}, "search.yaml: space.model.x: expected"),
+        ({"space": {"model.x": {"low": 0, "hi": 1}}}, "search.yaml: space.model.x: expected"),
+        ({"space": {"model.x": {"low": 0, "high": 1, "log": True}}}, "search.yaml: space.model.x"),
+        ({"space": {"model.x": {"choices": []}}}, "search.yaml: space.model.x: choices must"),
+        ({"space": {"trainer.logger.x": {"choices": [1]}}}, "space.trainer.logger.x: set by"),
+        ({"space": {"not a key": {"choices": [1]}}}, "space.not a key: not a dotted config key"),
+        ({"base": [3]}, "search.yaml: base"),
+        ({"grid": {}}, "search.yaml: unknown key grid; allowed: name, description, base,"),
+    ],
+)
+def test_a_bad_search_file_is_one_line_naming_the_key(
+    project: Path, capsys: pytest.CaptureFixture[str], change: dict, named: str
+) -> None:
+    spec = {**yaml.safe_load((project / "search.yaml").read_text()), **change}
+    (project / "search.yaml").write_text(yaml.safe_dump(spec))
+
+    assert main(["search.yaml", "--fit-command", "unused"]) == 2
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("padam-search: error: search.yaml: "), captured.err
+    assert named in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_options_that_cannot_work_are_one_line(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args, message in (
+        (["missing.yaml"], "search file missing.yaml cannot be read as YAML: No such file"),
+        (["search.yaml", "--trials", "0"], "--trials and --heartbeat must be at least 1."),
+        (["search.yaml", "--executor", "slurm", "--no-wait"], "--no-wait is padam-sweep's"),
+        (["search.yaml", "--storage", "nosuch://x"], "--storage nosuch://x: "),
+    ):
+        fit = f"{shlex.quote(sys.executable)} {shlex.quote(str(project / 'fit.py'))}"
+        assert main([*args, "--fit-command", fit]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"padam-search: error: {message}") and err.count("\n") == 1, err
+
+
+def test_the_pruning_callback_stops_a_real_run_as_pruned(
+    tmp_path: Path, tiny_fit_args: list[str]
+) -> None:
+    """A trial worse than five finished ones is pruned after its first epoch: one line, no
+    resume command, stop "pruned" in finished.json, the study's trial told nothing more."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="demo", storage=storage)
+    for _ in range(5):  # the median pruner's n_startup_trials, each with val/err 0
+        study.add_trial(optuna.create_trial(value=0.0, intermediate_values={1: 0.0, 2: 0.0}))
+    trial = study.ask()
+    callback = ["--trainer.callbacks+", "padam_lightning.training.pruning.OptunaPruning"]
+    for key, value in (("storage", storage), ("study_name", "demo"), ("trial", trial.number)):
+        callback += [f"--trainer.callbacks.{key}", str(value)]
+    padam_fit = Path(sys.executable).parent / "padam-fit"
+
+    result = subprocess.run(
+        [str(padam_fit), *tiny_fit_args, *callback], capture_output=True, text=True
+    )
+
+    import padam_lightning.cli as cli
+
+    assert result.returncode == getattr(cli, "EXIT_PRUNED", 0), result.stderr
+    assert "Traceback" not in result.stderr and "To continue" not in result.stderr
+    line = (
+        "padam-fit: trial 5 pruned after epoch 1: its best val/err 0.9062 is worse than the "
+        "median 0 of 5 finished trials at that epoch; the run ends here (stop: pruned)."
+    )
+    assert line in result.stderr.splitlines(), result.stderr
+    (finished,) = (tmp_path / "logs" / "run").glob("*/finished.json")
+    record = json.loads(finished.read_text())
+    assert record["stop"] == "pruned" and record["epoch"] == 1
+    assert (finished.parent / "checkpoints" / "last.ckpt").is_file()
+    reported = optuna.load_study(study_name="demo", storage=storage).trials[5]
+    assert reported.intermediate_values == {1: pytest.approx(0.90625)}
+    assert reported.state.name == "RUNNING"  # padam-search tells the study, not padam-fit
