@@ -1,14 +1,13 @@
 """``padam-fit``'s command line and its policy: run folders, checkpoints, resume checks, errors.
 
-The library (:mod:`padam_lightning.training`) works without it; this package decides where a run
-writes, what a resume may change and how mistakes are reported. The command itself
-(:mod:`~padam_lightning.cli.padam_cli`, which imports Lightning) loads on first use, so that
-``padam-sweep`` and ``padam-report`` can read :mod:`~padam_lightning.cli.run_layout` cheaply.
+The command (:mod:`~padam_lightning.cli.padam_cli`, which imports Lightning) loads on first use;
+this module and :mod:`~padam_lightning.cli.run_layout` import nothing heavy.
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -32,32 +31,36 @@ __all__ = [
     "resume_command",
 ]
 
-
 #: Exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
 CTRL_C_EXIT_STATUS = 130
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM before the subcommand starts, raised where the interpreter is, as Ctrl-C is."""
+
+
+def stop_before_start(signum: int, frame: Any) -> None:
+    """SIGTERM's handler until the subcommand starts (then Lightning's and the RunRecord's)."""
+    raise _Terminated
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``padam-fit``: Ctrl-C before training starts stops in one line.
+    """Entry point of ``padam-fit``: Ctrl-C or SIGTERM before training starts is one line.
 
-    The command imports torch and Lightning, parses and builds the run for some seconds before
-    training starts (from then on a stop is :class:`~padam_lightning.training.run_record.
-    RunRecord`'s). Ctrl-C in those seconds raises ``KeyboardInterrupt`` wherever the
-    interpreter is, which Python reports with a long traceback; this entry point, which imports
-    nothing heavy itself, says instead that the command stopped, with exit status 130.
-
-    Args:
-        args: The arguments after ``padam-fit``; None reads ``sys.argv``.
+    Importing torch and Lightning and building the run take seconds; a stop then would be a
+    traceback (Ctrl-C) or nothing at all (SIGTERM). Exit status 130 or 143.
     """
+    previous = signal.signal(signal.SIGTERM, stop_before_start)
     try:
         importlib.import_module("padam_lightning.cli.padam_cli").main(args)
-    except KeyboardInterrupt:
-        command = sys.modules.get("padam_lightning.cli.padam_cli")
-        if getattr(command, "subcommand_started", False):
-            print("\npadam-fit: stopped by Ctrl-C.", file=sys.stderr)
-        else:
-            print("\npadam-fit: stopped by Ctrl-C before the run started.", file=sys.stderr)
-        sys.exit(CTRL_C_EXIT_STATUS)
+    except KeyboardInterrupt as err:
+        started = getattr(sys.modules.get("padam_lightning.cli.padam_cli"), "subcommand_started", 0)
+        name = "SIGTERM" if isinstance(err, _Terminated) else "Ctrl-C"
+        when = "" if started else " before the run started"
+        print(f"\npadam-fit: stopped by {name}{when}.", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM if isinstance(err, _Terminated) else CTRL_C_EXIT_STATUS)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,7 @@
 """Checks of the ``--config`` files a ``padam-fit`` command stacks, before jsonargparse reads them.
 
-A list in a later ``--config`` file replaces that of an earlier one, so a config setting
-``trainer.callbacks`` would silently drop the callbacks an earlier one added; ``callbacks+:``
-appends instead (the shipped experiment configs use it). A sweep file given to ``padam-fit`` is
-refused too.
+A list in a later file replaces an earlier file's, so ``trainer.callbacks`` there would silently
+drop the callbacks an earlier file added (``callbacks+:`` appends). A sweep file is refused too.
 """
 
 from __future__ import annotations
@@ -28,21 +26,26 @@ def config_file_args(args: Sequence[str]) -> list[str]:
     return found
 
 
-def _read_mapping(path: str) -> dict[str, Any] | None:
-    """The file's YAML mapping, or None when it is missing or unreadable (jsonargparse says why)."""
+def _read_mapping(path: str) -> dict[str, Any]:
+    """The file's YAML mapping ({} when it is missing or no mapping: jsonargparse says why).
+
+    Raises:
+        UserError: If the file is not YAML, naming the file, the line and the column.
+    """
     try:
         content = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return content if isinstance(content, dict) else None
+    except (OSError, UnicodeDecodeError):
+        return {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise UserError(f"--config {path} is not valid YAML: {problem}{where}.") from None
+    return content if isinstance(content, dict) else {}
 
 
 def _callbacks(config: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """Whether a config sets (``"replace"``) or appends to (``"append"``) the callbacks, and which.
-
-    Both spellings jsonargparse reads count: ``trainer: {callbacks: ...}`` and
-    ``trainer.callbacks: ...``.
-    """
+    """Whether a config sets (``"replace"``) or appends to (``"append"``) callbacks, and which."""
     trainer = config.get("trainer")
     sections = [trainer] if isinstance(trainer, dict) else []
     sections.append({k.removeprefix("trainer."): v for k, v in config.items() if "." in str(k)})
@@ -51,41 +54,29 @@ def _callbacks(config: dict[str, Any]) -> tuple[str | None, list[str]]:
             if key in section:
                 value = section[key]
                 entries = [] if value is None else value if isinstance(value, list) else [value]
-                return mode, [_class_name(entry) for entry in entries]
+                return mode, [
+                    str(e.get("class_path") if isinstance(e, dict) else e).rsplit(".", 1)[-1]
+                    for e in entries
+                ]
     return None, []
 
 
-def _class_name(entry: Any) -> str:
-    """``TrainPass`` for ``{class_path: padam_lightning.training.train_pass.TrainPass}``."""
-    return str(entry.get("class_path") if isinstance(entry, dict) else entry).rsplit(".", 1)[-1]
-
-
-def check_not_sweep_files(config_files: Sequence[str]) -> None:
-    """Refuse a sweep file (a top-level ``grid``) given to ``padam-fit --config``.
+def check_config_files(args: Sequence[str]) -> None:
+    """Refuse a ``--config`` file that is no YAML, a sweep file or drops an earlier's callbacks.
 
     Raises:
-        UserError: Naming the command that runs it, where jsonargparse would only report an
-            unknown key.
+        UserError: Naming the file, and for dropped callbacks both files and the fix.
     """
-    for path in config_files:
+    earlier: list[str] = []  # "<class> (from <file>)" of each callback the files so far add
+    for path in config_file_args(args):
         config = _read_mapping(path)
-        if config is not None and "grid" in config:
+        if "grid" in config:
             raise UserError(
                 f"--config {path} is a sweep file (it has a 'grid' of runs), which padam-sweep "
                 f"runs: padam-sweep {path}. padam-fit takes the config of one run, such as "
                 "configs/wrn.yaml."
             )
-
-
-def check_callback_stacking(config_files: Sequence[str]) -> None:
-    """Refuse a ``--config`` file (in the order given) that drops callbacks an earlier one added.
-
-    Raises:
-        UserError: Naming both files, the dropped callbacks and the fix.
-    """
-    earlier: list[str] = []  # "<class> (from <file>)" of each callback the files so far add
-    for path in config_files:
-        mode, names = _callbacks(_read_mapping(path) or {})
+        mode, names = _callbacks(config)
         if mode == "replace" and earlier:
             raise UserError(
                 f"--config {path} sets trainer.callbacks, which replaces the callbacks of the "
@@ -94,7 +85,4 @@ def check_callback_stacking(config_files: Sequence[str]) -> None:
                 "(or leave the earlier config out if the replacement is meant)."
             )
         added = [f"{name} (from {path})" for name in names]
-        if mode == "replace":
-            earlier = added
-        elif mode == "append":
-            earlier += added
+        earlier = added if mode == "replace" else earlier + added

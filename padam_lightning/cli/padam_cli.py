@@ -1,20 +1,7 @@
 """``padam-fit``: train and evaluate image classifiers from config files (a LightningCLI).
 
-Examples::
-
-    padam-fit fit --config configs/wrn.yaml
-    padam-fit fit --config configs/resnet18.yaml --config configs/optim/sgdm.yaml
-    padam-fit fit --config configs/wrn.yaml --ckpt_path last          # resume the latest run
-    padam-fit fit --config configs/wrn.yaml --print_config            # show what would run
-    padam-fit test --config configs/wrn.yaml --ckpt_path PATH.ckpt
-
-Runs log to TensorBoard under ``lightning_logs/<data>-<arch>-<optimizer>/version_N`` (``<data>``:
-the dataset, or an image folder's own name; or the folder given by
-``--trainer.logger.init_args.{save_dir,name,version}``); each run folder holds the resolved
-``config.yaml``, ``checkpoints/last.ckpt``, the best checkpoint by ``val/err`` and, once the run
-has finished, ``finished.json``. ``validate``/``test``/``predict`` of a run's checkpoint log to
-``<run>/eval/<stage>-<N>`` and leave the run's own files alone. Ctrl-C or SIGTERM stops a fit at
-a batch boundary with ``last.ckpt`` saved there and prints the command that resumes it.
+The command's policy: where a run logs, which checkpoint continues it, how it stops and how
+mistakes are reported. docs/training.md and docs/resume.md are its manual.
 """
 
 from __future__ import annotations
@@ -24,14 +11,11 @@ import functools
 import json
 import logging
 import os
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,7 +24,7 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.cli import (
     ArgsType,
     LightningArgumentParser,
@@ -50,21 +34,22 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer import Trainer
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from padam_lightning.cli.config_files import (
-    check_callback_stacking,
-    check_not_sweep_files,
-    config_file_args,
-)
+import padam_lightning.cli
+from padam_lightning.cli.config_files import check_config_files
 from padam_lightning.cli.parse_errors import option_strings, summarize_parse_error
-from padam_lightning.cli.resume import check_network, check_resume, read_checkpoint
+from padam_lightning.cli.resume import (
+    check_network,
+    check_resume,
+    read_checkpoint,
+    resume_command,
+)
 from padam_lightning.cli.run_layout import (
     CONFIG_FILE,
     DEFAULT_LOG_DIR,
     EVAL_FOLDER,
     LAST_CHECKPOINT_PATH,
-    without_ckpt_path,
 )
 from padam_lightning.cli.storage import (
     STORAGE_ERRNOS,
@@ -97,33 +82,43 @@ usage: padam-fit {fit,validate,test,predict} --config FILE [--config FILE ...] [
 
 padam-fit --help and padam-fit fit --help list every option."""
 
-#: The run this process trains and its command's arguments (for the stop message).
-_running: tuple[RunRecord, list[str] | None] | None = None
-
-#: Whether a subcommand (fit, validate, ...) has begun: a Ctrl-C before it stopped the start-up
-#: (read by :func:`padam_lightning.cli.main`).
-subcommand_started = False
-
-#: The largest seed ``seed_everything`` takes (numpy's seeds are unsigned 32-bit integers).
-_MAX_SEED = 2**32 - 1
-
-#: The subcommands that evaluate a checkpoint; they log to ``<run>/eval/<stage>-<N>``.
-EVALUATION_STAGES = ("validate", "test", "predict")
-
 DESCRIPTION = (
     "Train and evaluate VGG, ResNet and wide ResNet classifiers on CIFAR-10/100 (or a folder of "
     "images) with Padam or its baselines, from config files: "
     "padam-fit fit --config configs/wrn.yaml. Logs go to TensorBoard under lightning_logs/."
 )
 
+#: Exit status of a run a search's pruner ended: finished, with nothing to continue.
+EXIT_PRUNED = 3
+
+#: Each stop's name in the stop line and its exit status (a signal's: 128 + N). A stop in
+#: ``FINISHED_REASONS`` prints no line.
+_STOPS = {
+    "SIGINT": ("Ctrl-C", 128 + signal.SIGINT),
+    "SIGTERM": ("SIGTERM", 128 + signal.SIGTERM),
+    "SIGUSR1": ("SIGUSR1 (a SLURM requeue notice)", 128 + signal.SIGUSR1),
+    "max_time": ("--trainer.max_time", 0),
+    "pruned": ("a search's pruner", EXIT_PRUNED),
+}
+
+#: What padam-fit adds to the library's divergence message: its own options and resume policy.
+DIVERGENCE_HINT = (
+    " In padam-fit those are --model.optimizer.init_args.lr and --trainer.precision (bf16-mixed "
+    "or 32-true), in a new run: a resume keeps the settings stored in the run's checkpoint."
+)
+
+#: The run this process trains and its command's arguments (for the stop line).
+_running: tuple[RunRecord, list[str] | None] | None = None
+
+#: Whether a subcommand has begun (read by :func:`padam_lightning.cli.main` at a Ctrl-C).
+subcommand_started = False
+
+#: The largest seed ``seed_everything`` takes (numpy's seeds are unsigned 32-bit integers).
+_MAX_SEED = 2**32 - 1
+
 
 def optimizer_label(optimizer: Any) -> str:
-    """Short name of a configured optimizer (``padam``, ``sgdm``, ``adam``, ``amsgrad``...).
-
-    Args:
-        optimizer: The ``model.optimizer`` config value: a ``class_path`` / ``init_args``
-            namespace or dict, or ``None`` for the default (Padam).
-    """
+    """Short name of a ``model.optimizer`` config value (``padam``, ``sgdm``, ``amsgrad``...)."""
     if optimizer is None:
         return "padam"
     as_dict = optimizer.as_dict() if isinstance(optimizer, Namespace) else dict(optimizer)
@@ -136,80 +131,6 @@ def optimizer_label(optimizer: Any) -> str:
     return class_name or "optimizer"
 
 
-def _trains_on_cuda(accelerator: Any) -> bool:
-    """Whether the trainer's ``accelerator`` setting will pick a CUDA GPU on this machine."""
-    if not torch.cuda.is_available():
-        return False
-    if accelerator is None or isinstance(accelerator, str):
-        return (accelerator or "auto") in ("auto", "gpu", "cuda")
-    return "cuda" in type(accelerator).__name__.lower()
-
-
-def _latest_run_checkpoint(run_root: Path) -> Path:
-    """``last.ckpt`` of the run under ``run_root`` trained most recently (it may not exist).
-
-    Never an older run in its place (a silent surprise). Runs refused before training (no
-    ``config.yaml``) are passed over; the time is that of the files training writes, so
-    evaluating a run (:data:`EVAL_FOLDER`) does not make it the latest.
-    """
-    runs = _run_folders(run_root)
-    started = [folder for folder in runs if (folder / CONFIG_FILE).is_file()]
-    runs = started or runs
-    if not runs:
-        return run_root / "*" / LAST_CHECKPOINT_PATH
-
-    def last_trained(folder: Path) -> tuple[float, int]:
-        written = [
-            path for path in (folder / CONFIG_FILE, folder / LAST_CHECKPOINT_PATH) if path.is_file()
-        ]
-        written += folder.glob("events.out.tfevents.*")
-        used = max((path.stat().st_mtime for path in written), default=folder.stat().st_mtime)
-        # File times tick coarsely (a few ms): on a tie the higher version_N is the newer run.
-        number = folder.name.removeprefix("version_")
-        return used, int(number) if number.isdigit() else -1
-
-    return max(runs, key=last_trained) / LAST_CHECKPOINT_PATH
-
-
-def _evaluation_version(run_dir: Path, stage: str) -> str:
-    """``<stage>-<N>``: an evaluation's logs go to ``<run_dir>/eval/<stage>-<N>``, not the run's."""
-    folder = run_dir / EVAL_FOLDER
-    taken = {path.name for path in folder.glob(f"{stage}-*")} if folder.is_dir() else set()
-    number = next(n for n in range(len(taken) + 1) if f"{stage}-{n}" not in taken)
-    return f"{stage}-{number}"
-
-
-def _follow_default_root_dir(trainer: Namespace, logger_args: Namespace | None) -> None:
-    """Log under ``--trainer.default_root_dir`` when it is given, as Lightning's default logger.
-
-    An explicit ``--trainer.logger.init_args.save_dir`` wins.
-    """
-    root = trainer.get("default_root_dir")
-    if root is None or logger_args is None:
-        return
-    if str(logger_args.get("save_dir") or DEFAULT_LOG_DIR) == DEFAULT_LOG_DIR:
-        logger_args["save_dir"] = str(Path(str(root)) / DEFAULT_LOG_DIR)
-
-
-def _run_folder_of(checkpoint: Path) -> Path | None:
-    """The run folder holding ``checkpoint`` (``<run>/checkpoints/x.ckpt``), or None."""
-    if checkpoint.parent.name == LAST_CHECKPOINT_PATH.parent.name:
-        return checkpoint.parent.parent
-    return None
-
-
-def _run_folders(run_root: Path) -> list[Path]:
-    """The run folders under ``run_root`` (its :data:`EVAL_FOLDER` left out; none if absent)."""
-    return [
-        folder for folder in run_root.glob("*") if folder.is_dir() and folder.name != EVAL_FOLDER
-    ]
-
-
-def _run_root(logger_args: Namespace) -> Path:
-    """``<save_dir>/<name>`` of the TensorBoard logger: the folder of the run folders."""
-    return Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(logger_args.get("name") or "")
-
-
 def run_name(config: Namespace) -> str:
     """``<data>-<arch>-<optimizer>``; ``<data>`` is the dataset or an image folder's own name."""
     data = config.get("data") if isinstance(config.get("data"), Namespace) else Namespace()
@@ -220,47 +141,51 @@ def run_name(config: Namespace) -> str:
     return "-".join((source, str(model.get("arch", "model")), optimizer_label(model.optimizer)))
 
 
-def resume_command(args: Sequence[str] | None, last: Path) -> str:
-    """The command's own arguments with ``--ckpt_path last``, runnable as printed.
+def _trains_on_cuda(accelerator: Any) -> bool:
+    """Whether the trainer's ``accelerator`` setting will pick a CUDA GPU on this machine."""
+    if not torch.cuda.is_available():
+        return False
+    if accelerator is None or isinstance(accelerator, str):
+        return (accelerator or "auto") in ("auto", "gpu", "cuda")
+    return "cuda" in type(accelerator).__name__.lower()
 
-    The executable is ``padam-fit`` when ``PATH`` finds the one that ran, else its full path (a
-    virtual environment that is not activated), or ``python -m padam_lightning.cli``.
+
+def _latest_run_checkpoint(run_root: Path) -> Path:
+    """``last.ckpt`` of the run under ``run_root`` trained last (it may not exist).
+
+    Runs refused before training (no config.yaml) are passed over, and evaluating a run does
+    not make it the latest (only the files training writes count).
     """
-    kept = without_ckpt_path(args or ["fit", "--config", "<the run's config files>"])
-    return shlex.join([*_executable(), *kept, "--ckpt_path", str(last)])
+    runs = [folder for folder in run_root.glob("*") if folder.is_dir()]
+    runs = [folder for folder in runs if folder.name != EVAL_FOLDER]
+    runs = [folder for folder in runs if (folder / CONFIG_FILE).is_file()] or runs
+    if not runs:
+        return run_root / "*" / LAST_CHECKPOINT_PATH
+
+    def last_trained(folder: Path) -> tuple[float, int]:
+        written = [folder / CONFIG_FILE, folder / LAST_CHECKPOINT_PATH]
+        written += folder.glob("events.out.tfevents.*")
+        times = [path.stat().st_mtime for path in written if path.is_file()]
+        # File times tick coarsely (a few ms): on a tie the higher version_N is the newer run.
+        number = folder.name.removeprefix("version_")
+        return max(times, default=folder.stat().st_mtime), int(number) if number.isdigit() else -1
+
+    return max(runs, key=last_trained) / LAST_CHECKPOINT_PATH
 
 
-def _executable() -> list[str]:
-    """How to run padam-fit again, as this process was run."""
-    program = Path(sys.argv[0])
-    if program.name != "padam-fit":
-        return [sys.executable, "-m", "padam_lightning.cli"]
-    on_path = shutil.which("padam-fit")
-    if on_path and Path(on_path).resolve() == program.resolve():
-        return ["padam-fit"]
-    return [str(program.resolve())]
+def _run_folder_of(checkpoint: Path) -> Path | None:
+    """The run folder holding ``checkpoint`` (``<run>/checkpoints/x.ckpt``), or None."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
-#: What each stop is called in what padam-fit prints, and its exit status (a signal's: 128 + N).
-_STOPS = {
-    "SIGINT": ("Ctrl-C", 128 + signal.SIGINT),
-    "SIGTERM": ("SIGTERM", 128 + signal.SIGTERM),
-    "SIGUSR1": ("SIGUSR1 (a SLURM requeue notice)", 128 + signal.SIGUSR1),
-    "max_time": ("--trainer.max_time", 0),
-}
-
-
-#: ``max_time`` counts the run's whole training time: a resume needs a longer one.
-_MAX_TIME_HINT = " with a longer --trainer.max_time (it limits the run's training time in all)"
-
-
-def stop_message(record: RunRecord, args: Sequence[str] | None) -> str:
+def stop_message(record: RunRecord, args: list[str] | None) -> str:
     """One line: what stopped the run, what is saved, and the command that continues it."""
-    what = _STOPS.get(record.stop or "", (record.stop or "an error", 1))[0]
+    what = _STOPS.get(record.stop or "", ("an error", 1))[0]
     if record.saved is not None:
+        longer = " with a longer --trainer.max_time (it limits the run's training time in all)"
         return (
             f"padam-fit: stopped by {what}; saved {record.saved} ({_where(record.saved_state)})."
-            f" To continue{_MAX_TIME_HINT if record.stop == 'max_time' else ''}: "
+            f" To continue{longer if record.stop == 'max_time' else ''}: "
             f"{resume_command(args, record.saved)}"
         )
     last = record.last_checkpoint(record.trainer) if record.trainer is not None else None
@@ -274,31 +199,27 @@ def stop_message(record: RunRecord, args: Sequence[str] | None) -> str:
 
 
 def _where(state: dict[str, Any]) -> str:
-    """``2 epochs and 3 batches done, step 11`` from a run record (counts, as padam-report's)."""
-    epochs = f"{state['epoch']} epoch{'' if state['epoch'] == 1 else 's'}"
-    batches = state["batches"]
+    """``2 epochs and 3 batches done, step 11`` from a run record."""
+    epochs, batches = state["epoch"], state["batches"]
+    done = f"{epochs} epoch{'' if epochs == 1 else 's'}"
     if batches:
-        epochs += f" and {batches} batch{'' if batches == 1 else 'es'}"
-    return f"{epochs} done, step {state['global_step']}"
+        done += f" and {batches} batch{'' if batches == 1 else 'es'}"
+    return f"{done} done, step {state['global_step']}"
 
 
 def _max_time(value: Any) -> timedelta | None:
-    """``trainer.max_time`` as Lightning reads it: ``DD:HH:MM:SS``, a mapping or a timedelta.
+    """``trainer.max_time`` as Lightning's ``Timer`` reads it.
 
     Raises:
-        UserError: If the value is none of these.
+        UserError: If it is no duration.
     """
-    if value is None or isinstance(value, timedelta):
-        return value
     try:
-        if isinstance(value, dict | Namespace):
-            return timedelta(**dict(value))
-        days, hours, minutes, seconds = (int(part) for part in str(value).strip().split(":"))
-        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    except (TypeError, ValueError):
+        seconds = Timer(duration=value).time_remaining() if value is not None else None
+    except (TypeError, MisconfigurationException):
         raise UserError(
             f"trainer.max_time: {value!r} is not a duration; write DD:HH:MM:SS, e.g. 00:11:50:00."
         ) from None
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 def _slurm_job() -> str | None:
@@ -309,14 +230,16 @@ def _slurm_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID") if SLURMEnvironment.detect() else None
 
 
-def _lock_run(run_dir: Path) -> Any:
-    """Hold a lock on the run folder while this process trains it; the OS drops it at exit.
+def _requeue_marker(run_root: Path, job: str) -> Path:
+    """The file naming the run that a requeued SLURM job continues."""
+    return run_root / f".slurm-{job}.json"
 
-    The folder itself is locked (``flock`` on its descriptor): nothing is written into it.
+
+def _lock_run(run_dir: Path) -> Any:
+    """Lock the run folder itself (``flock``, nothing written) while this process trains it.
 
     Raises:
-        UserError: If another padam-fit holds it (two writers would interleave the run's
-            checkpoints and curves).
+        UserError: If another padam-fit holds it (the two would interleave checkpoints and curves).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     folder = os.open(run_dir, os.O_RDONLY)
@@ -332,11 +255,10 @@ def _lock_run(run_dir: Path) -> Any:
 
 
 def _refuse_foreign_hpc_checkpoints(root: Path) -> None:
-    """Refuse to start where Lightning would restore a requeue checkpoint it finds (SLURM only).
+    """Refuse to start where Lightning would restore another program's requeue checkpoint.
 
-    Without ``ckpt_path`` under SLURM, Lightning restores the newest ``hpc_ckpt_N.ckpt`` of
-    ``default_root_dir`` into whatever runs there. padam-fit writes none (SIGUSR1 is the
-    RunRecord's, which saves in the run's own folder), so such a file is another program's run.
+    Under SLURM without ``ckpt_path``, Lightning restores the newest ``hpc_ckpt_N.ckpt`` of
+    ``default_root_dir``; padam-fit writes none (SIGUSR1 is the RunRecord's).
 
     Raises:
         UserError: If there is one.
@@ -351,11 +273,6 @@ def _refuse_foreign_hpc_checkpoints(root: Path) -> None:
         )
 
 
-def _requeue_marker(run_root: Path, job: str) -> Path:
-    """The file naming the run a requeued SLURM job continues."""
-    return run_root / f".slurm-{job}.json"
-
-
 def check_numeric_settings(config: Namespace) -> None:
     """Refuse numbers of the right type that Lightning fails on with a traceback.
 
@@ -368,11 +285,21 @@ def check_numeric_settings(config: Namespace) -> None:
             f"seed_everything: {seed} is out of range; expected an integer from 0 to {_MAX_SEED} "
             "(numpy's seed range), true (a random seed) or false (no seeding)."
         )
-    trainer = config.get("trainer") or Namespace()
+    for section in ("trainer", "model", "data"):
+        if section in config and not isinstance(config.get(section), Namespace):
+            raise UserError(f"{section}: expected a mapping of settings, got {config[section]!r}.")
     for key in ("check_val_every_n_epoch", "accumulate_grad_batches"):
-        value = trainer.get(key)
+        value = config.get("trainer", Namespace()).get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise UserError(f"trainer.{key}: expected a positive integer, got {value}.")
+
+
+def _plain_config(config: Namespace) -> dict[str, Any]:
+    """A fit's settings as plain data, without the command's own bookkeeping keys."""
+    plain = config.clone().as_dict()
+    for key in ("config", "ckpt_path", "subcommand"):
+        plain.pop(key, None)
+    return plain
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -388,30 +315,26 @@ class RunConfigSaver(SaveConfigCallback):
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         """Write the config file atomically (``save_to_log_dir`` is off: Lightning's is not)."""
-        if self._log_dir is None or not trainer.is_global_zero:
-            return
-        text = self.parser.dump(self.config, skip_none=False)
-        write_text_atomically(Path(self._log_dir) / self.config_filename, text)
+        if self._log_dir is not None and trainer.is_global_zero:
+            text = self.parser.dump(self.config, skip_none=False)
+            write_text_atomically(Path(self._log_dir) / self.config_filename, text)
 
 
 class PadamCLI(LightningCLI):
-    """LightningCLI with this project's defaults: run folders, the run record, resume, errors.
-
-    One override of a private LightningCLI method remains, for want of a public hook:
-    ``_instantiate_trainer`` drops the package's checkpoint callback under
-    ``--trainer.enable_checkpointing false`` (LightningCLI adds it after ``instantiate_trainer``'s
-    arguments are read, and Lightning then refuses the flag). tests/cli covers it.
-    """
+    """LightningCLI with this project's run folders, run record, resume checks and errors."""
 
     _ckpt_path: Path | None = None  # the checkpoint this command resumes or evaluates
     _saved_record: dict[str, Any] | None = None  # its run record
-    _saved_hparams: dict[str, Any] | None = None  # its hyperparameters
+    _saved_hparams: dict[str, Any] | None = None  # {"hyper_parameters": its hyperparameters}
+    _requeue_marker: Path | None = None
+    _max_time: timedelta | None = None
+    _max_steps: int | None = None
     _command_args: list[str] | None = None  # for the resume command
     _parsers: tuple[LightningArgumentParser, ...] = ()  # their options are suggested for typos
     record: RunRecord | None = None  # fit only
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add the best-checkpoint options and link the class count from the data to the model."""
+        """Add the best-checkpoint options, Padam as the default, and link the class count."""
         self._parsers = (*self._parsers, parser)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -423,34 +346,26 @@ class PadamCLI(LightningCLI):
                 "checkpoint.save_on_train_epoch_end": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}-err{val/err:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
-            }
-        )
-        # Padam as a parsed default (not only the module's fallback), so that its options can be
-        # set on the command line without naming the class: --model.optimizer.init_args.partial.
-        parser.set_defaults(
-            {
+                # A parsed default (not only the module's fallback), so that Padam's options can
+                # be set without naming the class: --model.optimizer.init_args.partial.
                 "model.optimizer": {
                     "class_path": qualified_name(Padam),
                     "init_args": dict(DEFAULT_OPTIMIZER_ARGS),
-                }
+                },
             }
         )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse, fill in run-dependent defaults, and find and check the checkpoint.
+        """Parse, fill in run-dependent defaults, and find and read the checkpoint.
 
         Raises:
-            UserError: For any parsing mistake, in one line, and for a checkpoint that is
-                missing, damaged or cannot continue this command's run, before anything is
-                written.
+            UserError: For a mistake in the command or its files, in one line, and for a
+                checkpoint that is missing or damaged, before anything is written.
         """
         command = sys.argv[1:] if args is None else args
         self._command_args = [str(a) for a in command] if isinstance(command, list) else None
-        # Before jsonargparse merges the files, which keeps only the last file's callback list.
-        config_files = config_file_args(self._command_args or [])
-        check_not_sweep_files(config_files)
-        check_callback_stacking(config_files)
+        check_config_files(self._command_args or [])
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
@@ -469,75 +384,64 @@ class PadamCLI(LightningCLI):
             # cuDNN autotuning pays off: CIFAR's convolution shapes are fixed. Keep equal to
             # benchmarks/_timing.py's CUDNN_BENCHMARK (benchmarks/gpu.sh measures both).
             trainer.benchmark = True
-        logger_args = self._tensorboard_args(config)
-        _follow_default_root_dir(trainer, logger_args)
-        if logger_args is not None and not logger_args.get("name"):
-            logger_args["name"] = run_name(config)
-        run_root = _run_root(logger_args) if logger_args is not None else None
-        if subcommand and not config.get("ckpt_path") and _slurm_job() is not None:
-            _refuse_foreign_hpc_checkpoints(Path(config.trainer.get("default_root_dir") or "."))
+        logger = trainer.get("logger")
+        logger_args, run_root = None, None
+        if isinstance(logger, Namespace) and "TensorBoardLogger" in str(logger.get("class_path")):
+            logger_args = logger.init_args = logger.get("init_args") or Namespace()
+            root = trainer.get("default_root_dir")
+            save_dir = str(logger_args.get("save_dir") or DEFAULT_LOG_DIR)
+            if root is not None and save_dir == DEFAULT_LOG_DIR:
+                # Under --trainer.default_root_dir, as Lightning's default logger logs.
+                logger_args["save_dir"] = str(Path(str(root)) / DEFAULT_LOG_DIR)
+            logger_args["name"] = logger_args.get("name") or run_name(config)
+            run_root = Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(logger_args.name)
+        if not subcommand:
+            return
+        ckpt_path = config.get("ckpt_path")
+        # Put back in instantiate_trainer: LightningCLI would otherwise parse the checkpoint's
+        # hyperparameters over this command's model settings.
+        config.ckpt_path = None
+        job = _slurm_job()
+        if ckpt_path is None and job is not None:
+            _refuse_foreign_hpc_checkpoints(Path(trainer.get("default_root_dir") or "."))
         if subcommand == "fit":
             # The RunRecord's: Lightning's own end the epoch they stop in as if it were complete.
-            self._max_time = _max_time(trainer.get("max_time"))
-            self._max_steps = trainer.get("max_steps", -1)
+            self._max_time, self._max_steps = (
+                _max_time(trainer.get("max_time")),
+                trainer.get("max_steps"),
+            )
             trainer.max_time, trainer.max_steps = None, -1
-            self._plan_fit(config, logger_args, run_root)
-        elif subcommand and config.get("ckpt_path"):
-            self._ckpt_path = self._find_checkpoint(str(config.ckpt_path), logger_args, run_root)
+            if run_root is not None and job is not None:
+                self._requeue_marker = _requeue_marker(run_root, job)
+                if ckpt_path is None and self._requeue_marker.is_file():
+                    # A requeued SLURM job runs its command again: continue the run it stopped.
+                    run = json.loads(self._requeue_marker.read_text())["run"]
+                    ckpt_path = str(run_root / run / LAST_CHECKPOINT_PATH)
+        if ckpt_path is not None:
+            self._ckpt_path = self._find_checkpoint(str(ckpt_path), logger_args, run_root)
             checkpoint = read_checkpoint(self._ckpt_path)
-            check_network(self._ckpt_path, checkpoint, config.model.get("arch"), evaluating=True)
-        if subcommand:
-            # Put back in instantiate_trainer: LightningCLI would otherwise parse the checkpoint's
-            # hyperparameters over this command's model settings.
-            config.ckpt_path = None
-        if subcommand in EVALUATION_STAGES and logger_args is not None and run_root is not None:
-            self._log_evaluation_apart(logger_args, subcommand, run_root)
+            self._saved_record = read_record(checkpoint)
+            self._saved_hparams = {"hyper_parameters": checkpoint.get("hyper_parameters") or {}}
+            if logger_args is not None and subcommand == "fit":
+                # TensorBoard drops the stopped attempt's points from this step on.
+                logger_args["purge_step"] = int(checkpoint.get("global_step", 0))
+        if logger_args is not None and run_root is not None and logger_args.get("version") is None:
+            self._choose_log_folder(logger_args, subcommand, run_root)
 
-    def _plan_fit(
-        self, config: Namespace, logger_args: Namespace | None, run_root: Path | None
-    ) -> None:
-        """A new run or a resume: find the checkpoint, compare settings, continue its curves."""
-        job = _slurm_job()
-        ckpt_path = config.get("ckpt_path")
-        marker = _requeue_marker(run_root, job) if run_root and job else None
-        if ckpt_path is None and marker is not None and marker.is_file():
-            # A requeued SLURM job runs its command again: continue the run it stopped.
-            ckpt_path = str(run_root / json.loads(marker.read_text())["run"] / LAST_CHECKPOINT_PATH)
-        self._requeue_marker = marker
-        if ckpt_path is None:
-            return
-        path = self._find_checkpoint(str(ckpt_path), logger_args, run_root)
-        checkpoint = read_checkpoint(path)
-        self._ckpt_path, self._saved_record = path, read_record(checkpoint)
-        self._saved_hparams = {"hyper_parameters": checkpoint.get("hyper_parameters") or {}}
-        if logger_args is not None:
-            # TensorBoard drops the stopped attempt's points from this step on: none is
-            # duplicated, and the resumed run writes them again.
-            logger_args["purge_step"] = int(checkpoint.get("global_step", 0))
-            run_folder = _run_folder_of(path)
-            if (
-                logger_args.get("version") is None
-                and run_folder is not None
-                and run_root is not None
-                and run_folder.parent.resolve() == run_root.resolve()
-            ):
-                # The curves go on in one place; an int version shows as v_num=N in the
-                # progress bar (a string's last four characters: "on_0").
-                number = run_folder.name.removeprefix("version_")
-                plain = (
-                    number != run_folder.name and number.isdigit() and str(int(number)) == number
-                )
-                logger_args["version"] = int(number) if plain else run_folder.name
-
-    @staticmethod
-    def _tensorboard_args(config: Namespace) -> Namespace | None:
-        logger = config.trainer.get("logger")
-        if isinstance(logger, Namespace) and "TensorBoardLogger" in str(logger.get("class_path")):
-            init_args = logger.get("init_args")
-            if init_args is None:
-                logger.init_args = init_args = Namespace()
-            return init_args
-        return None
+    def _choose_log_folder(self, logger_args: Namespace, stage: str, run_root: Path) -> None:
+        """A resumed run logs on in its own folder; an evaluation in ``<run>/eval/<stage>-<N>``."""
+        run_dir = _run_folder_of(self._ckpt_path) if self._ckpt_path is not None else None
+        if stage != "fit":
+            folder = run_dir or run_root
+            taken = {path.name for path in (folder / EVAL_FOLDER).glob(f"{stage}-*")}
+            free = next(n for n in range(len(taken) + 1) if f"{stage}-{n}" not in taken)
+            logger_args["save_dir"], logger_args["name"] = folder, EVAL_FOLDER
+            logger_args["version"] = f"{stage}-{free}"
+        elif run_dir is not None and run_dir.parent.resolve() == run_root.resolve():
+            # version_N as an int: the progress bar shows v_num=N (a string's last 4 characters).
+            number = run_dir.name.removeprefix("version_")
+            plain = number.isdigit() and f"version_{int(number)}" == run_dir.name
+            logger_args["version"] = int(number) if plain else run_dir.name
 
     def _find_checkpoint(
         self, ckpt_path: str, logger_args: Namespace | None, run_root: Path | None
@@ -553,11 +457,11 @@ class PadamCLI(LightningCLI):
                 "the checkpoint file instead: --ckpt_path PATH/last.ckpt"
             )
         version = logger_args.get("version")
-        if version is not None:
+        if version is None:
+            path = _latest_run_checkpoint(run_root)
+        else:
             folder = f"version_{version}" if isinstance(version, int) else str(version)
             path = run_root / folder / LAST_CHECKPOINT_PATH
-        else:
-            path = _latest_run_checkpoint(run_root)
         if not path.is_file():
             raise UserError(
                 f"--ckpt_path last: no checkpoint found at {path}. Start the run without "
@@ -566,70 +470,33 @@ class PadamCLI(LightningCLI):
             )
         return path
 
-    def _log_evaluation_apart(self, logger_args: Namespace, stage: str, run_root: Path) -> None:
-        """Send an evaluation's logs to ``<run>/eval/<stage>-<N>``, never into a run's own.
-
-        Without a checkpoint in a run folder: ``<save_dir>/<name>/eval/<stage>-<N>``. An explicit
-        ``--trainer.logger.init_args.version`` is kept as given.
-        """
-        if logger_args.get("version") is not None:
-            return
-        run_dir = _run_folder_of(self._ckpt_path) if self._ckpt_path else None
-        run_dir = run_dir or run_root
-        logger_args["save_dir"] = run_dir
-        logger_args["version"] = _evaluation_version(run_dir, stage)
-        logger_args["name"] = EVAL_FOLDER
-
-    def before_fit(self) -> None:
-        """Refuse what the run cannot do before anything is written; then hold the run folder."""
-        self._refuse_to_overwrite("fit")
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        check_writable(run_dir)
-        if self._ckpt_path is not None:
-            # The class count is linked from the data when the model is built (an image
-            # folder's), so it is compared here, not with the config.
-            hparams = self.model.hparams
-            check_network(
-                self._ckpt_path, self._saved_hparams or {}, hparams["arch"], hparams["num_classes"]
-            )
-        if self._ckpt_path is not None and self._saved_record is not None:
-            configured = _plain_config(self.config["fit"])
-            check_resume(self._ckpt_path, self._saved_record, configured, self.trainer.world_size)
-        if self.trainer.global_rank == 0 and self.record is not None:
-            self.record.lock = _lock_run(run_dir)  # released when the fit ends
-
-    def before_validate(self) -> None:
-        """See :meth:`_refuse_to_overwrite`."""
-        self._refuse_to_overwrite("validate")
-
-    def before_test(self) -> None:
-        """See :meth:`_refuse_to_overwrite`."""
-        self._refuse_to_overwrite("test")
-
-    def before_predict(self) -> None:
-        """See :meth:`_refuse_to_overwrite`."""
-        self._refuse_to_overwrite("predict")
-
-    def _refuse_to_overwrite(self, stage: str) -> None:
-        """Refuse a logger-less run that would overwrite files; the subcommand starts here.
-
-        Without a logger, files go to ``default_root_dir`` (the working directory unless given);
-        only a ``fit`` resuming a checkpoint of that folder may rewrite them.
+    def _begin(self) -> None:
+        """The subcommand starts: refuse another network's checkpoint and files to overwrite.
 
         Raises:
-            UserError: If such a file exists, before anything is written.
+            UserError: Before anything is written.
         """
         global subcommand_started
         subcommand_started = True
+        if signal.getsignal(signal.SIGTERM) is padam_lightning.cli.stop_before_start:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Lightning's and the RunRecord's now
+        stage = self.subcommand or "fit"
+        if self._ckpt_path is not None:
+            # The class count comes from the data when the model is built (an image folder's).
+            hparams = self.model.hparams
+            check_network(
+                self._ckpt_path,
+                self._saved_hparams or {},
+                hparams["arch"],
+                hparams["num_classes"],
+                evaluating=stage != "fit",
+            )
         if self.trainer.loggers:
             return
         root = Path(self.trainer.default_root_dir)
         checkpoints = root / LAST_CHECKPOINT_PATH.parent
-        if (
-            stage == "fit"
-            and self._ckpt_path is not None
-            and self._ckpt_path.resolve().parent == checkpoints.resolve()
-        ):
+        ckpt_folder = self._ckpt_path.resolve().parent if self._ckpt_path else None
+        if stage == "fit" and ckpt_folder == checkpoints.resolve():
             return  # resuming the run that owns this folder
         config_file = root / (CONFIG_FILE if stage == "fit" else f"config-{stage}.yaml")
         taken = [config_file] if config_file.exists() else []
@@ -645,28 +512,39 @@ class PadamCLI(LightningCLI):
                 "then gets its own folder under lightning_logs/)."
             )
 
+    before_validate = before_test = before_predict = _begin
+
+    def before_fit(self) -> None:
+        """Refuse what the run cannot do before anything is written; then hold the run folder."""
+        self._begin()
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        check_writable(run_dir)
+        if self._ckpt_path is not None and self._saved_record is not None:
+            configured = _plain_config(self.config["fit"])
+            check_resume(self._ckpt_path, self._saved_record, configured, self.trainer.world_size)
+        if self.trainer.global_rank == 0 and self.record is not None:
+            self.record.lock = _lock_run(run_dir)  # the RunRecord releases it when the fit ends
+
     def after_fit(self) -> None:
         """The run reached its end: a requeue of this SLURM job has nothing to continue."""
-        marker = getattr(self, "_requeue_marker", None)
-        if marker is not None and self.trainer.is_global_zero:
-            marker.unlink(missing_ok=True)
+        if self._requeue_marker is not None and self.trainer.is_global_zero:
+            self._requeue_marker.unlink(missing_ok=True)
 
-    def _after_evaluation(self, stage: str) -> None:
+    def _after_evaluation(self) -> None:
         """Say where an evaluation's results went (they are not in the run's own curves)."""
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if log_dir is not None:
-            rank_zero_only(print)(f"padam-fit: {stage} results logged to {log_dir}")
+            rank_zero_only(print)(f"padam-fit: {self.subcommand} results logged to {log_dir}")
 
-    def after_validate(self) -> None:
-        """See :meth:`_after_evaluation`."""
-        self._after_evaluation("validate")
-
-    def after_test(self) -> None:
-        """See :meth:`_after_evaluation`."""
-        self._after_evaluation("test")
+    after_validate = after_test = _after_evaluation
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        """Leave out the checkpoint callbacks under ``--trainer.enable_checkpointing false``."""
+        """Leave out the checkpoint callbacks under ``--trainer.enable_checkpointing false``.
+
+        A private override: LightningCLI adds the ``checkpoint`` callback here, after the public
+        ``instantiate_trainer``'s arguments, and Lightning then refuses the flag with a traceback
+        (tests/cli/test_commands.py's checkpointing-off test).
+        """
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         return super()._instantiate_trainer(config, callbacks)
@@ -675,8 +553,8 @@ class PadamCLI(LightningCLI):
         """Build the trainer: atomic checkpoint writes, the run record, SLURM's requeue signal.
 
         Raises:
-            UserError: If Lightning refuses a trainer setting (an unknown accelerator or strategy
-                name, devices the machine does not have or a device count of the wrong kind).
+            UserError: If Lightning refuses a trainer setting (an unknown accelerator or strategy,
+                devices the machine does not have, a cluster layout other than the settings').
         """
         configured_plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         if _slurm_job() is not None and not configured_plugins:
@@ -685,14 +563,12 @@ class PadamCLI(LightningCLI):
             kwargs.setdefault("plugins", [SLURMEnvironment(auto_requeue=False)])
         try:
             trainer = super().instantiate_trainer(**kwargs)
-            # A SLURM or torchrun layout other than num_nodes x devices, checked now rather than
-            # with a traceback inside fit.
             environment = getattr(trainer.strategy, "cluster_environment", None)
             if environment is not None:
                 environment.validate_settings(trainer.num_devices, trainer.num_nodes)
         except (ValueError, TypeError, MisconfigurationException) as err:
-            # Trainer.__init__ only resolves its arguments: a ValueError there is a bad setting,
-            # and so is a TypeError (`--trainer.devices -2`: "should be an int > 0").
+            # Trainer.__init__ only resolves its arguments: a ValueError or TypeError there
+            # (`--trainer.devices -2`: "should be an int > 0") is a bad setting.
             raise UserError(f"invalid trainer setting: {err}") from None
         if self._ckpt_path is not None:
             # Back into the config (its saved copy names the checkpoint) and the subcommand's
@@ -702,25 +578,14 @@ class PadamCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand == "fit":
-            config = _plain_config(self.config["fit"])
-            max_steps = getattr(self, "_max_steps", -1)
+            max_steps = self._max_steps if self._max_steps not in (None, -1) else None
             self.record = RunRecord(
-                config=config,
-                max_time=getattr(self, "_max_time", None),
-                max_steps=max_steps if max_steps not in (None, -1) else None,
+                _plain_config(self.config["fit"]), max_time=self._max_time, max_steps=max_steps
             )
             trainer.callbacks.append(self.record)  # type: ignore[attr-defined]
             global _running
             _running = (self.record, self._command_args)
         return trainer
-
-
-def _plain_config(config: Namespace) -> dict[str, Any]:
-    """A fit's settings as plain data, without the command's own bookkeeping keys."""
-    plain = config.clone().as_dict()
-    for key in ("config", "ckpt_path", "subcommand"):
-        plain.pop(key, None)
-    return plain
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
@@ -767,21 +632,11 @@ class _WithoutNoise(logging.Filter):
 _NO_NOISE = _WithoutNoise()
 
 
-#: What padam-fit adds to the library's divergence message: its own options and resume policy.
-DIVERGENCE_HINT = (
-    " In padam-fit those are --model.optimizer.init_args.lr and --trainer.precision (bf16-mixed "
-    "or 32-true), in a new run: a resume keeps the settings stored in the run's checkpoint."
-)
-
-
 def _quiet_known_warnings() -> None:
     """Silence warnings that are expected here and would only confuse users."""
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.pytorch.trainer.connectors.signal_connector",
-    ):
-        logging.getLogger(name).addFilter(_NO_NOISE)  # a no-op when already added
+    for name in ("pytorch", "fabric"):
+        logging.getLogger(f"lightning.{name}.utilities.rank_zero").addFilter(_NO_NOISE)
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(_NO_NOISE)
     # The loaders yield index batches; images are gathered on the device, so no workers.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # Emitted by Lightning's own code under recent torch releases; nothing a user can change.
@@ -801,20 +656,6 @@ def main(args: ArgsType = None) -> None:
     _running = None
     try:
         build_cli(args)
-    except (SIGTERMException, SystemExit, KeyboardInterrupt) as err:
-        # A stop before the run's end (Lightning exits 1 itself after a second Ctrl-C).
-        if _running is None or _running[0].stop is None:
-            if isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt):
-                raise KeyboardInterrupt from None  # Ctrl-C in an evaluation: one line, exit 130
-            raise
-        record, command_args = _running
-        if record.stop in FINISHED_REASONS:
-            return  # max_steps, reached at a batch boundary
-        # On a line of its own: a progress bar may have left the cursor at the end of its line.
-        rank_zero_only(print)("\n" + stop_message(record, command_args), file=sys.stderr)
-        if record.stop == "SIGUSR1" and rank_zero_only.rank == 0:
-            _requeue(record)  # once per job, not once per process
-        sys.exit(_STOPS.get(record.stop or "", ("", 1))[1])
     except (UserError, MisconfigurationException, ArgumentError) as err:
         # MisconfigurationException: Lightning's own checks of trainer settings at fit time.
         message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
@@ -823,39 +664,56 @@ def main(args: ArgsType = None) -> None:
         rank_zero_only(print)(f"padam-fit: error: {message}", file=sys.stderr)
         sys.exit(err.exit_code if isinstance(err, UserError) else UserError.exit_code)
     except OSError as err:
-        # A full or read-only disk under another library's writer (TensorBoard, hparams.yaml).
         if err.errno not in STORAGE_ERRNOS:
             _say_how_to_continue()
             raise
+        # A full or read-only disk under another library's writer (TensorBoard, hparams.yaml).
         error = storage_error_from(err, kept="checkpoints saved before are intact")
         rank_zero_only(print)(f"padam-fit: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except Exception:
-        _say_how_to_continue()  # then the traceback: a crash is a bug to report
-        raise
+    except BaseException as err:
+        stop = _running[0].stop if _running is not None else None
+        if stop is None:
+            if isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None  # Ctrl-C in an evaluation: one line, exit 130
+            raise
+        _say_how_to_continue()
+        if isinstance(err, Exception):
+            raise  # a crash: its traceback is a bug to report
+        _exit_as_stopped(stop)
+    if _running is not None and _running[0].stop is not None:
+        _exit_as_stopped(_running[0].stop)  # a pruned run that reached its epoch's end
 
 
 def _say_how_to_continue() -> None:
-    if _running is not None and _running[0].stop is not None:
-        rank_zero_only(print)(stop_message(*_running), file=sys.stderr)
+    """Print the stop line of a run stopped before its end (a finished run has none)."""
+    if _running is not None and _running[0].stop not in (None, *FINISHED_REASONS):
+        rank_zero_only(print)("\n" + stop_message(*_running), file=sys.stderr)
+
+
+def _exit_as_stopped(stop: str) -> None:
+    """Exit with the stop's status (a finished run's 0: return); requeue a SIGUSR1 stop's job."""
+    if stop == "SIGUSR1" and _running is not None:
+        rank_zero_only(_requeue)(_running[0])  # once per job, not once per process
+    status = _STOPS.get(stop, ("", 0 if stop in FINISHED_REASONS else 1))[1]
+    if status or stop not in FINISHED_REASONS:
+        sys.exit(status)
 
 
 def _quiet_storage_errors_in_threads(args: threading.ExceptHookArgs) -> None:
     """TensorBoard's writer thread hits the same full disk; the main thread reports it once."""
-    if isinstance(args.exc_value, OSError) and args.exc_value.errno in STORAGE_ERRNOS:
-        return
-    threading.__excepthook__(args)
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in STORAGE_ERRNOS):
+        threading.__excepthook__(args)
 
 
 def _requeue(record: RunRecord) -> None:
-    """Requeue this SLURM job; its next start continues the run (see ``_plan_fit``)."""
+    """Requeue this SLURM job; its next start continues the run (see ``parse_arguments``)."""
     job = _slurm_job()
     if job is None or record.saved is None:
         return
     run_folder = record.saved.parent.parent
-    write_text_atomically(
-        _requeue_marker(run_folder.parent, job), json.dumps({"run": run_folder.name})
-    )
+    marker = _requeue_marker(run_folder.parent, job)
+    write_text_atomically(marker, json.dumps({"run": run_folder.name}))
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     outcome = (
         "requeued" if result.returncode == 0 else f"could not requeue: {result.stderr.strip()}"

@@ -1,13 +1,16 @@
-"""Whether a checkpoint can continue the run a command describes: one comparison of configs.
+"""Whether a checkpoint can continue the run a command describes, and the command that does.
 
-A resume silently loads the checkpoint's optimizer, schedules, callback states and data seed over
-the command's settings, so :func:`check_resume` compares the resolved config saved in the
-checkpoint with the command's. Evaluation restores only the weights: :func:`check_network`.
+A resume loads the checkpoint's optimizer, schedules, callback states and data order over the
+command's settings: :func:`check_resume` compares the resolved config saved in the checkpoint
+with the command's. An evaluation restores only the weights: :func:`check_network`.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
+import shutil
+import sys
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from typing import Any
 
 import torch
 
+from padam_lightning.cli.run_layout import CONFIG_FILE, without_ckpt_path
 from padam_lightning.errors import UserError
 from padam_lightning.training.classifier import EVALUATION_HINT
 
@@ -138,11 +142,30 @@ def _alternatives(path: Path) -> str:
     return f"Checkpoints in {where} that load, newest first: {', '.join(usable)}."
 
 
+def resume_command(args: Sequence[str] | None, checkpoint: Path) -> str:
+    """The command's own arguments with ``--ckpt_path checkpoint``, runnable as printed.
+
+    The executable is ``padam-fit`` when ``PATH`` finds the one that ran, else its full path (a
+    virtual environment that is not activated), or ``python -m padam_lightning.cli``.
+    """
+    program, on_path = Path(sys.argv[0]), shutil.which("padam-fit")
+    if program.name != "padam-fit":
+        executable = [sys.executable, "-m", "padam_lightning.cli"]
+    elif program == Path(program.name) or (
+        on_path and Path(on_path).resolve() == program.resolve()
+    ):
+        executable = ["padam-fit"]  # as a user types it
+    else:
+        executable = [str(program.resolve())]
+    kept = without_ckpt_path(args or ["fit", "--config", "<the run's config files>"])
+    return shlex.join([*executable, *kept, "--ckpt_path", str(checkpoint)])
+
+
 def resume_fix(path: Path) -> str:
     """What to do when the checkpoint ``path`` cannot continue the run a command describes."""
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    saved = run / "config.yaml"
-    own = f"its config.yaml: padam-fit fit --config {saved} --ckpt_path {path}"
+    saved = run / CONFIG_FILE
+    own = f"its config.yaml: {resume_command(['fit', '--config', str(saved)], path)}"
     if not saved.is_file():
         own = "the config it was started with, and --ckpt_path"
     return (
