@@ -1,50 +1,11 @@
-"""Sweep files: a grid of config files and overrides, expanded into named ``padam-fit`` runs.
-
-A sweep file is YAML::
-
-    name: optimizers                  # folder under the log dir: lightning_logs/optimizers/<run>
-    description: The paper's main comparison.   # optional, free text
-    base: [configs/data/cifar100.yaml]          # optional: configs given to every run, first
-    grid:                             # axes, in run-name order; each maps label -> choice
-      arch:
-        vgg16: configs/vgg16.yaml                       # a config file
-        resnet18: [configs/resnet18.yaml]               # or a list of config files
-      optimizer:
-        sgdm: configs/optim/sgdm.yaml
-        padam-p0.125:                                   # or config(s) and overrides together
-          config: configs/optim/padam.yaml
-          overrides: {model.optimizer.init_args.partial: 0.125}
-        adam-lr3e-4: {model.optimizer.init_args.lr: 3.0e-4}  # or overrides alone
-      p:
-        p0.125:                                         # a title names it in reports
-          overrides: {model.optimizer.init_args.partial: 0.125}
-          title: p = 1/8
-    seeds: [0, 1, 2]                  # optional (default [0]): every grid point once per seed
-    overrides:                        # optional: dotted keys for every run
-      trainer.max_epochs: 200
-    exclude:                          # optional: grid points to leave out (axis: label or labels)
-      - {arch: vgg16, optimizer: adam-lr3e-4}
-
-Each run is ``padam-fit fit --config <base> --config <choices, in axis order> --seed_everything S
---<sweep overrides> --<choice overrides> <extra args> --trainer.logger.init_args.{save_dir,name,
-version}``: later values win, so a choice's override beats a sweep-wide one, and the logger flags
-that place the run come last. A run is named by its labels and seed, ``resnet18-padam-seed0``, and
-logs to ``<save_dir>/<sweep name>/<run name>``. Relative config paths are read from the directory
-padam-sweep runs in (the project root for the shipped sweeps).
-
-What a run is, is written into its folder as ``run.json`` (:meth:`PlannedRun.identity`): the sweep,
-each axis's label, title and position in the file, the seed, and the ``padam-fit`` arguments.
-``padam-report`` groups and labels runs by it. A choice's title defaults to the display name of
-a known label (``sgdm`` -> ``SGDM``, ``resnet18`` -> ``ResNet-18``, see :func:`default_title`),
-else to the label itself.
-"""
+"""Sweep files (format: top of ``configs/sweeps/optimizers.yaml``) expanded into named runs."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,28 +14,89 @@ import yaml
 
 from padam_lightning.errors import UserError
 
-#: Keys a sweep file may have at the top level.
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "seeds", "overrides", "exclude")
-#: Keys of a choice given as a mapping with config files, overrides and a title.
-CHOICE_KEYS = ("config", "overrides", "title")
-#: Display names of the labels the shipped sweeps use for optimizers, networks and datasets.
-KNOWN_TITLES = {
-    "sgdm": "SGDM",
-    "adam": "Adam",
-    "amsgrad": "AMSGrad",
-    "padam": "Padam",
-    "adamw": "AdamW",
-    "radam": "RAdam",
-    "yogi": "Yogi",
-    "adabound": "AdaBound",
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-}
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
-_DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+#: Display names of the labels the shipped sweeps use for optimizers and datasets.
+_OPTIMIZERS = ("SGDM", "Adam", "AMSGrad", "Padam", "AdamW", "RAdam", "Yogi", "AdaBound")
+KNOWN_TITLES = {title.lower(): title for title in _OPTIMIZERS}
+KNOWN_TITLES |= {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+#: Network labels as reports show them: ``resnet18`` -> ``ResNet-18``.
+_NETWORKS = {r"resnet(\d+)": "ResNet-{}", r"vgg(\d+)": "VGG-{}", r"wrn(\d+)_(\d+)": "WRN-{}-{}"}
 # Keys the sweep sets itself: the seed (``seeds``), where a run logs, and resuming.
 _RESERVED_KEYS = ("seed_everything", "trainer.logger", "ckpt_path", "config")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._+=-]*"
+_DOTTED_KEY = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _is_seeds(value: Any) -> bool:
+    seeds = _as_list(value)
+    return all(type(s) is int and s >= 0 for s in seeds) and 0 < len(set(seeds)) == len(seeds)
+
+
+#: What a value must be: a test, and the words an error uses for it.
+Kind = tuple[Callable[[Any], Any], str]
+NAME: Kind = (
+    lambda v: isinstance(v, str) and re.fullmatch(_NAME, v),
+    "a folder-safe string (letters, digits, . _ + = -), e.g. resnet18",
+)
+CONFIGS: Kind = (
+    lambda v: all(isinstance(path, str) and path for path in _as_list(v)),
+    "a config file path or a list of them",
+)
+STRING: Kind = (lambda v: isinstance(v, str), "a string")
+MAPPING: Kind = (lambda v: isinstance(v, dict), "a mapping of dotted config keys to values")
+DOTTED_KEY: Kind = (
+    lambda v: isinstance(v, str) and re.fullmatch(_DOTTED_KEY, v),
+    "a dotted config key such as model.optimizer.init_args.lr",
+)
+#: The top-level keys of a sweep file and their kinds (``name`` is required, the rest optional).
+SWEEP_KEYS: dict[str, Kind] = {
+    "name": NAME,
+    "description": STRING,
+    "base": CONFIGS,
+    "grid": (lambda v: isinstance(v, dict), "a mapping of axis names to {label: choice}"),
+    "seeds": (_is_seeds, "a non-empty list of distinct non-negative integers"),
+    "overrides": MAPPING,
+    "exclude": (
+        lambda v: isinstance(v, list) and all(isinstance(r, dict) and r for r in v),
+        "a list of {axis: label or [labels]} mappings",
+    ),
+}
+#: The keys of a choice written as a mapping with config files, overrides and a title.
+CHOICE_KEYS: dict[str, Kind] = {"config": CONFIGS, "overrides": MAPPING, "title": STRING}
+LABELS: Kind = (
+    lambda v: isinstance(v, dict) and bool(v),
+    "a non-empty mapping of labels to choices, e.g. {resnet18: configs/resnet18.yaml}",
+)
+CHOICE: Kind = (
+    lambda v: isinstance(v, str | list | dict),
+    "a config file, a list of config files, a mapping of overrides, or "
+    "{config: ..., overrides: ..., title: ...}",
+)
+
+
+def require(value: Any, kind: Kind, where: str) -> Any:
+    """``value``, if of ``kind``; else UserError ``<where> must be <kind's words>, got <value>``."""
+    test, words = kind
+    if not test(value):
+        raise UserError(f"{where} must be {words}, got {value!r}.")
+    return value
+
+
+def check_keys(data: dict[Any, Any], keys: dict[str, Kind], where: str, unknown: str) -> None:
+    """:func:`require` each key of ``data`` (``None``: absent) to be of its kind in ``keys``.
+
+    ``where`` is what key names follow (``sweep.yaml: `` or ``sweep.yaml: grid.a.``);
+    ``unknown`` is the message for keys ``keys`` lacks, their names replacing ``{}``.
+    """
+    extra = ", ".join(str(key) for key in data if key not in keys)
+    if extra:
+        raise UserError(f"{where.rstrip(': .')}: {unknown.format(extra)}.")
+    for key, kind in keys.items():
+        if data.get(key) is not None:
+            require(data[key], kind, f"{where}{key}")
 
 
 @dataclass(frozen=True)
@@ -102,41 +124,24 @@ class SweepSpec:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a sweep: its name, the choices that make it, and what ``padam-fit`` gets.
-
-    Attributes:
-        choices: ``(axis name, choice index in the file, choice)`` per axis, in axis order.
-    """
+    """One run of a sweep."""
 
     name: str
-    choices: tuple[tuple[str, int, Choice], ...]
+    choices: tuple[tuple[str, int, Choice], ...]  # (axis, index in the file, choice) per axis
     seed: int
     configs: tuple[str, ...]
     overrides: tuple[tuple[str, Any], ...]
 
     def identity(self, sweep_name: str, arguments: Sequence[str]) -> dict[str, Any]:
-        """What the run is, as written to its ``run.json``.
-
-        Args:
-            sweep_name: The sweep's name.
-            arguments: The ``padam-fit`` arguments of this attempt (from ``fit`` on).
-        """
-        axes = {
-            axis: {"label": choice.label, "title": choice.title, "index": index}
-            for axis, index, choice in self.choices
-        }
-        return {
-            "sweep": sweep_name,
-            "run": self.name,
-            "axes": axes,
-            "seed": self.seed,
-            "arguments": list(arguments),
-        }
+        """What the run is, as written to its ``run.json``; ``arguments`` follow ``padam-fit``."""
+        axes = {a: {"label": c.label, "title": c.title, "index": i} for a, i, c in self.choices}
+        run = {"sweep": sweep_name, "run": self.name, "axes": axes, "seed": self.seed}
+        return run | {"arguments": list(arguments)}
 
     def fit_arguments(
         self, *, sweep_name: str, save_dir: str, extra_args: Sequence[str] = ()
     ) -> list[str]:
-        """Arguments after ``padam-fit`` for this run (without ``--ckpt_path``)."""
+        """Arguments after ``padam-fit`` (without ``--ckpt_path``); later values win."""
         args = ["fit"]
         for config in self.configs:
             args += ["--config", config]
@@ -152,9 +157,8 @@ class PlannedRun:
 def format_override_value(value: Any) -> str:
     """A YAML value as the command line gives it to jsonargparse.
 
-    Strings go as they are. Floats are written as YAML writes them, with a decimal point before an
-    exponent (``1.0e-05``): YAML 1.1 reads ``1e-05`` as a string. Everything else (booleans,
-    ``null``, integers, lists, mappings) becomes JSON, which jsonargparse parses as YAML.
+    Floats are written as YAML writes them (``1.0e-05``: YAML 1.1 reads ``1e-05`` as a string);
+    strings go as they are; anything else becomes JSON, which jsonargparse parses as YAML.
     """
     if isinstance(value, str):
         return value
@@ -164,42 +168,33 @@ def format_override_value(value: Any) -> str:
 
 
 def default_title(label: str) -> str:
-    """A label as reports show it: a known optimizer, network or dataset name, else the label.
-
-    ``padam`` -> ``Padam``, ``resnet18`` -> ``ResNet-18``, ``vgg16`` -> ``VGG-16``, ``wrn16_4`` ->
-    ``WRN-16-4``, ``p0.125`` -> ``p0.125``.
-    """
+    """A label as reports show it: ``padam`` -> ``Padam``, ``wrn16_4`` -> ``WRN-16-4``."""
     if label in KNOWN_TITLES:
         return KNOWN_TITLES[label]
-    for pattern, template in (
-        (r"resnet(\d+)", "ResNet-{}"),
-        (r"vgg(\d+)", "VGG-{}"),
-        (r"wrn(\d+)_(\d+)", "WRN-{}-{}"),
-    ):
+    for pattern, template in _NETWORKS.items():
         match = re.fullmatch(pattern, label)
         if match:
             return template.format(*match.groups())
     return label
 
 
+def config_list(value: Any, where: str) -> tuple[str, ...]:
+    """``value`` (``None``, a config file path or a list of them) as paths; else UserError."""
+    if value is None:
+        return ()
+    require(value, CONFIGS, where)
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file.
-
-    Args:
-        path: The sweep YAML file.
-
-    Returns:
-        The parsed sweep.
-
-    Raises:
-        UserError: If the file is missing, a folder, unreadable, not YAML, or breaks the schema
-            (the message names the key and what is expected).
-    """
+    """Read and validate a sweep file; UserError naming the file or the key that is wrong."""
     source = Path(path)
-    example = "pass a YAML file such as configs/sweeps/optimizers.yaml."
     if not source.is_file():
         problem = "is a folder" if source.is_dir() else "not found"
-        raise UserError(f"sweep file {source} {problem}; {example}")
+        raise UserError(
+            f"sweep file {source} {problem}; pass a YAML file such as "
+            "configs/sweeps/optimizers.yaml."
+        )
     try:
         data = yaml.safe_load(source.read_text())
     except OSError as err:  # e.g. no read permission
@@ -210,191 +205,84 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 
 def parse_sweep(data: Any, *, source: Path) -> SweepSpec:
-    """Validate the contents of a sweep file (see the module docstring for the schema)."""
-    where = str(source)
-    if not isinstance(data, dict):
-        raise UserError(
-            f"{where}: a sweep file is a mapping with name, grid, ... at the top level."
+    """Validate the contents of a sweep file against :data:`SWEEP_KEYS` and the grid's axes."""
+    top_level = (lambda v: isinstance(v, dict), "a mapping with name, grid, ... at the top level")
+    require(data, top_level, f"sweep file {source}")
+    where = f"{source}: "
+    check_keys(data, SWEEP_KEYS, where, f"unknown key(s) {{}}; allowed: {', '.join(SWEEP_KEYS)}")
+    require(data.get("name"), NAME, f"{where}name")
+    axes = {
+        require(axis, NAME, f"{where}grid axis {axis!r}"): tuple(
+            _parse_choice(label, value, f"{where}grid.{axis}.")
+            for label, value in require(choices, LABELS, f"{where}grid.{axis}").items()
         )
-    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
-            f"allowed: {', '.join(TOP_LEVEL_KEYS)}."
-        )
-    name = data.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise UserError(
-            f"{where}: name must be a folder-safe string (letters, digits, . _ + = -), "
-            f"got {name!r}."
-        )
-    if not isinstance(data.get("description") or "", str):  # free text for people, not used
-        raise UserError(f"{where}: description must be a string.")
-    axes = _parse_grid(data.get("grid"), where)
+        for axis, choices in (data.get("grid") or {}).items()
+    }
+    seeds = data.get("seeds")
     return SweepSpec(
-        name=name,
-        base=config_list(data.get("base"), f"{where}: base"),
+        name=data["name"],
+        base=config_list(data.get("base"), f"{where}base"),
         axes=axes,
-        seeds=_parse_seeds(data.get("seeds", [0]), where),
-        overrides=_parse_overrides(data.get("overrides"), f"{where}: overrides"),
-        exclude=_parse_exclude(data.get("exclude"), axes, where),
+        seeds=(0,) if seeds is None else tuple(_as_list(seeds)),
+        overrides=_parse_overrides(data.get("overrides"), f"{where}overrides"),
+        exclude=_parse_exclude(data.get("exclude") or [], axes, where),
         source=source,
     )
 
 
-def config_list(value: Any, where: str) -> tuple[str, ...]:
-    """``value`` as config file paths: ``None``, one path or a list of them.
-
-    Raises:
-        UserError: ``{where}: expected a config file path or a list of them, got ...``.
-    """
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise UserError(f"{where}: expected a config file path or a list of them, got {value!r}.")
-    return tuple(value)
-
-
-def _parse_overrides(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, dict):
-        raise UserError(f"{where}: expected a mapping of dotted keys to values, got {value!r}.")
-    for key in value:
-        if not isinstance(key, str) or not _DOTTED_KEY.match(key):
-            raise UserError(
-                f"{where}: {key!r} is not a dotted config key such as model.optimizer.init_args.lr."
-            )
+def _parse_overrides(value: dict[Any, Any] | None, where: str) -> tuple[tuple[str, Any], ...]:
+    for key in value or {}:
+        require(key, DOTTED_KEY, f"{where} key {key!r}")
         if any(key == reserved or key.startswith(reserved + ".") for reserved in _RESERVED_KEYS):
             raise UserError(
                 f"{where}: {key} is set by padam-sweep (seeds go in `seeds:`, the log folder "
                 "follows the sweep and run names); remove it."
             )
-    return tuple(value.items())
+    return tuple((value or {}).items())
 
 
 def _parse_choice(label: Any, value: Any, where: str) -> Choice:
-    if not isinstance(label, str) or not _NAME.match(label):
-        raise UserError(
-            f"{where}: label {label!r} must be a short folder-safe name "
-            "(letters, digits, . _ + = -), e.g. resnet18 or p0.125."
-        )
-    here = f"{where}.{label}"
-    title = default_title(label)
-    if isinstance(value, str | list):
-        return Choice(label, title, configs=config_list(value, here))
-    if isinstance(value, dict):
-        if any(key in CHOICE_KEYS for key in value):
-            unknown = sorted(set(value) - set(CHOICE_KEYS))
-            if unknown:
-                raise UserError(
-                    f"{here}: a choice with config/overrides/title takes only those keys; "
-                    f"move {', '.join(map(str, unknown))} under overrides."
-                )
-            configs = config_list(value.get("config"), f"{here}.config")
-            overrides = _parse_overrides(value.get("overrides"), f"{here}.overrides")
-            title = value.get("title") or title
-            if not isinstance(title, str):
-                raise UserError(f"{here}.title: expected a string, got {title!r}.")
-        else:
-            configs, overrides = (), _parse_overrides(value, here)
-        if not configs and not overrides:
-            raise UserError(f"{here}: the choice is empty; give a config file or overrides.")
-        return Choice(label, title, configs=configs, overrides=overrides)
-    raise UserError(
-        f"{here}: a choice is a config file, a list of config files, a mapping of overrides, "
-        f"or {{config: ..., overrides: ...}}; got {value!r}."
-    )
-
-
-def _parse_grid(value: Any, where: str) -> dict[str, tuple[Choice, ...]]:
-    if value is None:
-        return {}
+    """One choice of an axis; ``where`` is the axis's path ending in ``.``."""
+    require(label, NAME, f"{where.rstrip('.')} label {label!r}")
+    here = f"{where}{label}"
+    require(value, CHOICE, here)
     if not isinstance(value, dict):
-        raise UserError(f"{where}: grid must map axis names to {{label: choice}} mappings.")
-    axes = {}
-    for axis_name, choices in value.items():
-        if not isinstance(axis_name, str) or not _NAME.match(axis_name):
-            raise UserError(f"{where}: grid axis name {axis_name!r} must be a short name.")
-        if not isinstance(choices, dict) or not choices:
-            raise UserError(
-                f"{where}: grid.{axis_name} must map labels to choices, e.g. "
-                "{resnet18: configs/resnet18.yaml}."
-            )
-        axes[axis_name] = tuple(
-            _parse_choice(label, choice, f"{where}: grid.{axis_name}")
-            for label, choice in choices.items()
-        )
-    return axes
-
-
-def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
-        or len(set(value)) != len(value)
-    ):
-        raise UserError(
-            f"{where}: seeds must be a non-empty list of distinct non-negative integers, "
-            f"got {value!r}."
-        )
-    return tuple(value)
+        return Choice(label, default_title(label), config_list(value, here))
+    if not CHOICE_KEYS.keys() & value.keys():  # overrides alone
+        value = {"overrides": value}
+    unknown = "a choice with config/overrides/title takes only those keys; move {} under overrides"
+    check_keys(value, CHOICE_KEYS, f"{here}.", unknown)
+    configs = config_list(value.get("config"), f"{here}.config")
+    overrides = _parse_overrides(value.get("overrides"), f"{here}.overrides")
+    if not configs and not overrides:
+        raise UserError(f"{here}: the choice is empty; give a config file or overrides.")
+    return Choice(label, value.get("title") or default_title(label), configs, overrides)
 
 
 def _parse_exclude(
-    value: Any, axes: dict[str, tuple[Choice, ...]], where: str
+    rules: list[dict[Any, Any]], axes: dict[str, tuple[Choice, ...]], where: str
 ) -> tuple[Mapping[str, frozenset[str]], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise UserError(f"{where}: exclude must be a list of {{axis: label(s)}} mappings.")
     labels = {axis: {choice.label for choice in choices} for axis, choices in axes.items()}
-    rules = []
-    for rule in value:
-        if not isinstance(rule, dict) or not rule:
-            raise UserError(f"{where}: exclude entries are {{axis: label or [labels]}} mappings.")
-        parsed = {}
-        for axis_name, wanted in rule.items():
-            if axis_name not in labels:
-                raise UserError(
-                    f"{where}: exclude names axis {axis_name!r}; the grid's axes are "
-                    f"{', '.join(labels) or '(none)'}."
-                )
-            wanted_set = frozenset([wanted] if isinstance(wanted, str) else wanted or [])
-            missing = sorted(wanted_set - labels[axis_name])
-            if missing or not wanted_set:
-                raise UserError(
-                    f"{where}: exclude: axis {axis_name} has no label {', '.join(missing) or '?'}"
-                    f"; its labels are {', '.join(sorted(labels[axis_name]))}."
-                )
-            parsed[axis_name] = wanted_set
-        rules.append(parsed)
-    return tuple(rules)
+    axis_kind = (labels.__contains__, f"an axis of the grid ({', '.join(labels) or 'none'})")
+    for rule in rules:
+        for axis, wanted in rule.items():
+            require(axis, axis_kind, f"{where}exclude axis {axis!r}")
+            kind = (
+                lambda w, axis=axis: w and {str(label) for label in _as_list(w)} <= labels[axis],
+                f"a label of {axis} or a list of them ({', '.join(sorted(labels[axis]))})",
+            )
+            require(wanted, kind, f"{where}exclude.{axis}")
+    return tuple({axis: frozenset(_as_list(w)) for axis, w in rule.items()} for rule in rules)
 
 
 def expand(spec: SweepSpec) -> list[PlannedRun]:
-    """All runs of a sweep, in grid order (first axis slowest), each seed after its grid point.
-
-    Raises:
-        UserError: If two runs would get the same name.
-    """
+    """All runs, in grid order (first axis slowest, seeds last); UserError if two share a name."""
     runs = []
     names: set[str] = set()
     for combination in itertools.product(*(enumerate(choices) for choices in spec.axes.values())):
-        chosen = tuple(
-            (axis, index, choice)
-            for axis, (index, choice) in zip(spec.axes, combination, strict=True)
-        )
+        chosen = tuple((axis, i, c) for axis, (i, c) in zip(spec.axes, combination, strict=True))
         labels = {axis: choice.label for axis, _, choice in chosen}
-        if any(
-            all(labels[axis_name] in wanted for axis_name, wanted in rule.items())
-            for rule in spec.exclude
-        ):
+        if any(all(labels[a] in wanted for a, wanted in rule.items()) for rule in spec.exclude):
             continue
         configs = spec.base + tuple(c for _, _, choice in chosen for c in choice.configs)
         overrides = spec.overrides + tuple(o for _, _, choice in chosen for o in choice.overrides)
