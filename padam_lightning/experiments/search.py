@@ -33,7 +33,7 @@ from padam_lightning.experiments import sweep, sweep_jobs
 from padam_lightning.experiments.run_logs import check_output_folder, read_json_object
 from padam_lightning.experiments.sweep_jobs import FitJob, RunInterruptedError
 from padam_lightning.experiments.sweep_spec import config_list, format_override_value
-from padam_lightning.training.pruning import PRUNERS, make_pruner
+from padam_lightning.training.pruners import PRUNERS, make_pruner
 
 if TYPE_CHECKING:
     import optuna
@@ -168,18 +168,22 @@ def open_study(spec: SearchSpec, args: argparse.Namespace) -> optuna.Study:
     # SQLite locks the whole file per write: wait for it rather than fail at once.
     wait = {"connect_args": {"timeout": 60}} if args.storage.startswith("sqlite") else None
     beat = {"heartbeat_interval": args.heartbeat, "grace_period": 2 * args.heartbeat}
-    try:
-        storage = RDBStorage(args.storage, wait, heartbeat_stale_trial_callback=retry, **beat)
-        return optuna.create_study(
-            study_name=spec.name,
-            storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True),
-            pruner=make_pruner(spec.pruner),
-            direction="minimize",
-            load_if_exists=True,
-        )
-    except Exception as err:  # Optuna's and SQLAlchemy's: a bad URL, no server, no driver
-        raise UserError(f"--storage {args.storage}: {str(err).splitlines()[0]}") from err
+    for attempt in (1, 2):  # two searches creating one study's tables at once: one loses
+        try:
+            storage = RDBStorage(args.storage, wait, heartbeat_stale_trial_callback=retry, **beat)
+            return optuna.create_study(
+                study_name=spec.name,
+                storage=storage,
+                sampler=optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True),
+                pruner=make_pruner(spec.pruner),
+                direction="minimize",
+                load_if_exists=True,
+            )
+        except Exception as err:  # Optuna's and SQLAlchemy's: a bad URL, no server, no driver
+            if attempt == 2 or isinstance(err, ImportError | ValueError):
+                raise UserError(f"--storage {args.storage}: {str(err).splitlines()[0]}") from err
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def tally(study: optuna.Study) -> Counter[str]:

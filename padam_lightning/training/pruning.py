@@ -23,41 +23,11 @@ from typing import TYPE_CHECKING
 
 import lightning as L
 
+from padam_lightning.training.pruners import PRUNERS, live_trial, make_pruner
 from padam_lightning.training.run_record import RunRecord
 
 if TYPE_CHECKING:
     import optuna
-
-#: The pruners a search may name, as ``make_pruner`` builds them.
-PRUNERS = ("median", "hyperband", "none")
-
-
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """The pruner ``name`` (one of :data:`PRUNERS`) with Optuna's defaults.
-
-    The study does not store its pruner, so ``padam-search`` and this callback each build it
-    here, the same way. Steps are epochs done (1, 2, ...): ``median`` prunes from the second
-    trial's epochs on once 5 trials have finished (Optuna's ``n_startup_trials``).
-    """
-    import optuna
-
-    if name == "median":
-        return optuna.pruners.MedianPruner()
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {name!r}; expected one of {', '.join(PRUNERS)}")
-
-
-def live_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:
-    """The running trial that trains run ``number``: the trial itself or its latest retry."""
-    import optuna
-
-    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    matches = [t for t in running if number in (t.number, retried(t))]
-    return max(matches, key=lambda t: t.number) if matches else None
 
 
 class OptunaPruning(L.Callback):

@@ -24,6 +24,7 @@ import optuna
 import pytest
 import yaml
 
+from padam_lightning.cli.padam_cli import EXIT_PRUNED
 from padam_lightning.experiments.search import main
 
 FAKE_FIT = Path(__file__).with_name("fake_fit.py")
@@ -60,16 +61,26 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _command(project: Path, *extra: str) -> list[str]:
+def _arguments(project: Path, *extra: str) -> list[str]:
     fit = f"{shlex.quote(sys.executable)} {shlex.quote(str(project / 'fit.py'))}"
-    search = [sys.executable, "-m", "padam_lightning.experiments.search", "search.yaml"]
-    return [*search, "--save-dir", "logs", "--fit-command", fit, "--heartbeat", "1", *extra]
+    return ["search.yaml", "--save-dir", "logs", "--fit-command", fit, "--heartbeat", "1", *extra]
+
+
+def _search(project: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
+    """padam-search in this process (no start-up to pay); its exit status and output."""
+    os.environ["FAKE_FIT_STEP_S"] = "0.05"
+    try:
+        code = main(_arguments(project, *extra))
+    finally:
+        del os.environ["FAKE_FIT_STEP_S"]
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
 def _start(project: Path, *extra: str, step_s: float = 0.05) -> subprocess.Popen[str]:
-    env = {**os.environ, "FAKE_FIT_STEP_S": str(step_s)}
+    env = {**os.environ, "FAKE_FIT_STEP_S": str(step_s), "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.Popen(
-        _command(project, *extra),
+        [sys.executable, "-m", "padam_lightning.experiments.search", *_arguments(project, *extra)],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
@@ -96,16 +107,16 @@ def _check_each_trial_ran_once(project: Path, steps: int) -> None:
         assert trained == [str(step) for step in range(steps)], (run, trained)
 
 
-def test_a_12_trial_search_with_the_median_pruner_completes(project: Path) -> None:
-    result = subprocess.run(
-        _command(project, "--max-parallel", "2"), cwd=project, capture_output=True, text=True
-    )
+def test_a_12_trial_search_with_the_median_pruner_completes(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, output = _search(project, capsys, "--max-parallel", "2")
 
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert code == 0, output
     study = _study()
     assert _states(study) == {"COMPLETE": 12}
-    assert "Traceback" not in result.stdout + result.stderr
-    assert result.stdout.splitlines()[-1].startswith(
+    assert "Traceback" not in output
+    assert output.splitlines()[-1].startswith(
         f"padam-search: study demo (search.yaml) in sqlite:///logs/demo/study.db: 12 finished, "
         f"0 pruned, 0 running, 0 failed of 12; best: trial {study.best_trial.number}, val/err "
     )
@@ -120,11 +131,12 @@ def test_a_12_trial_search_with_the_median_pruner_completes(project: Path) -> No
     assert arguments[arguments.index("--trainer.callbacks.trial") + 1] == "7"
     assert trial.user_attrs["run_dir"] == str(project / "logs/demo/trial-0007")
 
-    again = subprocess.run(_command(project), cwd=project, capture_output=True, text=True)
-    assert again.returncode == 0 and len(_study().trials) == 12  # the budget is spent
+    assert _search(project, capsys)[0] == 0 and len(_study().trials) == 12  # the budget is spent
 
 
-def test_a_search_killed_part_way_and_rerun_ends_with_exactly_12_trials(project: Path) -> None:
+def test_a_search_killed_part_way_and_rerun_ends_with_exactly_12_trials(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     search = _start(project, "--max-parallel", "2", "--", "--fake.steps", "6")
     deadline = time.monotonic() + 30
     started = project / "logs/demo/trial-0005/steps.txt"
@@ -135,10 +147,9 @@ def test_a_search_killed_part_way_and_rerun_ends_with_exactly_12_trials(project:
     killed = _states(_study())
     assert killed["RUNNING"] >= 1 and killed["COMPLETE"] < 12, killed
 
-    rerun = _start(project, "--max-parallel", "2", "--", "--fake.steps", "6")
-    output, _ = rerun.communicate(timeout=60)
+    code, output = _search(project, capsys, "--max-parallel", "2", "--", "--fake.steps", "6")
 
-    assert rerun.returncode == 0, output
+    assert code == 0, output
     study = _study()
     states = _states(study)
     assert states["COMPLETE"] + states["PRUNED"] == 12 and not states["RUNNING"], states
@@ -152,8 +163,10 @@ def test_a_search_killed_part_way_and_rerun_ends_with_exactly_12_trials(project:
     _check_each_trial_ran_once(project, steps=6)
 
 
-def test_two_workers_sharing_a_sqlite_study_run_no_trial_twice(project: Path) -> None:
-    _shared_study_runs_each_trial_once(project, [])
+def test_two_workers_sharing_a_sqlite_study_run_no_trial_twice(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _shared_study_runs_each_trial_once(project, capsys, [])
 
 
 @pytest.fixture
@@ -187,18 +200,23 @@ def postgres() -> Iterator[str]:
 
 
 def test_two_workers_sharing_a_postgresql_study_run_no_trial_twice(
-    project: Path, postgres: str
+    project: Path, capsys: pytest.CaptureFixture[str], postgres: str
 ) -> None:
-    _shared_study_runs_each_trial_once(project, ["--storage", postgres], storage=postgres)
+    _shared_study_runs_each_trial_once(project, capsys, ["--storage", postgres], postgres)
 
 
 def _shared_study_runs_each_trial_once(
-    project: Path, extra: list[str], storage: str = "sqlite:///logs/demo/study.db"
+    project: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    storage: str = "sqlite:///logs/demo/study.db",
 ) -> None:
-    workers = [_start(project, *extra, "--", "--fake.steps", "4") for _ in range(2)]
-    outputs = [worker.communicate(timeout=60)[0] for worker in workers]
+    """A worker in its own process and one in this process share the study."""
+    other = _start(project, *extra, "--", "--fake.steps", "4")
+    code, output = _search(project, capsys, *extra, "--", "--fake.steps", "4")
+    outputs = [other.communicate(timeout=60)[0], output]
 
-    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    assert [other.returncode, code] == [0, 0], outputs
     study = _study(storage)
     states = _states(study)
     assert states["COMPLETE"] == 12 and not states["RUNNING"], states
@@ -279,9 +297,7 @@ def test_the_pruning_callback_stops_a_real_run_as_pruned(
         [str(padam_fit), *tiny_fit_args, *callback], capture_output=True, text=True
     )
 
-    import padam_lightning.cli as cli
-
-    assert result.returncode == getattr(cli, "EXIT_PRUNED", 0), result.stderr
+    assert result.returncode == EXIT_PRUNED == 3, result.stderr
     assert "Traceback" not in result.stderr and "To continue" not in result.stderr
     line = (
         "padam-fit: trial 5 pruned after epoch 1: its best val/err 0.9062 is worse than the "
