@@ -1,52 +1,38 @@
-"""The report's tables: ``results.md`` for people, ``results.json`` and ``results.csv`` for tools.
+"""The report's numbers, computed once into ``results.json``; ``results.md`` and ``.csv`` from it.
 
-Errors are fractions in JSON and CSV and percentages in the markdown table. Every epoch number
-is a number of epochs completed (1 after the first epoch; ``epochs``, ``best_epoch``, the curves'
-epochs and the epochs to a target). Per group: the number of seeds, epochs completed (of the
-planned ``trainer.max_epochs``), the final and the best test error (mean ± sample std over
-seeds), the final training loss, and after how many epochs the seed-mean test error first reached
-each target: the ``--target-err`` values and, per panel, the best error of the worst group (a
-level every group reaches, so it compares speed fairly). The numbers are computed once, into
-``results.json``'s structure; ``results.md`` and ``.csv`` are written from it.
+Errors are fractions (% in the markdown). Runs that differ in numbers only (a search or a grid
+over p and lr) add ``search``: each run's values and command, the best run, key importances.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
+import shlex
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from padam_lightning.cli.run_layout import CONFIG_FILE
+from padam_lightning.experiments import report_groups
 from padam_lightning.experiments.report_groups import VAL_ERR, Layout, RunGroup
 from padam_lightning.experiments.run_logs import AxisValue, RunRecord
 
 #: The columns of ``results.csv`` (keys of ``results.json``'s runs), then one per axis.
-CSV_COLUMNS = (
-    "name",
-    "group",
-    "figure",
-    "panel",
-    "seed",
-    "finished",
-    "epochs",
-    "max_epochs",
-    "final_val_err",
-    "best_val_err",
-    "best_epoch",
-    "final_train_loss",
-)
-#: The run numbers each group gives as statistics over its seeds.
+_RUN = ("name", "group", "figure", "panel", "seed", "finished", "epochs", "max_epochs")
+CSV_COLUMNS = (*_RUN, "final_val_err", "best_val_err", "best_epoch", "final_train_loss")
 GROUP_STATS = ("final_val_err", "best_val_err", "final_train_loss")
+_MD_COLUMNS = ("seeds", "epochs", "final test err %", "best test err %")
+#: The heat map's axes: p (rows) and the learning rate (columns).
+P_KEY, LR_KEY = "model.optimizer.init_args.partial", "model.optimizer.init_args.lr"
 
 
 def _stat(values: Sequence[float]) -> dict[str, float] | None:
-    """Mean and sample standard deviation (0 for one value) over seeds; ``None`` when empty."""
-    if not values:
-        return None
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)} if values else None
 
 
 def _axes_json(axes: dict[str, AxisValue]) -> dict[str, dict[str, str]]:
@@ -54,33 +40,26 @@ def _axes_json(axes: dict[str, AxisValue]) -> dict[str, dict[str, str]]:
 
 
 def common_targets(groups: Sequence[RunGroup]) -> dict[tuple[Any, ...], float]:
-    """Per figure and panel with several groups: the best seed-mean test error of the worst.
-
-    Every group of the panel reaches it (its own curve's minimum is at most that), so the epoch
-    at which each does is a fair speed comparison.
-    """
+    """Per figure and panel with several groups: the best seed-mean test error of the worst."""
     bests: dict[tuple[Any, ...], list[float]] = {}
     for group in groups:
-        curve = group.mean_curves.get(VAL_ERR)
-        if curve is not None and curve.values:
-            bests.setdefault((group.figure_key, group.panel_key), []).append(min(curve.values))
+        if VAL_ERR in group.mean_curves:
+            best = min(group.mean_curves[VAL_ERR].values)
+            bests.setdefault((group.figure_key, group.panel_key), []).append(best)
     return {key: max(values) for key, values in bests.items() if len(values) > 1}
 
 
 def run_numbers(record: RunRecord, train_loss: str) -> dict[str, Any]:
     """Progress, final and best test error and final training loss (of tag ``train_loss``)."""
     err, loss = record.curves.get(VAL_ERR), record.curves.get(train_loss)
-    best_err = best_epoch = None
-    if err is not None:
-        best_index = min(range(len(err.values)), key=lambda i: (err.values[i], err.epochs[i]))
-        best_err, best_epoch = err.values[best_index], err.epochs[best_index]
+    best = min(zip(err.values, err.epochs, strict=True)) if err else (None, None)
     return {
         "epochs": record.epochs_completed,
         "max_epochs": record.max_epochs,
-        "final_val_err": err.values[-1] if err is not None else None,
-        "best_val_err": best_err,
-        "best_epoch": best_epoch,
-        "final_train_loss": loss.values[-1] if loss is not None else None,
+        "final_val_err": err.values[-1] if err else None,
+        "best_val_err": best[0],
+        "best_epoch": best[1],
+        "final_train_loss": loss.values[-1] if loss else None,
     }
 
 
@@ -89,8 +68,7 @@ def results_json(
 ) -> dict[str, Any]:
     """``results.json``: layout, groups with statistics over seeds, every run with its curves."""
     common = common_targets(groups)
-    group_entries = []
-    run_entries = []
+    group_entries, run_entries = [], []
     for group in groups:
         where = {"group": group.label, "figure": group.figure_title, "panel": group.panel_title}
         runs = [
@@ -103,15 +81,15 @@ def results_json(
                 "axes": _axes_json(record.axes),
                 **run_numbers(record, layout.train_loss),
                 "curves": {
-                    tag: [[e, v] for e, v in zip(curve.epochs, curve.values, strict=True)]
+                    tag: [list(point) for point in zip(curve.epochs, curve.values, strict=True)]
                     for tag, curve in sorted(record.curves.items())
                 },
             }
             for record in group.runs
         ]
         run_entries += runs
-        common_target = common.get((group.figure_key, group.panel_key))
-        configured = [run["max_epochs"] for run in runs if run["max_epochs"] is not None]
+        target = common.get((group.figure_key, group.panel_key))
+        planned = [run["max_epochs"] for run in runs if run["max_epochs"] is not None]
         group_entries.append(
             {
                 "label": group.label,
@@ -120,36 +98,107 @@ def results_json(
                 "axes": _axes_json(group.axes),
                 "runs": [run["name"] for run in runs],
                 "seeds": [run["seed"] for run in runs],
-                "epochs": min(run["epochs"] for run in runs),  # every run has completed
-                "max_epochs": max(configured) if configured else None,
-                **{
-                    key: _stat([run[key] for run in runs if run[key] is not None])
-                    for key in GROUP_STATS
-                },
+                "epochs": min(run["epochs"] for run in runs),
+                "max_epochs": max(planned, default=None),
+                **{k: _stat([r[k] for r in runs if r[k] is not None]) for k in GROUP_STATS},
                 "epoch_to_target": {f"{t:g}": group.epoch_to_reach(t) for t in targets},
-                "common_target": common_target,
-                "epoch_to_common_target": (
-                    None if common_target is None else group.epoch_to_reach(common_target)
-                ),
+                "common_target": target,
+                "epoch_to_common_target": None if target is None else group.epoch_to_reach(target),
             }
         )
+    records = [record for group in groups for record in group.runs]
     return {
         "logdir": str(logdir),
-        "layout": {
-            "axes": list(layout.axes),
-            "figures": list(layout.figures),
-            "panels": list(layout.panels),
-            "lines": list(layout.lines),
-            "train_loss": layout.train_loss,
-        },
+        "layout": dataclasses.asdict(layout),
         "targets": list(targets),
         "groups": group_entries,
         "runs": run_entries,
+        "search": search_results(records, run_entries),
+    }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def searched_values(records: Sequence[RunRecord]) -> dict[str, list[float]]:
+    """Each searched key's value per run: a search's ``params``, else the settings that differ.
+
+    Empty when the runs differ in a setting that is not a number (an optimizer comparison).
+    """
+    params = [record.info.get("params") for record in records]
+    search = all(isinstance(p, dict) for p in params)
+    values = report_groups.differing_settings(params if search else [r.config for r in records])
+    numbers = {k: [float(x) for x in v] for k, v in values.items() if all(map(_is_number, v))}
+    return numbers if search or len(numbers) == len(values) else {}
+
+
+def importance(points: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Optuna's importance of each varying key for the final test error (ImportError without)."""
+    if len(points) < 2:
+        return {}
+    ranges = {k: sorted(p["values"][k] for p in points) for k in points[0]["values"]}
+    ranges = {k: v for k, v in ranges.items() if v[0] < v[-1]}
+    if not ranges:
+        return {}
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")  # in memory, from the runs' values
+    floats: dict[str, Any] = {
+        k: FloatDistribution(v[0], v[-1], log=v[0] > 0) for k, v in ranges.items()
+    }
+    for point in points:
+        params = {k: point["values"][k] for k in ranges}
+        trial = optuna.trial.create_trial(
+            params=params, distributions=floats, value=point["test_err"]
+        )
+        study.add_trial(trial)
+    # PED-ANOVA: deterministic and needs no scikit-learn (fANOVA does); what it takes to reach
+    # the top quarter (its default, a tenth, is one run of a 10-run search).
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=0.25)
+    return optuna.importance.get_param_importances(study, evaluator=evaluator)
+
+
+def search_results(
+    records: Sequence[RunRecord], runs: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The runs (``results.json``'s) as points of a search over numbers; ``None`` if none."""
+    values = searched_values(records)
+    if not values:
+        return None
+    points = []
+    for i, (record, run) in enumerate(zip(records, runs, strict=True)):
+        arguments = record.info.get("arguments")  # padam-sweep's and padam-search's
+        if not isinstance(arguments, list):
+            arguments = ["fit", "--config", str(record.path / CONFIG_FILE)]
+        points.append(
+            {
+                "name": run["name"],
+                "values": {key: v[i] for key, v in values.items()},
+                "test_err": run["final_val_err"],  # val/err is the test split, every epoch
+                "train_loss": run["final_train_loss"],
+                "pruned": record.pruned,
+                "command": shlex.join(["padam-fit", *map(str, arguments)]),
+            }
+        )
+    done = [p for p in points if not p["pruned"]]  # pruned: stopped early, not comparable
+    note, ranked = None, None
+    try:
+        ranked = importance(done)
+    except ImportError:
+        note = "Optuna is not installed: no importance of the searched keys (pip install optuna)"
+    return {
+        "names": report_groups.short_names(list(values)),
+        "points": points,
+        "best": min(done, key=lambda p: (p["test_err"], p["name"]), default=None),
+        "importance": ranked,
+        "note": note,
     }
 
 
 def _format(stat: dict[str, float] | None, scale: float = 1.0, digits: int = 4) -> str:
-    """``mean`` (or ``mean ± std`` over several seeds) times ``scale``; ``-`` when missing."""
     if stat is None:
         return "-"
     text = f"{scale * stat['mean']:.{digits}f}"
@@ -160,58 +209,69 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
+def _row(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def search_markdown(search: dict[str, Any]) -> list[str]:
+    """The search section of ``results.md``: best command, importance, each run's values."""
+    names = search["names"]
+    pruned = sum(p["pruned"] for p in search["points"])
+    lines = ["", f"## Search over {', '.join(names.values())}", ""]
+    if search["best"]:
+        best = search["best"]
+        lines += [f"Best: {best['name']}, test error {100 * best['test_err']:.2f}%:", ""]
+        lines += [f"    {best['command']}", ""]
+    if search["importance"]:
+        lines += ["Importance for the final test error (Optuna, PED-ANOVA):", ""]
+        lines += [_row(["key", "importance"]), "|---|---|"]
+        lines += [_row([names[k], f"{v:.3f}"]) for k, v in search["importance"].items()]
+        lines.append("")
+    runs = _count(len(search["points"]), "run")
+    lines.append(f"{runs}, {pruned} pruned (stopped early: not in the cells, best or importance).")
+    return lines
+
+
 def markdown_table(results: dict[str, Any], title: str) -> str:
     """``results.md`` from ``results.json``: one table per figure and panel, errors in %."""
-    layout, groups = results["layout"], results["groups"]
+    layout, groups, targets = results["layout"], results["groups"], results["targets"]
     lines = [
         f"# {title}",
         "",
         f"{_count(len(results['runs']), 'run')} in {_count(len(groups), 'group')}. Test error is "
-        "`val/err` (the test split, evaluated after every epoch) in %; mean ± std over seeds "
-        "where a group has several. Epochs are epochs completed: *epochs* is those done of "
-        "those planned; *epochs to x%* is after how many epochs the seed-mean test error was "
-        "first at most x% (`-`: not reached); *common* is the best error of the group that did "
-        "worst, a level every group reached.",
+        "`val/err` (the test split, evaluated after every epoch) in %, mean ± std over seeds. "
+        "Epochs are epochs completed (*epochs*: done of planned); *epochs to x%*: when the "
+        "seed-mean test error first was at most x% (`-`: never); *common*: the worst group's best.",
     ]
     sections: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for group in groups:
-        key = tuple(
-            group["axes"].get(a, {}).get("label") for a in layout["figures"] + layout["panels"]
-        )
-        sections.setdefault(key, []).append(group)
+        key = [group["axes"].get(a, {}).get("label") for a in layout["figures"] + layout["panels"]]
+        sections.setdefault(tuple(key), []).append(group)
     for members in sections.values():
         heading = " · ".join(t for t in (members[0]["figure"], members[0]["panel"]) if t)
-        lines += ["", f"## {heading or 'All runs'}", ""]
-        common_target = members[0]["common_target"]
-        header = [
-            *(layout["lines"] or ["group"]),
-            "seeds",
-            "epochs",
-            "final test err %",
-            "best test err %",
-            "final train loss" + (" (pass)" if "pass" in layout["train_loss"] else ""),
-            *(f"epochs to {100 * t:.2f}%" for t in results["targets"]),
-        ]
-        if common_target is not None:
-            header.append(f"epochs to {100 * common_target:.2f}% (common)")
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        common = members[0]["common_target"]
+        loss = "final train loss" + (" (pass)" if "pass" in layout["train_loss"] else "")
+        header = [*(layout["lines"] or ["group"]), *_MD_COLUMNS, loss]
+        header += [f"epochs to {100 * t:.2f}%" for t in [*targets, *([common] if common else [])]]
+        header[-1] += "" if common is None else " (common)"
+        lines += ["", f"## {heading or 'All runs'}", "", _row(header), "|" + "---|" * len(header)]
         for group in members:
             axes = group["axes"]
             cells = [axes[k]["title"] if k in axes else "-" for k in layout["lines"]]
-            cells = cells or [group["label"]]
-            reached = [group["epoch_to_target"][f"{t:g}"] for t in results["targets"]]
-            if common_target is not None:
-                reached.append(group["epoch_to_common_target"])
+            reached = [group["epoch_to_target"][f"{t:g}"] for t in targets]
+            reached += [] if common is None else [group["epoch_to_common_target"]]
+            planned = f"/{group['max_epochs']}" if group["max_epochs"] else ""
+            cells += [] if cells else [group["label"]]
+            cells += [len(group["runs"]), f"{group['epochs']}{planned}"]
+            cells += [_format(group[k], 100.0, 2) for k in ("final_val_err", "best_val_err")]
             cells += [
-                str(len(group["runs"])),
-                f"{group['epochs']}" + (f"/{group['max_epochs']}" if group["max_epochs"] else ""),
-                _format(group["final_val_err"], scale=100.0, digits=2),
-                _format(group["best_val_err"], scale=100.0, digits=2),
                 _format(group["final_train_loss"]),
-                *("-" if r is None else str(r) for r in reached),
+                *("-" if r is None else r for r in reached),
             ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            lines.append(_row(cells))
+    return (
+        "\n".join(lines + (search_markdown(results["search"]) if results["search"] else [])) + "\n"
+    )
 
 
 def write_csv(path: Path, results: dict[str, Any]) -> None:

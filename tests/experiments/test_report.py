@@ -483,12 +483,6 @@ def test_plain_runs_of_one_name_are_labelled_by_the_settings_they_differ_in(
     ]
     fig = build_figures(groups, layout)["curves"]
     assert _legend(fig, 1, 0) == [g.label for g in groups]
-    # The same settings and seed twice (a run started again) are noted: not independent repeats.
-    write_run(name / "version_3", config(arch="wrn10_1", max_epochs=2), {"val/err": [0.5, 0.3]})
-    groups, _, notes = build_report(logdir)
-    assert [len(g.runs) for g in groups] == [1, 3]
-    assert len(notes) == 1 and "have the same settings and seed" in notes[0], notes
-    assert "version_0" in notes[0] and "version_3" in notes[0] and "version_2" in notes[0]
 
 
 @pytest.mark.parametrize("where", ["name folder", "run folder"])
