@@ -45,12 +45,12 @@ EXECUTOR_FLAGS: dict[str, tuple[tuple[str, str, type, Any, str, str], ...]] = {
         ("--max-parallel", "max_parallel", int, None, "N", "at most N runs at once"),
     ),
     "slurm": (
-        ("--timeout-min", "timeout_min", int, 72 * 60, "MIN", "time limit per run (default 4320)"),
+        ("--timeout-min", "timeout_min", int, 72 * 60, "MIN", "time limit, minutes (default 4320)"),
         ("--slurm-partition", "slurm_partition", str, None, "NAME", "SLURM partition"),
         ("--slurm-gpus-per-run", "gpus_per_node", int, 1, "N", "GPUs per run (default 1)"),
         ("--slurm-cpus-per-run", "cpus_per_task", int, 8, "N", "CPUs per run (default 8)"),
         ("--slurm-mem-gb", "mem_gb", float, None, "GB", "memory per run"),
-        ("--slurm-array-parallelism", "slurm_array_parallelism", int, None, "N", "jobs at once"),
+        ("--slurm-array-parallelism", "slurm_array_parallelism", int, None, "N", "N jobs at once"),
     ),
 }
 EPILOG = (
@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("sweep", help="sweep YAML file, e.g. configs/sweeps/optimizers.yaml")
     add("--dry-run", action="store_true", help="print each run's state and command; run nothing")
-    add("--save-dir", default=DEFAULT_LOG_DIR, help="runs go to SAVE_DIR/<sweep>/<run>")
-    add("--only", action="append", metavar="GLOB", help="run only runs matching, e.g. 'vgg16-*'")
+    where = "runs go to SAVE_DIR/<sweep>/<run> (default %(default)s)"
+    add("--save-dir", default=DEFAULT_LOG_DIR, help=where)
+    add("--only", action="append", metavar="GLOB", help="only runs matching it (repeatable)")
     add("--fit-command", metavar="CMD", help="training command instead of padam-fit")
     add_executor_arguments(parser)
     return parser
@@ -80,15 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options that say where runs go; check them with :func:`check_executor_arguments`."""
-    parser.add_argument("--executor", choices=EXECUTORS, default="local", help="where to run")
-    groups = {name: parser.add_argument_group(name) for name in EXECUTOR_FLAGS}
+    parser.add_argument("--executor", choices=EXECUTORS, default="local", help="default: local")
     for name, flags in EXECUTOR_FLAGS.items():
-        for flag, dest, kind, default, metavar, text in flags:
-            groups[name].add_argument(
-                flag, dest=dest, type=kind, default=default, metavar=metavar, help=text
-            )
-    add = groups["slurm"].add_argument
-    add("--slurm-additional", action="append", metavar="KEY=VALUE", help="e.g. account=proj")
+        add = parser.add_argument_group(name).add_argument
+        for flag, dest, kind, default, meta, text in flags:
+            add(flag, dest=dest, type=kind, default=default, metavar=meta, help=text)
+    extra = "extra #SBATCH option (repeatable), e.g. account=proj"
+    add("--slurm-additional", action="append", metavar="KEY=VALUE", help=extra)  # slurm group
     add("--no-wait", action="store_true", help="submit the jobs and exit")
 
 

@@ -155,10 +155,9 @@ class PlannedRun:
 
 
 def format_override_value(value: Any) -> str:
-    """A YAML value as the command line gives it to jsonargparse.
+    """A YAML value for jsonargparse's command line: strings as they are, anything else as JSON.
 
-    Floats are written as YAML writes them (``1.0e-05``: YAML 1.1 reads ``1e-05`` as a string);
-    strings go as they are; anything else becomes JSON, which jsonargparse parses as YAML.
+    Floats are written as YAML does (``1.0e-05``: YAML 1.1 reads ``1e-05`` as a string).
     """
     if isinstance(value, str):
         return value
