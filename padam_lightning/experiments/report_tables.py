@@ -219,8 +219,8 @@ def search_markdown(search: dict[str, Any]) -> list[str]:
     pruned = sum(p["pruned"] for p in search["points"])
     lines = ["", f"## Search over {', '.join(names.values())}", ""]
     if search["best"]:
-        best = search["best"]
-        lines += [f"Best: {best['name']}, test error {100 * best['test_err']:.2f}%:", ""]
+        best, err = search["best"], f"{100 * search['best']['test_err']:.2f}%"
+        lines += [f"Best: {best['name']}, test error {err}, trained by:", ""]
         lines += [f"    {best['command']}", ""]
     if search["importance"]:
         lines += ["Importance for the final test error (Optuna, PED-ANOVA):", ""]
