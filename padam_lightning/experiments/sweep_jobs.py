@@ -149,13 +149,14 @@ class FitJob(submitit.helpers.Checkpointable):
         with open(self.log_path, "ab") as log:
             now = datetime.datetime.now().isoformat(timespec="seconds")
             log.write(f"{LOG_HEADER} {now}: {shlex.join(argv)}\n".encode())
-            returncode = self._run_logged(argv, log)
+            code = self._run_logged(argv, log)
         # Finished, whatever the status: a Ctrl-C may come after finished.json was written.
         if _stamp(finished) not in (None, before) and read_json_object(finished)[0] is not None:
             return self.name
         # Status -N: killed by signal N; 128 + N: exited after it (as shells and padam-fit do).
-        number = -returncode if returncode < 0 else returncode - 128
+        number = -code if code < 0 else code - 128
         stopped_by = next((s for s in signal.Signals if s == number), None)
+        status = f"status {code}"
         if self._stopped or stopped_by in STOP_SIGNALS:
             name = stopped_by.name if stopped_by else "padam-sweep"  # it passed a signal on
             how = "Ctrl-C (SIGINT, " if stopped_by is signal.SIGINT else f"{name} ("
@@ -163,13 +164,10 @@ class FitJob(submitit.helpers.Checkpointable):
             hint = f"it saved no checkpoint; {again} start it again"
             if (run_dir / LAST_CHECKPOINT_PATH).is_file():
                 hint = f"{again} resume it from its last checkpoint"
-            status = f"exit status {returncode}"
-            raise RunInterruptedError(f"padam-fit was stopped by {how}{status}); {hint}")
-        if returncode != 0:
-            killed = f", killed by {stopped_by.name}" if returncode < 0 and stopped_by else ""
-            raise RunFailedError(
-                f"padam-fit exited with status {returncode}{killed} (see {self.log_path})"
-            )
+            raise RunInterruptedError(f"padam-fit was stopped by {how}exit {status}); {hint}")
+        if code != 0:
+            killed = f", killed by {stopped_by.name}" if code < 0 and stopped_by else ""
+            raise RunFailedError(f"padam-fit exited with {status}{killed} (see {self.log_path})")
         raise RunFailedError(
             f"padam-fit stopped before the last epoch (no {FINISHED_FILE}; see {self.log_path}); "
             "rerun the sweep to resume it"
@@ -226,8 +224,10 @@ class FitJob(submitit.helpers.Checkpointable):
         """Before a SLURM time limit: stop ``padam-fit`` (SIGTERM: it saves), requeue the job."""
         if self._process is not None:
             self._pass_on(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 self._process.wait(timeout=120)
+            except subprocess.TimeoutExpired:  # it must not train on beside the requeued job
+                self._process.kill()
         return super().checkpoint(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
