@@ -36,8 +36,7 @@ SCHEDULE_ROWS: tuple[Row, ...] = (
 #: Eight dash patterns and markers: the final version's eight optimizers each get their own.
 LINE_STYLES = ("-", "--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)), (0, (1, 3)), (0, (8, 3)), (0, (3, 1)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-#: Up to this many distinct values an axis of the heat map has a cell per value, else even bins.
-MAX_CELLS = 6
+MAX_CELLS = 6  # an axis of the heat map with more distinct values has even bins, not a cell each
 
 
 class _Plain(Formatter):
@@ -244,7 +243,9 @@ def build_figures(
         partials = [set(g.mean_curves[PARTIAL].values) for g in members if PARTIAL in g.mean_curves]
         if any(len(values) > 1 for values in partials):  # p changes during training
             figures[f"schedule{suffix}"] = _plot_grid(members, SCHEDULE_ROWS, title, notes)
-    if search and {P_KEY, LR_KEY} <= set(search["names"]):
+    points = search["points"] if search else []
+    heat = [p["values"].get(k, 0) for p in points for k in (P_KEY, LR_KEY)]
+    if search and min(heat) > 0:  # p and lr searched, positive for the log axes (not p = 0)
         figures["p_lr"] = heat_map_figure(search, describe_runs(groups), f"train loss ({which})")
     return figures
 

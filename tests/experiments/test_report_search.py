@@ -239,3 +239,14 @@ def test_a_search_with_one_unpruned_trial_has_a_best_run_and_no_importance(
     assert results["search"]["best"] is None and "Best:" not in markdown
     assert (tmp_path / "out2" / "p_lr.png").is_file()
     assert "error" not in capsys.readouterr().err
+
+
+def test_a_grid_with_p_0_has_no_log_heat_map_but_a_best_command(tmp_path: Path) -> None:
+    logdir = tmp_path / "grid"
+    for p in (0.0, 0.125):
+        for lr in (0.1, 0.01):
+            run = logdir / f"p{p}-lr{lr}"
+            write_run(run, config(p=p, lr=lr), {"val/err": [0.5, 0.3 + p + lr]})
+    results, _ = _report(logdir, tmp_path / "out")
+    assert results["search"]["best"]["name"] == "p0.0-lr0.01"
+    assert not (tmp_path / "out" / "p_lr.png").exists()
