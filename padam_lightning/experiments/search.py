@@ -15,13 +15,12 @@ import argparse
 import dataclasses
 import math
 import queue
-import re
 import shlex
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,41 +28,36 @@ import yaml
 
 from padam_lightning.cli.run_layout import DEFAULT_LOG_DIR, FINISHED_FILE
 from padam_lightning.errors import UserError
-from padam_lightning.experiments import sweep, sweep_jobs
+from padam_lightning.experiments import sweep, sweep_jobs, sweep_spec
 from padam_lightning.experiments.run_logs import check_output_folder, read_json_object
 from padam_lightning.experiments.sweep_jobs import FitJob, RunInterruptedError
-from padam_lightning.experiments.sweep_spec import config_list, format_override_value
+from padam_lightning.experiments.sweep_spec import Kind, format_override_value, require
 from padam_lightning.training.pruners import PRUNERS, make_pruner
 
 if TYPE_CHECKING:
     import optuna
 
 PROG = "padam-search"
-SPEC_KEYS = ("name", "description", "base", "space", "trials", "metric", "pruner", "seed")
 #: A search stops after this many trials failed one after another (a broken setup fails all).
 MAX_FAILED_IN_A_ROW = 3
 INTERRUPTED = f"{PROG}: interrupted; run the same command again to go on."
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
-_DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 #: Keys padam-search sets itself: the seed, where a trial logs, resuming, the pruning callback.
 _RESERVED = ("seed_everything", "trainer.logger", "ckpt_path", "config", "trainer.callbacks")
-#: The class padam-search adds to each trial's callbacks.
 PRUNING_CALLBACK = "padam_lightning.training.pruning.OptunaPruning"
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-#: Each top-level key's check, and what it expects.
-_CHECKS: dict[str, tuple[Callable[[Any], Any], str]] = {
-    "name": (lambda v: isinstance(v, str) and _NAME.match(v), "a folder-safe name (a-z 0-9 ._+=-)"),
-    "space": (lambda v: isinstance(v, dict) and v, "a mapping of dotted keys to ranges or choices"),
-    "trials": (lambda v: _count(v) and v > 0, "a positive integer"),
+_COUNT: Kind = (lambda v: type(v) is int and v >= 0, "a non-negative integer")
+#: A search file's keys and their kinds (name, space and trials are required).
+SEARCH_KEYS: dict[str, Kind] = {
+    "name": sweep_spec.NAME,
+    "description": sweep_spec.STRING,
+    "base": sweep_spec.CONFIGS,
+    "space": (lambda v: isinstance(v, dict) and v, "a mapping of dotted config keys to ranges"),
+    "overrides": sweep_spec.MAPPING,
+    "trials": (lambda v: _COUNT[0](v) and v > 0, "a positive integer"),
     "metric": (lambda v: isinstance(v, str) and v, "a logged metric's name such as val/err"),
     "pruner": (lambda v: v in PRUNERS, f"one of {', '.join(PRUNERS)}"),
-    "seed": (_count, "a non-negative integer"),
+    "seed": _COUNT,
 }
+RANGE = "{low, high} with numbers low < high (low > 0 with log: true), or {choices: [...]}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,54 +67,48 @@ class SearchSpec:
     name: str
     base: tuple[str, ...]
     space: dict[str, dict[str, Any]]
+    overrides: dict[str, Any]
     trials: int
-    metric: str
-    pruner: str
-    seed: int
-    source: Path
+    metric: str = "val/err"
+    pruner: str = "median"
+    seed: int = 0
 
 
 def load_spec(path: str | Path) -> SearchSpec:
     """Read and validate a search file; a mistake is one :class:`UserError` naming the key."""
-    source, where = Path(path), str(path)
     try:
-        data = yaml.safe_load(source.read_text())
+        data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         why = getattr(err, "strerror", None) or str(err).replace("\n", " ")
-        raise UserError(f"search file {source} cannot be read as YAML: {why}") from err
-    for key in data if isinstance(data, dict) else ["(the file is not a mapping)"]:
-        if key not in SPEC_KEYS:
-            raise UserError(f"{where}: unknown key {key}; allowed: {', '.join(SPEC_KEYS)}.")
-    data = {"metric": "val/err", "pruner": "median", "seed": 0, **data}
-    for key, (ok, expected) in _CHECKS.items():
-        if not ok(data.get(key)):
-            raise UserError(f"{where}: {key} must be {expected}, got {data.get(key)!r}.")
-    space = data["space"].items()
-    ranges = {key: _parse_range(key, value, f"{where}: space.{key}") for key, value in space}
-    base = config_list(data.get("base"), f"{where}: base")
-    fields = {key: data[key] for key in ("name", "trials", "metric", "pruner", "seed")}
-    return SearchSpec(base=base, space=ranges, source=source, **fields)
+        raise UserError(f"search file {path} cannot be read as YAML: {why}") from err
+    require(data, (lambda v: isinstance(v, dict), "a mapping with name, space, ..."), str(path))
+    where, names = f"{path}: ", ", ".join(SEARCH_KEYS)
+    sweep_spec.check_keys(data, SEARCH_KEYS, where, f"unknown key(s) {{}}; allowed: {names}")
+    for key in ("name", "space", "trials"):
+        require(data.get(key), SEARCH_KEYS[key], f"{where}{key}")
+    for key in [*data["space"], *(data.get("overrides") or {})]:
+        require(key, sweep_spec.DOTTED_KEY, f"{where}space or overrides key {key!r}")
+        if any(key == reserved or key.startswith(f"{reserved}.") for reserved in _RESERVED):
+            raise UserError(f"{where}{key} is set by padam-search itself; remove it.")
+    space = {key: _range(value, f"{where}space.{key}") for key, value in data["space"].items()}
+    base = sweep_spec.config_list(data.get("base"), f"{where}base")
+    given = {
+        key: data[key] for key in ("name", "trials", "metric", "pruner", "seed") if key in data
+    }
+    return SearchSpec(base=base, space=space, overrides=data.get("overrides") or {}, **given)
 
 
-def _parse_range(key: Any, value: Any, where: str) -> dict[str, Any]:
+def _range(value: Any, where: str) -> dict[str, Any]:
     """One searched key: ``{low, high, log}`` (ints when both ends are) or ``{choices: [...]}``."""
-    if not isinstance(key, str) or not _DOTTED_KEY.match(key):
-        raise UserError(f"{where}: not a dotted config key such as model.optimizer.init_args.lr.")
-    if any(key == reserved or key.startswith(f"{reserved}.") for reserved in _RESERVED):
-        raise UserError(f"{where}: set by padam-search itself; remove it.")
-    if isinstance(value, dict) and set(value) == {"choices"}:
-        choices = value["choices"]
-        scalar = (str, int, float, bool, type(None))
-        if isinstance(choices, list) and choices and all(isinstance(c, scalar) for c in choices):
-            return {"choices": choices}
-        raise UserError(f"{where}: choices must be a non-empty list of numbers or strings.")
-    value = value if isinstance(value, dict) and not set(value) - {"low", "high", "log"} else {}
-    low, high, log = value.get("low"), value.get("high"), value.get("log", False)
-    ends = [v for v in (low, high) if isinstance(v, int | float) and not isinstance(v, bool)]
-    if len(ends) != 2 or not ends[0] < ends[1] or not isinstance(log, bool) or (log and low <= 0):
-        expected = "{low, high, log} with low < high (low > 0 with log: true), or {choices: [...]}"
-        raise UserError(f"{where}: expected {expected}.")
-    return {"low": low, "high": high, "log": log}
+    keys = set(value) if isinstance(value, dict) else set()
+    if keys == {"choices"} and isinstance(value["choices"], list) and value["choices"]:
+        return dict(value)
+    low, high, log = (value.get(key) for key in ("low", "high", "log")) if keys else (0, 0, 0)
+    numbers = all(type(end) in (int, float) for end in (low, high)) and low < high
+    bad = not numbers or not {"low", "high"} <= keys <= {"low", "high", "log"}
+    if bad or log not in (None, True, False) or (log and low <= 0):
+        raise UserError(f"{where} must be {RANGE}, got {value!r}.")
+    return {"low": low, "high": high, "log": bool(log)}
 
 
 def suggest(trial: optuna.trial.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -141,7 +129,7 @@ def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) 
     run = f"trial-{number:04d}"
     arguments = ["fit", *[a for c in spec.base for a in ("--config", c)]]
     arguments += ["--seed_everything", str(spec.seed)]
-    for key, value in params.items():
+    for key, value in {**spec.overrides, **params}.items():
         arguments += [f"--{key}", format_override_value(value)]
     arguments += [*args.extra, "--trainer.callbacks+", PRUNING_CALLBACK]
     pruning = {"storage": args.storage, "study_name": spec.name, "trial": number}
@@ -157,8 +145,11 @@ def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) 
     return FitJob(run, [*fit_command, *arguments], str(run_dir), str(Path.cwd()), identity)
 
 
-def open_study(spec: SearchSpec, args: argparse.Namespace) -> optuna.Study:
-    """The study in ``--storage`` (created on first use), with heartbeats and retries on."""
+def open_study(spec: SearchSpec, args: argparse.Namespace, tries: int = 2) -> optuna.Study:
+    """The study in ``--storage`` (created on first use), with heartbeats and retries on.
+
+    Two searches creating one study's tables at once can collide; the second try finds them.
+    """
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -168,22 +159,18 @@ def open_study(spec: SearchSpec, args: argparse.Namespace) -> optuna.Study:
     # SQLite locks the whole file per write: wait for it rather than fail at once.
     wait = {"connect_args": {"timeout": 60}} if args.storage.startswith("sqlite") else None
     beat = {"heartbeat_interval": args.heartbeat, "grace_period": 2 * args.heartbeat}
-    for attempt in (1, 2):  # two searches creating one study's tables at once: one loses
-        try:
-            storage = RDBStorage(args.storage, wait, heartbeat_stale_trial_callback=retry, **beat)
-            return optuna.create_study(
-                study_name=spec.name,
-                storage=storage,
-                sampler=optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True),
-                pruner=make_pruner(spec.pruner),
-                direction="minimize",
-                load_if_exists=True,
-            )
-        except Exception as err:  # Optuna's and SQLAlchemy's: a bad URL, no server, no driver
-            if attempt == 2 or isinstance(err, ImportError | ValueError):
-                raise UserError(f"--storage {args.storage}: {str(err).splitlines()[0]}") from err
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
+    try:
+        storage = RDBStorage(args.storage, wait, heartbeat_stale_trial_callback=retry, **beat)
+        chosen: dict[str, Any] = {"sampler": sampler, "pruner": make_pruner(spec.pruner)}
+        return optuna.create_study(
+            storage=storage, study_name=spec.name, **chosen, load_if_exists=True
+        )
+    except Exception as err:  # Optuna's and SQLAlchemy's: a bad URL, no server, no driver
+        if tries > 1 and not isinstance(err, ImportError | ValueError):
             time.sleep(1)
-    raise AssertionError("unreachable")
+            return open_study(spec, args, tries - 1)
+        raise UserError(f"--storage {args.storage}: {str(err).splitlines()[0]}") from err
 
 
 def tally(study: optuna.Study) -> Counter[str]:
@@ -195,17 +182,16 @@ def _values(params: dict[str, Any]) -> str:
     return ", ".join(f"{key}={format_override_value(value)}" for key, value in params.items())
 
 
-def describe(study: optuna.Study, spec: SearchSpec, storage: str) -> str:
+def describe(study: optuna.Study, spec: SearchSpec, args: argparse.Namespace) -> str:
     """One line: the study, its budget, what is done and the best trial so far."""
     n = tally(study)
-    line = f"study {spec.name} ({spec.source}) in {storage}: {n['COMPLETE']} finished, "
+    line = f"study {spec.name} ({args.spec}) in {args.storage}: {n['COMPLETE']} finished, "
     line += f"{n['PRUNED']} pruned, {n['RUNNING']} running, {n['FAIL']} failed of {spec.trials}"
-    if not n["COMPLETE"]:
-        return line
-    best = study.best_trial
-    return (
-        f"{line}; best: trial {best.number}, {spec.metric} {best.value:.4g}, {_values(best.params)}"
-    )
+    if n["COMPLETE"]:
+        best = study.best_trial
+        line += f"; best: trial {best.number}, {spec.metric} {best.value:.4g}, "
+        line += _values(best.params)
+    return line
 
 
 def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[int]) -> bool:
@@ -224,47 +210,47 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
     for slot in slots:
         free.put(slot)
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    interrupted: list[int] = []
+    retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
     failures = [0]  # in a row
-
-    def failed(trial: optuna.trial.Trial, why: str) -> float:
-        _announce(f"trial {trial.number} FAILED: {why}")
-        failures[0] += 1
-        if failures[0] >= MAX_FAILED_IN_A_ROW:
-            study.stop()
-        return math.nan  # the trial fails and does not count
 
     def objective(trial: optuna.trial.Trial) -> float:
         trials = study.get_trials(deepcopy=False)
-        if received or sum(t.state in live for t in trials[: trial.number]) >= spec.trials:
-            trial.set_user_attr("over_budget", not received)
-            study.stop()
-            return math.nan  # FAIL, never ran
-        params = suggest(trial, spec.space)
+        over = sum(t.state in live for t in trials[: trial.number]) >= spec.trials
         retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[trial.number])
+        if received or over or failures[0] >= MAX_FAILED_IN_A_ROW:  # FAIL, never run
+            trial.set_user_attr("over_budget", over)
+            if retried is not None and not over:  # a queued retry asked for now stays queued
+                retry(study, trials[trial.number])
+            study.stop()
+            return math.nan
+        params = suggest(trial, spec.space)
         number = trial.number if retried is None else retried
         job = trial_job(spec, number, params, args)
         trial.set_user_attr("run_dir", job.run_dir)
         again = f" (retry of trial {number})" if number != trial.number else ""
         _announce(f"trial {trial.number}{again}: {_values(params)}; {job.run_dir}")
-        slot, start = free.get(), time.monotonic()
+        slot, start, why = free.get(), time.monotonic(), ""
         try:
             if executor is not None:
                 executor.submit(job).result()
             else:
                 sweep_jobs.run_on_slot(job, slot, echo=len(slots) == 1, signals=received)
-        except RunInterruptedError:
-            interrupted.append(trial.number)
+        except RunInterruptedError:  # saved and stopped: a copy (WAITING) goes on from there
+            retry(study, study.get_trials(deepcopy=False)[trial.number])
+            study.stop()
             return math.nan
         except Exception as err:  # RunFailedError, OSError, or a SLURM job's failure
-            return failed(trial, (str(err).strip() or type(err).__name__).splitlines()[-1])
+            why = (str(err).strip() or type(err).__name__).splitlines()[-1]
         finally:
             free.put(slot)
         took = f"{time.monotonic() - start:.0f} s"
-        finished = read_json_object(Path(job.run_dir) / FINISHED_FILE)[0] or {}
+        finished = {} if why else read_json_object(Path(job.run_dir) / FINISHED_FILE)[0] or {}
         value = (finished.get("metrics") or {}).get(spec.metric)
-        if not isinstance(value, int | float):
-            return failed(trial, f"no {spec.metric} in its {FINISHED_FILE} (see {job.log_path})")
+        if not isinstance(value, int | float):  # FAIL: the trial does not count
+            why = why or f"no {spec.metric} in its {FINISHED_FILE}"
+            _announce(f"trial {trial.number} FAILED: {why} (see {job.log_path})")
+            failures[0] += 1
+            return math.nan
         failures[0] = 0
         if finished.get("stop") == "pruned":
             _announce(f"trial {trial.number}: pruned after {took} ({spec.metric} {value:.4g})")
@@ -272,7 +258,6 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
         _announce(f"trial {trial.number}: {spec.metric} {value:.4g} after {took}")
         return float(value)
 
-    retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
     waited = False
     while not received and failures[0] < MAX_FAILED_IN_A_ROW:
         optuna.storages.fail_stale_trials(study)  # retries the trials of a search that died
@@ -280,9 +265,6 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
         done, running = counts["COMPLETE"] + counts["PRUNED"], counts["RUNNING"]
         if (todo := spec.trials - done - running) > 0:
             study.optimize(objective, n_trials=todo, n_jobs=len(slots), gc_after_trial=False)
-            for number in interrupted:  # stopped by a signal: the next search retries it first
-                retry(study, study.get_trials(deepcopy=False)[number])
-            interrupted.clear()
         elif running and done < spec.trials:
             if not waited:
                 old = f"retried once its heartbeat is {2 * args.heartbeat} s old"
@@ -296,12 +278,9 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``padam-search``."""
-    about = (
-        "Search padam-fit settings with Optuna: each trial is a padam-fit run in SAVE_DIR/<name>/"
-        "trial-NNNN, pruned by its per-epoch metric. The same command continues the search to its "
-        "budget; several processes may share one --storage. Arguments after `--` go to each trial."
-    )
-    parser = argparse.ArgumentParser(prog=PROG, description=about)
+    about = "Search padam-fit settings with Optuna; the same command continues the search. "
+    about += "Each trial is a padam-fit run (SAVE_DIR/<name>/trial-NNNN) getting the arguments "
+    parser = argparse.ArgumentParser(prog=PROG, description=about + "after `--`.")
     add = parser.add_argument
     add("spec", help="search YAML file, e.g. configs/searches/p_lr.yaml")
     add("--trials", type=int, metavar="N", help="the budget: trials finished or pruned")
@@ -334,15 +313,15 @@ def run_search(argv: Sequence[str]) -> int:
     sweep.check_fit_arguments(trial_job(spec, 0, first, args))  # a bad option fails every trial
     if args.dry_run:  # the study, unless it is yet to be made, and what a trial runs
         if args.storage != f"sqlite:///{database}" or database.exists():
-            _announce(describe(open_study(spec, args), spec, args.storage))
+            _announce(describe(open_study(spec, args), spec, args))
         print(shlex.join(trial_job(spec, 0, first, args).command))
         return 0
     database.parent.mkdir(parents=True, exist_ok=True)
     study = open_study(spec, args)
-    _announce(describe(study, spec, args.storage))
+    _announce(describe(study, spec, args))
     with sweep_jobs.stop_signals_passed_on(_announce) as received:
         ok = run_trials(study, spec, args, received)
-    _announce(describe(study, spec, args.storage))
+    _announce(describe(study, spec, args))
     if received:
         print(INTERRUPTED, file=sys.stderr)
         return 128 + received[0]
