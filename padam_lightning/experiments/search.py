@@ -41,8 +41,9 @@ PROG = "padam-search"
 #: A search stops after this many trials failed one after another (a broken setup fails all).
 MAX_FAILED_IN_A_ROW = 3
 INTERRUPTED = f"{PROG}: interrupted; run the same command again to go on."
-#: Keys padam-search sets itself: the seed, where a trial logs, resuming, the pruning callback.
-_RESERVED = ("seed_everything", "trainer.logger", "ckpt_path", "config", "trainer.callbacks")
+#: Keys padam-search sets itself (``trainer.callbacks.init_args.*`` set the base configs' last
+#: callback, e.g. a p schedule: padam-search adds its own after the searched values).
+_RESERVED = ("seed_everything", "trainer.logger", "ckpt_path", "config")
 PRUNING_CALLBACK = "padam_lightning.training.pruning.OptunaPruning"
 _COUNT: Kind = (lambda v: type(v) is int and v >= 0, "a non-negative integer")
 #: A search file's keys and their kinds (name, space and trials are required).
