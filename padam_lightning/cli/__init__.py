@@ -33,6 +33,8 @@ __all__ = [
 
 #: Exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
 CTRL_C_EXIT_STATUS = 130
+#: Exit status of a run a search's pruner ended: finished, with nothing to continue.
+EXIT_PRUNED = 3
 
 
 class _Terminated(KeyboardInterrupt):

@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import padam_lightning.cli
+from padam_lightning.cli import EXIT_PRUNED
 from padam_lightning.cli.config_files import check_config_files
 from padam_lightning.cli.parse_errors import option_strings, summarize_parse_error
 from padam_lightning.cli.resume import (
@@ -87,9 +88,6 @@ DESCRIPTION = (
     "images) with Padam or its baselines, from config files: "
     "padam-fit fit --config configs/wrn.yaml. Logs go to TensorBoard under lightning_logs/."
 )
-
-#: Exit status of a run a search's pruner ended: finished, with nothing to continue.
-EXIT_PRUNED = 3
 
 #: Each stop's name in the stop line and its exit status (a signal's: 128 + N). A stop in
 #: ``FINISHED_REASONS`` prints no line.

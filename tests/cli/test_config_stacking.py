@@ -99,3 +99,27 @@ def test_a_sweep_file_given_to_padam_fit_names_padam_sweep(
     assert err.count("padam-fit: error:") == 1
     assert f"--config {sweep} is a sweep file" in err and f"padam-sweep {sweep}" in err
     assert "unknown config key" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("trainer:\n  max_epochs: [1\n", "(line 3, column 1)."), ("trainer: 3\n", None)],
+    ids=["not-yaml", "not-a-mapping"],
+)
+def test_a_broken_config_file_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, where: str | None
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text)
+    # Last: a --trainer option after "trainer: 3" would make jsonargparse rebuild the section.
+    files = (CONFIGS / "wrn.yaml", CONFIGS / "tiny.yaml", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *(arg for config in files for arg in ("--config", str(config)))])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    if where is not None:
+        assert err.startswith(f"padam-fit: error: --config {broken} is not valid YAML: ")
+        assert err.strip().endswith(where), err
+    else:
+        assert err.strip() == "padam-fit: error: trainer: expected a mapping of settings, got 3."

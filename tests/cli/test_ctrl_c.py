@@ -1,9 +1,12 @@
-"""Ctrl-C outside the training loop: one line and exit status 130, never a traceback."""
+"""Ctrl-C or SIGTERM outside the training loop: one line, exit status 130 or 143, no traceback."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +52,33 @@ def test_ctrl_c_while_importing_is_one_line(
     assert err.strip() == "padam-fit: stopped by Ctrl-C before the run started."
 
 
-def test_ctrl_c_while_parsing_or_building_the_run_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def _terminated(*args: Any, **kwargs: Any) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # as a cluster's scheduler stops a job
+
+
+@pytest.mark.parametrize(
+    ("stop", "line", "status"),
+    [(_interrupted, "Ctrl-C", 130), (_terminated, "SIGTERM", 143)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stop_while_parsing_or_building_the_run_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stop: Callable[..., None],
+    line: str,
+    status: int,
 ) -> None:
-    monkeypatch.setattr(padam_cli, "build_cli", _interrupted)
+    monkeypatch.setattr(padam_cli, "build_cli", stop)
     # As in a fresh process: no subcommand begun, no run from an earlier test.
     monkeypatch.setattr(padam_cli, "subcommand_started", False)
     monkeypatch.setattr(padam_cli, "_running", None)
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CONFIGS / "wrn.yaml")])
-    assert exit_info.value.code == 130
+    assert exit_info.value.code == status
     err = capsys.readouterr().err
     # Nothing has trained yet: the seconds of parsing, data and model set-up come first.
-    assert err.strip() == "padam-fit: stopped by Ctrl-C before the run started."
+    assert err.strip() == f"padam-fit: stopped by {line} before the run started."
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handed back
 
 
 class InterruptAtTrainStart(L.Callback):

@@ -18,30 +18,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
+import pytest
 import torch
 
-from padam_lightning.training.run_record import read_record
+from padam_lightning.cli import EXIT_PRUNED, main
+from padam_lightning.training.run_record import RunRecord, read_record
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = REPO_ROOT / "configs"
 
 PADAM_FIT = Path(sys.executable).with_name("padam-fit")
 CHAOS_CHILD = REPO_ROOT / "benchmarks" / "_chaos_child.py"
-
-
-def _args(logs: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(CONFIGS / "wrn.yaml"),
-        "--config",
-        str(CONFIGS / "tiny.yaml"),
-        "--trainer.logger.init_args.save_dir",
-        str(logs),
-        "--trainer.logger.init_args.name",
-        "run",
-        *extra,
-    ]
 
 
 def _run(
@@ -66,18 +53,18 @@ def _stop_line(stderr: str) -> str:
 
 
 def test_a_max_time_stop_is_no_finish_and_the_resume_trains_the_rest_of_the_epoch(
-    tmp_path: Path,
+    tiny_fit_args: list[str], tmp_path: Path
 ) -> None:
     # 3 epochs x 6 batches; a time limit of 0 s stops after the first step.
-    args = _args(
-        tmp_path / "logs",
+    args = [
+        *tiny_fit_args,
         "--trainer.max_epochs",
         "3",
         "--trainer.limit_train_batches",
         "6",
         "--data.synthetic_train_size",
         "96",
-    )
+    ]
     stopped = _run([str(PADAM_FIT), *args, "--trainer.max_time", "00:00:00:00"], tmp_path)
     assert stopped.returncode == 0, stopped.stderr
     assert "Traceback" not in stopped.stderr
@@ -117,16 +104,19 @@ def _slurm_env(tmp_path: Path, job: str = "4242", restarts: int = 0) -> dict[str
     }
 
 
-def test_another_runs_requeue_checkpoint_is_never_restored(tmp_path: Path) -> None:
+def test_another_runs_requeue_checkpoint_is_never_restored(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
     # Lightning restores the newest hpc_ckpt_N.ckpt of default_root_dir (the working directory
     # unless given) into any run started under SLURM without --ckpt_path, evaluations too.
-    other = _run([str(PADAM_FIT), *_args(tmp_path / "other")], tmp_path)
+    other_logs = ("--trainer.logger.init_args.save_dir", str(tmp_path / "other"))
+    other = _run([str(PADAM_FIT), *tiny_fit_args, *other_logs], tmp_path)
     assert other.returncode == 0, other.stderr
     last = tmp_path / "other" / "run" / "version_0" / "checkpoints" / "last.ckpt"
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(last.read_bytes())
     slurm = _slurm_env(tmp_path)
     for extra in ([], ["--trainer.default_root_dir", "."], ["--trainer.logger", "false"]):
-        fresh = _run([str(PADAM_FIT), *_args(tmp_path / "logs"), *extra], tmp_path, slurm)
+        fresh = _run([str(PADAM_FIT), *tiny_fit_args, *extra], tmp_path, slurm)
         assert fresh.returncode == 2, fresh.stderr
         assert (
             fresh.stderr.strip()
@@ -134,21 +124,21 @@ def test_another_runs_requeue_checkpoint_is_never_restored(tmp_path: Path) -> No
             .startswith("padam-fit: error: hpc_ckpt_1.ckpt would be restored into this run")
         )
         assert "Traceback" not in fresh.stderr
-    evaluation = ["validate", *_args(tmp_path / "logs")[1:]]
+    evaluation = ["validate", *tiny_fit_args[1:]]
     assert _run([str(PADAM_FIT), *evaluation], tmp_path, slurm).returncode == 2
     assert not (tmp_path / "logs").exists()  # nothing was written
     # Outside SLURM the file means nothing to Lightning, and the run trains from scratch.
-    fresh = _run([str(PADAM_FIT), *_args(tmp_path / "logs")], tmp_path)
+    fresh = _run([str(PADAM_FIT), *tiny_fit_args], tmp_path)
     assert fresh.returncode == 0, fresh.stderr
     finished = json.loads((tmp_path / "logs" / "run" / "version_0" / "finished.json").read_text())
     assert finished["global_step"] == 6 and finished["train_seconds"] > 0
 
 
 def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_continues(
-    tmp_path: Path,
+    tiny_fit_args: list[str], tmp_path: Path
 ) -> None:
     stop = json.dumps({"at": "train_batch", "epoch": 0, "batch": 1, "signal": "SIGUSR1"})
-    args = _args(tmp_path / "logs")
+    args = tiny_fit_args
     stopped = _run(
         [sys.executable, str(CHAOS_CHILD), stop, "--", *args], tmp_path, _slurm_env(tmp_path)
     )
@@ -171,11 +161,13 @@ def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_continues(
     assert (run_dir.parent / "version_1" / "finished.json").is_file()
 
 
-def test_a_stop_and_its_resume_print_no_third_party_noise(tmp_path: Path) -> None:
+def test_a_stop_and_its_resume_print_no_third_party_noise(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
     # With the progress bar on, as a user sees it: no "[rank: 0] Received SIGTERM", no
     # "weights_only was not set", no "Checkpoint directory ... exists and is not empty", and
     # the resumed run's bar shows v_num=0 (a string version showed its last four characters).
-    args = _args(tmp_path / "logs", "--trainer.enable_progress_bar", "true")
+    args = [*tiny_fit_args, "--trainer.enable_progress_bar", "true"]
     stop = json.dumps({"at": "train_batch", "epoch": 1, "batch": 0, "signal": "SIGTERM"})
     stopped = _run([sys.executable, str(CHAOS_CHILD), stop, "--", *args], tmp_path)
     assert stopped.returncode == 143, stopped.stderr
@@ -187,8 +179,10 @@ def test_a_stop_and_its_resume_print_no_third_party_noise(tmp_path: Path) -> Non
     assert "v_num=0" in resumed.stdout + resumed.stderr
 
 
-def test_a_second_padam_fit_on_a_run_being_trained_is_refused(tmp_path: Path) -> None:
-    args = _args(tmp_path / "logs")
+def test_a_second_padam_fit_on_a_run_being_trained_is_refused(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    args = tiny_fit_args
     assert _run([str(PADAM_FIT), *args], tmp_path).returncode == 0
     run_dir = tmp_path / "logs" / "run" / "version_0"
     before = sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
@@ -206,3 +200,27 @@ def test_a_second_padam_fit_on_a_run_being_trained_is_refused(tmp_path: Path) ->
         "padam-fit; wait for it to end, or start a new run without --ckpt_path."
     )
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before
+
+
+class PruneAtEpoch(L.Callback):
+    """Stop the run after an epoch's validation, as a search's pruner does (training/pruning.py)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            record = next(c for c in trainer.callbacks if isinstance(c, RunRecord))  # type: ignore[attr-defined]
+            record.request_stop("pruned")
+
+
+@pytest.mark.parametrize("epoch", [0, 1], ids=["mid-run", "last-epoch"])
+def test_a_pruned_run_exits_3_with_nothing_to_continue(
+    tiny_fit_args: list[str], capsys: pytest.CaptureFixture[str], epoch: int
+) -> None:
+    prune = (f"--trainer.callbacks+={__name__}.PruneAtEpoch", "--trainer.callbacks.epoch")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*tiny_fit_args, *prune, str(epoch)])
+    assert exit_info.value.code == EXIT_PRUNED == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "stopped by" not in err and "--ckpt_path" not in err, err

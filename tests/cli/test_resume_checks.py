@@ -390,6 +390,21 @@ def test_a_refusal_lists_each_difference_and_the_fix(tmp_path: Path) -> None:
     )
 
 
+def test_the_fix_runs_the_program_the_user_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "venv" / "bin" / "padam-fit"  # a virtual environment not activated
+    monkeypatch.setattr("sys.argv", [str(script)])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed_everything: 0\n")
+    path = run / "checkpoints" / "last.ckpt"
+    message = _refusal(path, {"config": CONFIG, "world_size": 2}, CONFIG)
+    fix = f"{script} fit --config {run / 'config.yaml'} --ckpt_path {path}, adding"
+    assert f"(its config.yaml: {fix}" in message
+
+
 def test_another_number_of_processes_is_refused(tmp_path: Path) -> None:
     message = _refusal(tmp_path / "last.ckpt", {"config": CONFIG, "world_size": 2}, CONFIG, 1)
     assert (
