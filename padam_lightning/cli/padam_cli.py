@@ -1,7 +1,7 @@
 """``padam-fit``: train and evaluate image classifiers from config files (a LightningCLI).
 
-The command's policy: where a run logs, which checkpoint continues it, how it stops and how
-mistakes are reported. docs/training.md and docs/resume.md are its manual.
+Where a run logs, which checkpoint continues it, how it stops and how mistakes are reported;
+docs/training.md and docs/resume.md are the manual.
 """
 
 from __future__ import annotations
@@ -40,12 +40,7 @@ import padam_lightning.cli
 from padam_lightning.cli import EXIT_PRUNED
 from padam_lightning.cli.config_files import check_config_files
 from padam_lightning.cli.parse_errors import option_strings, summarize_parse_error
-from padam_lightning.cli.resume import (
-    check_network,
-    check_resume,
-    read_checkpoint,
-    resume_command,
-)
+from padam_lightning.cli.resume import check_network, check_resume, read_checkpoint, resume_command
 from padam_lightning.cli.run_layout import (
     CONFIG_FILE,
     DEFAULT_LOG_DIR,
@@ -89,7 +84,7 @@ DESCRIPTION = (
     "padam-fit fit --config configs/wrn.yaml. Logs go to TensorBoard under lightning_logs/."
 )
 
-#: Each stop's name in the stop line and its exit status (a signal's: 128 + N). A stop in
+#: Each stop's name in the stop line and its exit status (a signal's: 128 + N); a stop in
 #: ``FINISHED_REASONS`` prints no line.
 _STOPS = {
     "SIGINT": ("Ctrl-C", 128 + signal.SIGINT),
@@ -105,14 +100,13 @@ DIVERGENCE_HINT = (
     "or 32-true), in a new run: a resume keeps the settings stored in the run's checkpoint."
 )
 
+#: The file under ``<save_dir>/<name>`` naming the run a requeued SLURM job continues.
+_REQUEUE_MARKER = ".slurm-{job}.json"
+
 #: The run this process trains and its command's arguments (for the stop line).
 _running: tuple[RunRecord, list[str] | None] | None = None
-
 #: Whether a subcommand has begun (read by :func:`padam_lightning.cli.main` at a Ctrl-C).
 subcommand_started = False
-
-#: The largest seed ``seed_everything`` takes (numpy's seeds are unsigned 32-bit integers).
-_MAX_SEED = 2**32 - 1
 
 
 def optimizer_label(optimizer: Any) -> str:
@@ -149,31 +143,20 @@ def _trains_on_cuda(accelerator: Any) -> bool:
 
 
 def _latest_run_checkpoint(run_root: Path) -> Path:
-    """``last.ckpt`` of the run under ``run_root`` trained last (it may not exist).
-
-    Runs refused before training (no config.yaml) are passed over, and evaluating a run does
-    not make it the latest (only the files training writes count).
-    """
-    runs = [folder for folder in run_root.glob("*") if folder.is_dir()]
-    runs = [folder for folder in runs if folder.name != EVAL_FOLDER]
-    runs = [folder for folder in runs if (folder / CONFIG_FILE).is_file()] or runs
+    """``last.ckpt`` (it may not exist) of the run under ``run_root`` that training wrote last."""
+    runs = [run for run in run_root.glob("*") if run.is_dir() and run.name != EVAL_FOLDER]
+    runs = [run for run in runs if (run / CONFIG_FILE).is_file()] or runs  # not one refused
     if not runs:
         return run_root / "*" / LAST_CHECKPOINT_PATH
 
-    def last_trained(folder: Path) -> tuple[float, int]:
-        written = [folder / CONFIG_FILE, folder / LAST_CHECKPOINT_PATH]
-        written += folder.glob("events.out.tfevents.*")
+    def last_trained(run: Path) -> tuple[float, int]:
+        written = [run / CONFIG_FILE, run / LAST_CHECKPOINT_PATH, *run.glob("events.out.*")]
         times = [path.stat().st_mtime for path in written if path.is_file()]
         # File times tick coarsely (a few ms): on a tie the higher version_N is the newer run.
-        number = folder.name.removeprefix("version_")
-        return max(times, default=folder.stat().st_mtime), int(number) if number.isdigit() else -1
+        number = run.name.removeprefix("version_")
+        return max(times, default=run.stat().st_mtime), int(number) if number.isdigit() else -1
 
     return max(runs, key=last_trained) / LAST_CHECKPOINT_PATH
-
-
-def _run_folder_of(checkpoint: Path) -> Path | None:
-    """The run folder holding ``checkpoint`` (``<run>/checkpoints/x.ckpt``), or None."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
 def stop_message(record: RunRecord, args: list[str] | None) -> str:
@@ -205,21 +188,6 @@ def _where(state: dict[str, Any]) -> str:
     return f"{done} done, step {state['global_step']}"
 
 
-def _max_time(value: Any) -> timedelta | None:
-    """``trainer.max_time`` as Lightning's ``Timer`` reads it.
-
-    Raises:
-        UserError: If it is no duration.
-    """
-    try:
-        seconds = Timer(duration=value).time_remaining() if value is not None else None
-    except (TypeError, MisconfigurationException):
-        raise UserError(
-            f"trainer.max_time: {value!r} is not a duration; write DD:HH:MM:SS, e.g. 00:11:50:00."
-        ) from None
-    return None if seconds is None else timedelta(seconds=seconds)
-
-
 def _slurm_job() -> str | None:
     """This SLURM job's id (``<array job>_<task>`` in an array), None outside SLURM."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
@@ -228,13 +196,8 @@ def _slurm_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID") if SLURMEnvironment.detect() else None
 
 
-def _requeue_marker(run_root: Path, job: str) -> Path:
-    """The file naming the run that a requeued SLURM job continues."""
-    return run_root / f".slurm-{job}.json"
-
-
 def _lock_run(run_dir: Path) -> Any:
-    """Lock the run folder itself (``flock``, nothing written) while this process trains it.
+    """Lock the run folder itself (``flock``: nothing written) while this process trains it.
 
     Raises:
         UserError: If another padam-fit holds it (the two would interleave checkpoints and curves).
@@ -252,35 +215,16 @@ def _lock_run(run_dir: Path) -> Any:
     return SimpleNamespace(close=functools.partial(os.close, folder))
 
 
-def _refuse_foreign_hpc_checkpoints(root: Path) -> None:
-    """Refuse to start where Lightning would restore another program's requeue checkpoint.
-
-    Under SLURM without ``ckpt_path``, Lightning restores the newest ``hpc_ckpt_N.ckpt`` of
-    ``default_root_dir``; padam-fit writes none (SIGUSR1 is the RunRecord's).
-
-    Raises:
-        UserError: If there is one.
-    """
-    found = sorted(root.glob("hpc_ckpt_*.ckpt"))
-    if found:
-        raise UserError(
-            f"{found[-1]} would be restored into this run: under SLURM, Lightning restores the "
-            f"newest hpc_ckpt_N.ckpt of {root} (--trainer.default_root_dir, by default the "
-            "working directory) when no --ckpt_path is given, and padam-fit did not write it. "
-            "Move it away, or pass --ckpt_path to say what to load."
-        )
-
-
 def check_numeric_settings(config: Namespace) -> None:
-    """Refuse numbers of the right type that Lightning fails on with a traceback.
+    """Refuse settings of the right type that Lightning fails on with a traceback.
 
     Raises:
         UserError: Naming the first setting out of range, its value and what it accepts.
     """
     seed = config.get("seed_everything")
-    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= _MAX_SEED:
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
         raise UserError(
-            f"seed_everything: {seed} is out of range; expected an integer from 0 to {_MAX_SEED} "
+            f"seed_everything: {seed} is out of range; expected an integer from 0 to {2**32 - 1} "
             "(numpy's seed range), true (a random seed) or false (no seeding)."
         )
     for section in ("trainer", "model", "data"):
@@ -295,9 +239,7 @@ def check_numeric_settings(config: Namespace) -> None:
 def _plain_config(config: Namespace) -> dict[str, Any]:
     """A fit's settings as plain data, without the command's own bookkeeping keys."""
     plain = config.clone().as_dict()
-    for key in ("config", "ckpt_path", "subcommand"):
-        plain.pop(key, None)
-    return plain
+    return {k: v for k, v in plain.items() if k not in ("config", "ckpt_path", "subcommand")}
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -358,8 +300,8 @@ class PadamCLI(LightningCLI):
         """Parse, fill in run-dependent defaults, and find and read the checkpoint.
 
         Raises:
-            UserError: For a mistake in the command or its files, in one line, and for a
-                checkpoint that is missing or damaged, before anything is written.
+            UserError: For a mistake in the command, its files or its checkpoint, in one line,
+                before anything is written.
         """
         command = sys.argv[1:] if args is None else args
         self._command_args = [str(a) for a in command] if isinstance(command, list) else None
@@ -382,41 +324,52 @@ class PadamCLI(LightningCLI):
             # cuDNN autotuning pays off: CIFAR's convolution shapes are fixed. Keep equal to
             # benchmarks/_timing.py's CUDNN_BENCHMARK (benchmarks/gpu.sh measures both).
             trainer.benchmark = True
-        logger = trainer.get("logger")
-        logger_args, run_root = None, None
+        logger, logger_args, run_root = trainer.get("logger"), None, None
         if isinstance(logger, Namespace) and "TensorBoardLogger" in str(logger.get("class_path")):
             logger_args = logger.init_args = logger.get("init_args") or Namespace()
-            root = trainer.get("default_root_dir")
             save_dir = str(logger_args.get("save_dir") or DEFAULT_LOG_DIR)
-            if root is not None and save_dir == DEFAULT_LOG_DIR:
+            if trainer.get("default_root_dir") is not None and save_dir == DEFAULT_LOG_DIR:
                 # Under --trainer.default_root_dir, as Lightning's default logger logs.
-                logger_args["save_dir"] = str(Path(str(root)) / DEFAULT_LOG_DIR)
+                save_dir = logger_args["save_dir"] = str(Path(trainer.default_root_dir, save_dir))
             logger_args["name"] = logger_args.get("name") or run_name(config)
-            run_root = Path(logger_args.get("save_dir") or DEFAULT_LOG_DIR) / str(logger_args.name)
+            run_root = Path(save_dir, logger_args.name)
         if not subcommand:
             return
-        ckpt_path = config.get("ckpt_path")
+        ckpt_path, job = config.get("ckpt_path"), _slurm_job()
         # Put back in instantiate_trainer: LightningCLI would otherwise parse the checkpoint's
         # hyperparameters over this command's model settings.
         config.ckpt_path = None
-        job = _slurm_job()
-        if ckpt_path is None and job is not None:
-            _refuse_foreign_hpc_checkpoints(Path(trainer.get("default_root_dir") or "."))
+        hpc_ckpts = sorted(Path(trainer.get("default_root_dir") or ".").glob("hpc_ckpt_*.ckpt"))
+        if ckpt_path is None and job is not None and hpc_ckpts:
+            # padam-fit writes none (SIGUSR1 is the RunRecord's): it is another program's run.
+            raise UserError(
+                f"{hpc_ckpts[-1]} would be restored into this run: under SLURM, Lightning "
+                f"restores the newest hpc_ckpt_N.ckpt of {hpc_ckpts[-1].parent} "
+                "(--trainer.default_root_dir, by default the working directory) when no "
+                "--ckpt_path is given, and padam-fit did not write it. Move it away, or pass "
+                "--ckpt_path to say what to load."
+            )
         if subcommand == "fit":
             # The RunRecord's: Lightning's own end the epoch they stop in as if it were complete.
-            self._max_time, self._max_steps = (
-                _max_time(trainer.get("max_time")),
-                trainer.get("max_steps"),
-            )
+            self._max_steps, max_time = trainer.get("max_steps"), trainer.get("max_time")
             trainer.max_time, trainer.max_steps = None, -1
+            try:  # as Lightning reads it: DD:HH:MM:SS, a mapping or a timedelta
+                seconds = Timer(duration=max_time).time_remaining() if max_time else None
+            except (TypeError, MisconfigurationException):
+                raise UserError(
+                    f"trainer.max_time: {max_time!r} is not a duration; write DD:HH:MM:SS, e.g. "
+                    "00:11:50:00."
+                ) from None
+            self._max_time = timedelta(seconds=seconds) if seconds is not None else None
             if run_root is not None and job is not None:
-                self._requeue_marker = _requeue_marker(run_root, job)
+                self._requeue_marker = run_root / _REQUEUE_MARKER.format(job=job)
                 if ckpt_path is None and self._requeue_marker.is_file():
                     # A requeued SLURM job runs its command again: continue the run it stopped.
                     run = json.loads(self._requeue_marker.read_text())["run"]
                     ckpt_path = str(run_root / run / LAST_CHECKPOINT_PATH)
         if ckpt_path is not None:
-            self._ckpt_path = self._find_checkpoint(str(ckpt_path), logger_args, run_root)
+            version = logger_args.get("version") if logger_args is not None else None
+            self._ckpt_path = _find_checkpoint(str(ckpt_path), run_root, version)
             checkpoint = read_checkpoint(self._ckpt_path)
             self._saved_record = read_record(checkpoint)
             self._saved_hparams = {"hyper_parameters": checkpoint.get("hyper_parameters") or {}}
@@ -428,7 +381,8 @@ class PadamCLI(LightningCLI):
 
     def _choose_log_folder(self, logger_args: Namespace, stage: str, run_root: Path) -> None:
         """A resumed run logs on in its own folder; an evaluation in ``<run>/eval/<stage>-<N>``."""
-        run_dir = _run_folder_of(self._ckpt_path) if self._ckpt_path is not None else None
+        path = self._ckpt_path
+        run_dir = path.parent.parent if path and path.parent.name == "checkpoints" else None
         if stage != "fit":
             folder = run_dir or run_root
             taken = {path.name for path in (folder / EVAL_FOLDER).glob(f"{stage}-*")}
@@ -440,33 +394,6 @@ class PadamCLI(LightningCLI):
             number = run_dir.name.removeprefix("version_")
             plain = number.isdigit() and f"version_{int(number)}" == run_dir.name
             logger_args["version"] = int(number) if plain else run_dir.name
-
-    def _find_checkpoint(
-        self, ckpt_path: str, logger_args: Namespace | None, run_root: Path | None
-    ) -> Path:
-        """Turn ``last`` into the latest run's ``last.ckpt``; refuse a missing file."""
-        if ckpt_path != "last":
-            if not Path(ckpt_path).is_file():
-                raise UserError(f"--ckpt_path {ckpt_path}: no such file.")
-            return Path(ckpt_path)
-        if run_root is None or logger_args is None:
-            raise UserError(
-                "--ckpt_path last needs the TensorBoard logger to find the run folder; pass "
-                "the checkpoint file instead: --ckpt_path PATH/last.ckpt"
-            )
-        version = logger_args.get("version")
-        if version is None:
-            path = _latest_run_checkpoint(run_root)
-        else:
-            folder = f"version_{version}" if isinstance(version, int) else str(version)
-            path = run_root / folder / LAST_CHECKPOINT_PATH
-        if not path.is_file():
-            raise UserError(
-                f"--ckpt_path last: no checkpoint found at {path}. Start the run without "
-                "--ckpt_path, or pass the logger folder of the run to resume "
-                "(--trainer.logger.init_args.name/version) or the file itself."
-            )
-        return path
 
     def _begin(self) -> None:
         """The subcommand starts: refuse another network's checkpoint and files to overwrite.
@@ -481,21 +408,15 @@ class PadamCLI(LightningCLI):
         stage = self.subcommand or "fit"
         if self._ckpt_path is not None:
             # The class count comes from the data when the model is built (an image folder's).
-            hparams = self.model.hparams
-            check_network(
-                self._ckpt_path,
-                self._saved_hparams or {},
-                hparams["arch"],
-                hparams["num_classes"],
-                evaluating=stage != "fit",
-            )
-        if self.trainer.loggers:
-            return
+            arch, classes = self.model.hparams["arch"], self.model.hparams["num_classes"]
+            check_network(self._ckpt_path, self._saved_hparams or {}, arch, classes, stage != "fit")
         root = Path(self.trainer.default_root_dir)
         checkpoints = root / LAST_CHECKPOINT_PATH.parent
-        ckpt_folder = self._ckpt_path.resolve().parent if self._ckpt_path else None
-        if stage == "fit" and ckpt_folder == checkpoints.resolve():
-            return  # resuming the run that owns this folder
+        resuming_here = (
+            self._ckpt_path and self._ckpt_path.resolve().parent == checkpoints.resolve()
+        )
+        if self.trainer.loggers or (stage == "fit" and resuming_here):
+            return  # each run has its own folder, or this is the run that owns this one
         config_file = root / (CONFIG_FILE if stage == "fit" else f"config-{stage}.yaml")
         taken = [config_file] if config_file.exists() else []
         if stage == "fit" and self.trainer.checkpoint_callbacks and checkpoints.is_dir():
@@ -586,8 +507,37 @@ class PadamCLI(LightningCLI):
         return trainer
 
 
+def _find_checkpoint(ckpt_path: str, run_root: Path | None, version: Any) -> Path:
+    """Turn ``last`` into the latest run's ``last.ckpt`` (or that of ``version``).
+
+    Raises:
+        UserError: If the file is missing, or ``last`` has no logger to find it with.
+    """
+    if ckpt_path != "last":
+        if not Path(ckpt_path).is_file():
+            raise UserError(f"--ckpt_path {ckpt_path}: no such file.")
+        return Path(ckpt_path)
+    if run_root is None:
+        raise UserError(
+            "--ckpt_path last needs the TensorBoard logger to find the run folder; pass "
+            "the checkpoint file instead: --ckpt_path PATH/last.ckpt"
+        )
+    folder = f"version_{version}" if isinstance(version, int) else str(version)
+    path = run_root / folder / LAST_CHECKPOINT_PATH
+    if version is None:
+        path = _latest_run_checkpoint(run_root)
+    if not path.is_file():
+        raise UserError(
+            f"--ckpt_path last: no checkpoint found at {path}. Start the run without "
+            "--ckpt_path, or pass the logger folder of the run to resume "
+            "(--trainer.logger.init_args.name/version) or the file itself."
+        )
+    return path
+
+
 def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
     """Construct (and by default run) the ``padam-fit`` command line."""
+    logger = "lightning.pytorch.loggers.TensorBoardLogger"
     return PadamCLI(
         ImageClassifier,
         CIFARDataModule,
@@ -599,7 +549,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         trainer_defaults={
             "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "class_path": logger,
                 "init_args": {
                     "save_dir": DEFAULT_LOG_DIR,
                     "name": None,
@@ -619,22 +569,16 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
     )
 
 
-class _WithoutNoise(logging.Filter):
-    """Drops Lightning's lines a user cannot act on (its cloud-logger tip, 'Received SIGTERM')."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "litlogger" not in message and "Received SIGTERM" not in message
-
-
-_NO_NOISE = _WithoutNoise()
+def _without_noise(record: logging.LogRecord) -> bool:
+    """Drop Lightning's lines a user cannot act on (its cloud-logger tip, 'Received SIGTERM')."""
+    return not any(noise in record.getMessage() for noise in ("litlogger", "Received SIGTERM"))
 
 
 def _quiet_known_warnings() -> None:
     """Silence warnings that are expected here and would only confuse users."""
-    for name in ("pytorch", "fabric"):
-        logging.getLogger(f"lightning.{name}.utilities.rank_zero").addFilter(_NO_NOISE)
-    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(_NO_NOISE)
+    for name in ("utilities.rank_zero", "trainer.connectors.signal_connector"):
+        logging.getLogger(f"lightning.pytorch.{name}").addFilter(_without_noise)
+    logging.getLogger("lightning.fabric.utilities.rank_zero").addFilter(_without_noise)
     # The loaders yield index batches; images are gathered on the device, so no workers.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # Emitted by Lightning's own code under recent torch releases; nothing a user can change.
@@ -646,7 +590,10 @@ def _quiet_known_warnings() -> None:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``padam-fit``: user mistakes print one line and exit non-zero."""
     _quiet_known_warnings()
-    threading.excepthook = _quiet_storage_errors_in_threads
+    # TensorBoard's writer thread hits the same full disk; the main thread reports it once.
+    threading.excepthook = lambda hook: (
+        None if _storage_errno(hook.exc_value) else (threading.__excepthook__(hook))
+    )
     if (sys.argv[1:] if args is None else args) == []:
         print(USAGE, file=sys.stderr)
         sys.exit(UserError.exit_code)
@@ -661,21 +608,19 @@ def main(args: ArgsType = None) -> None:
             message += DIVERGENCE_HINT
         rank_zero_only(print)(f"padam-fit: error: {message}", file=sys.stderr)
         sys.exit(err.exit_code if isinstance(err, UserError) else UserError.exit_code)
-    except OSError as err:
-        if err.errno not in STORAGE_ERRNOS:
-            _say_how_to_continue()
-            raise
-        # A full or read-only disk under another library's writer (TensorBoard, hparams.yaml).
-        error = storage_error_from(err, kept="checkpoints saved before are intact")
-        rank_zero_only(print)(f"padam-fit: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
     except BaseException as err:
+        if isinstance(err, OSError) and _storage_errno(err):
+            # A full or read-only disk under another library's writer (TensorBoard, hparams).
+            error = storage_error_from(err, kept="checkpoints saved before are intact")
+            rank_zero_only(print)(f"padam-fit: error: {error}", file=sys.stderr)
+            sys.exit(error.exit_code)
         stop = _running[0].stop if _running is not None else None
         if stop is None:
             if isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt):
                 raise KeyboardInterrupt from None  # Ctrl-C in an evaluation: one line, exit 130
             raise
-        _say_how_to_continue()
+        if stop not in FINISHED_REASONS:
+            rank_zero_only(print)("\n" + stop_message(*_running), file=sys.stderr)
         if isinstance(err, Exception):
             raise  # a crash: its traceback is a bug to report
         _exit_as_stopped(stop)
@@ -683,39 +628,27 @@ def main(args: ArgsType = None) -> None:
         _exit_as_stopped(_running[0].stop)  # a pruned run that reached its epoch's end
 
 
-def _say_how_to_continue() -> None:
-    """Print the stop line of a run stopped before its end (a finished run has none)."""
-    if _running is not None and _running[0].stop not in (None, *FINISHED_REASONS):
-        rank_zero_only(print)("\n" + stop_message(*_running), file=sys.stderr)
+def _storage_errno(err: BaseException | None) -> bool:
+    """Whether ``err`` is a disk's refusal to store data (full, over quota, read-only, failing)."""
+    return isinstance(err, OSError) and err.errno in STORAGE_ERRNOS
 
 
 def _exit_as_stopped(stop: str) -> None:
     """Exit with the stop's status (a finished run's 0: return); requeue a SIGUSR1 stop's job."""
-    if stop == "SIGUSR1" and _running is not None:
-        rank_zero_only(_requeue)(_running[0])  # once per job, not once per process
+    job = _slurm_job()
+    if stop == "SIGUSR1" and job is not None and _running and _running[0].saved is not None:
+        rank_zero_only(_requeue)(job, _running[0].saved.parent.parent)  # once per job
     status = _STOPS.get(stop, ("", 0 if stop in FINISHED_REASONS else 1))[1]
     if status or stop not in FINISHED_REASONS:
         sys.exit(status)
 
 
-def _quiet_storage_errors_in_threads(args: threading.ExceptHookArgs) -> None:
-    """TensorBoard's writer thread hits the same full disk; the main thread reports it once."""
-    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in STORAGE_ERRNOS):
-        threading.__excepthook__(args)
-
-
-def _requeue(record: RunRecord) -> None:
-    """Requeue this SLURM job; its next start continues the run (see ``parse_arguments``)."""
-    job = _slurm_job()
-    if job is None or record.saved is None:
-        return
-    run_folder = record.saved.parent.parent
-    marker = _requeue_marker(run_folder.parent, job)
-    write_text_atomically(marker, json.dumps({"run": run_folder.name}))
+def _requeue(job: str, run_dir: Path) -> None:
+    """Requeue this SLURM job; its next start continues ``run_dir`` (see ``parse_arguments``)."""
+    marker = run_dir.parent / _REQUEUE_MARKER.format(job=job)
+    write_text_atomically(marker, json.dumps({"run": run_dir.name}))
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-    outcome = (
-        "requeued" if result.returncode == 0 else f"could not requeue: {result.stderr.strip()}"
-    )
+    outcome = f"could not requeue: {result.stderr.strip()}" if result.returncode else "requeued"
     rank_zero_only(print)(f"padam-fit: SLURM job {job} {outcome}", file=sys.stderr)
 
 

@@ -170,11 +170,11 @@ def write_text_atomically(path: Path, text: str) -> None:
     _write_atomically(path, lambda file: file.write(text.encode()), "file")
 
 
-def check_writable(folder: Path, min_free_bytes: int = 0) -> None:
+def check_writable(folder: Path) -> None:
     """Check that ``folder`` (if missing: its nearest existing parent) takes files, first.
 
     Raises:
-        StorageError: If a file cannot be written there or less than ``min_free_bytes`` is free.
+        StorageError: If a file cannot be written there.
     """
     existing = _existing(folder)
     failed, kept = f"cannot write into {folder}", "nothing was written"
@@ -187,24 +187,15 @@ def check_writable(folder: Path, min_free_bytes: int = 0) -> None:
         with open(probe, "wb", buffering=0) as file:
             file.write(b"\0")
             os.fsync(file.fileno())
-        free = shutil.disk_usage(existing).free
     except OSError as err:
         raise _storage_error(failed, existing, err, kept) from err
     finally:
         with suppress(OSError):
             probe.unlink(missing_ok=True)
-    if free < min_free_bytes:
-        raise StorageError(
-            f"{failed}: {_size(free)} free in {existing}, less than the {_size(min_free_bytes)} "
-            f"needed; {kept}. Free space in {existing}, or {_CHOOSE_FOLDER}."
-        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints so that a crash or a full disk never leaves a truncated file.
-
-    (Lightning's own writer stages through the system temp folder: a copy across devices.)
-    """
+    """Write checkpoints so that a crash or a full disk never leaves a truncated file."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
