@@ -1,18 +1,14 @@
 """``padam-search``: search padam-fit settings with Optuna at a fixed budget; resumable, sharable.
 
-    padam-search configs/searches/cpu_p_lr.yaml --dry-run      # the study so far, a trial's command
-    padam-search configs/searches/p_lr.yaml --storage postgresql://me@db/padam   # on each machine
-
 Each trial is a :class:`FitJob` in ``<save dir>/<name>/trial-NNNN`` whose padam-fit reports the
 metric per epoch and stops itself when pruned (:mod:`~padam_lightning.training.pruning`); a trial
 whose padam-search died is retried from its ``last.ckpt``. docs/search.md gives the file format,
-the budget rule and the reasons for the design.
+the budget rule (:func:`run_trials`) and the reasons for the design.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import queue
 import shlex
@@ -22,7 +18,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
@@ -32,7 +28,7 @@ from padam_lightning.experiments import sweep, sweep_jobs, sweep_spec
 from padam_lightning.experiments.run_logs import check_output_folder, read_json_object
 from padam_lightning.experiments.sweep_jobs import FitJob, RunInterruptedError
 from padam_lightning.experiments.sweep_spec import Kind, format_override_value, require
-from padam_lightning.training.pruners import PRUNERS, make_pruner
+from padam_lightning.training.pruners import PRUNERS, make_pruner, rdb_storage
 
 if TYPE_CHECKING:
     import optuna
@@ -40,12 +36,12 @@ if TYPE_CHECKING:
 PROG = "padam-search"
 #: A search stops after this many trials failed one after another (a broken setup fails all).
 MAX_FAILED_IN_A_ROW = 3
-INTERRUPTED = f"{PROG}: interrupted; run the same command again to go on."
 #: Keys padam-search sets itself (``trainer.callbacks.init_args.*`` set the base configs' last
 #: callback, e.g. a p schedule: padam-search adds its own after the searched values).
 _RESERVED = ("seed_everything", "trainer.logger", "ckpt_path", "config")
 PRUNING_CALLBACK = "padam_lightning.training.pruning.OptunaPruning"
-_COUNT: Kind = (lambda v: type(v) is int and v >= 0, "a non-negative integer")
+#: The trials that count, or may yet: finished, pruned, running, queued.
+LIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 #: A search file's keys and their kinds (name, space and trials are required).
 SEARCH_KEYS: dict[str, Kind] = {
     "name": sweep_spec.NAME,
@@ -53,16 +49,15 @@ SEARCH_KEYS: dict[str, Kind] = {
     "base": sweep_spec.CONFIGS,
     "space": (lambda v: isinstance(v, dict) and v, "a mapping of dotted config keys to ranges"),
     "overrides": sweep_spec.MAPPING,
-    "trials": (lambda v: _COUNT[0](v) and v > 0, "a positive integer"),
+    "trials": (lambda v: type(v) is int and v > 0, "a positive integer"),
     "metric": (lambda v: isinstance(v, str) and v, "a logged metric's name such as val/err"),
     "pruner": (lambda v: v in PRUNERS, f"one of {', '.join(PRUNERS)}"),
-    "seed": _COUNT,
+    "seed": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
 }
 RANGE = "{low, high} with numbers low < high (low > 0 with log: true), or {choices: [...]}"
 
 
-@dataclasses.dataclass(frozen=True)
-class SearchSpec:
+class SearchSpec(NamedTuple):
     """A parsed, validated search file."""
 
     name: str
@@ -93,10 +88,9 @@ def load_spec(path: str | Path) -> SearchSpec:
             raise UserError(f"{where}{key} is set by padam-search itself; remove it.")
     space = {key: _range(value, f"{where}space.{key}") for key, value in data["space"].items()}
     base = sweep_spec.config_list(data.get("base"), f"{where}base")
-    given = {
-        key: data[key] for key in ("name", "trials", "metric", "pruner", "seed") if key in data
-    }
-    return SearchSpec(base=base, space=space, overrides=data.get("overrides") or {}, **given)
+    given = {key: data[key] for key in ("metric", "pruner", "seed") if key in data}
+    overrides = data.get("overrides") or {}
+    return SearchSpec(data["name"], base, space, overrides, data["trials"], **given)
 
 
 def _range(value: Any, where: str) -> dict[str, Any]:
@@ -109,7 +103,7 @@ def _range(value: Any, where: str) -> dict[str, Any]:
     bad = not numbers or not {"low", "high"} <= keys <= {"low", "high", "log"}
     if bad or log not in (None, True, False) or (log and low <= 0):
         raise UserError(f"{where} must be {RANGE}, got {value!r}.")
-    return {"low": low, "high": high, "log": bool(log)}
+    return {"low": low, "high": high, "log": bool(log), "int": type(low) is type(high) is int}
 
 
 def suggest(trial: optuna.trial.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -119,8 +113,7 @@ def suggest(trial: optuna.trial.Trial, space: dict[str, dict[str, Any]]) -> dict
         if "choices" in r:
             values[key] = trial.suggest_categorical(key, r["choices"])
         else:
-            whole = isinstance(r["low"], int) and isinstance(r["high"], int)
-            sample = trial.suggest_int if whole else trial.suggest_float
+            sample = trial.suggest_int if r["int"] else trial.suggest_float
             values[key] = sample(key, r["low"], r["high"], log=r["log"])
     return values
 
@@ -147,36 +140,23 @@ def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) 
 
 
 def open_study(spec: SearchSpec, args: argparse.Namespace, tries: int = 2) -> optuna.Study:
-    """The study in ``--storage`` (created on first use), with heartbeats and retries on.
-
-    Two searches creating one study's tables at once can collide; the second try finds them.
-    """
+    """The study in ``--storage`` (created on first use), with heartbeats and retries on."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # padam-search says what happens itself
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
-    # SQLite locks the whole file per write: wait for it rather than fail at once.
-    wait = {"connect_args": {"timeout": 60}} if args.storage.startswith("sqlite") else None
-    beat = {"heartbeat_interval": args.heartbeat, "grace_period": 2 * args.heartbeat}
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
+    chosen: dict[str, Any] = {"study_name": spec.name, "pruner": make_pruner(spec.pruner)}
+    chosen["sampler"] = optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
     try:
-        storage = RDBStorage(args.storage, wait, heartbeat_stale_trial_callback=retry, **beat)
-        chosen: dict[str, Any] = {"sampler": sampler, "pruner": make_pruner(spec.pruner)}
-        return optuna.create_study(
-            storage=storage, study_name=spec.name, **chosen, load_if_exists=True
-        )
+        storage = rdb_storage(args.storage, args.heartbeat, retry)
+        return optuna.create_study(storage=storage, load_if_exists=True, **chosen)
     except Exception as err:  # Optuna's and SQLAlchemy's: a bad URL, no server, no driver
-        if tries > 1 and not isinstance(err, ImportError | ValueError):
+        if tries > 1 and not isinstance(err, ImportError | ValueError):  # two made one at once
             time.sleep(1)
             return open_study(spec, args, tries - 1)
         raise UserError(f"--storage {args.storage}: {str(err).splitlines()[0]}") from err
-
-
-def tally(study: optuna.Study) -> Counter[str]:
-    """How many trials are in each state (``COMPLETE``, ``PRUNED``, ``RUNNING``, ...)."""
-    return Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
 
 
 def _values(params: dict[str, Any]) -> str:
@@ -185,7 +165,7 @@ def _values(params: dict[str, Any]) -> str:
 
 def describe(study: optuna.Study, spec: SearchSpec, args: argparse.Namespace) -> str:
     """One line: the study, its budget, what is done and the best trial so far."""
-    n = tally(study)
+    n = Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
     line = f"study {spec.name} ({args.spec}) in {args.storage}: {n['COMPLETE']} finished, "
     line += f"{n['PRUNED']} pruned, {n['RUNNING']} running, {n['FAIL']} failed of {spec.trials}"
     if n["COMPLETE"]:
@@ -199,7 +179,6 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
     """Run trials until ``spec.trials`` are finished or pruned or a signal came; False: failures."""
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
-    from optuna.trial import TrialState
 
     executor = None
     if args.executor == "slurm":  # a SLURM job per trial; this process waits for each
@@ -210,13 +189,12 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
     free: queue.Queue[int | None] = queue.Queue()
     for slot in slots:
         free.put(slot)
-    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
     failures = [0]  # in a row
 
     def objective(trial: optuna.trial.Trial) -> float:
         trials = study.get_trials(deepcopy=False)
-        over = sum(t.state in live for t in trials[: trial.number]) >= spec.trials
+        over = sum(t.state.name in LIVE for t in trials[: trial.number]) >= spec.trials
         retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[trial.number])
         if received or over or failures[0] >= MAX_FAILED_IN_A_ROW:  # FAIL, never run
             trial.set_user_attr("over_budget", over)
@@ -262,14 +240,13 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
     waited = False
     while not received and failures[0] < MAX_FAILED_IN_A_ROW:
         optuna.storages.fail_stale_trials(study)  # retries the trials of a search that died
-        counts = tally(study)
+        counts = Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
         done, running = counts["COMPLETE"] + counts["PRUNED"], counts["RUNNING"]
         if (todo := spec.trials - done - running) > 0:
             study.optimize(objective, n_trials=todo, n_jobs=len(slots), gc_after_trial=False)
-        elif running and done < spec.trials:
+        elif running and done < spec.trials:  # another search's trials, or a dead search's
             if not waited:
-                old = f"retried once its heartbeat is {2 * args.heartbeat} s old"
-                _announce(f"waiting for {running} running trial(s) (another search's, or {old})")
+                _announce(f"waiting for {running} running trial(s) to end or fall silent")
             waited = True
             time.sleep(args.heartbeat)
         else:
@@ -279,9 +256,8 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``padam-search``."""
-    about = "Search padam-fit settings with Optuna; the same command continues the search. "
-    about += "Each trial is a padam-fit run (SAVE_DIR/<name>/trial-NNNN) getting the arguments "
-    parser = argparse.ArgumentParser(prog=PROG, description=about + "after `--`.")
+    about = "Search padam-fit settings with Optuna (docs/search.md); the same command continues it."
+    parser = argparse.ArgumentParser(prog=PROG, description=about + " `-- ARGS` go to each trial.")
     add = parser.add_argument
     add("spec", help="search YAML file, e.g. configs/searches/p_lr.yaml")
     add("--trials", type=int, metavar="N", help="the budget: trials finished or pruned")
@@ -306,7 +282,7 @@ def run_search(argv: Sequence[str]) -> int:
     if args.no_wait:
         raise UserError("--no-wait is padam-sweep's: a search waits for each trial's result.")
     spec = load_spec(args.spec)
-    spec = dataclasses.replace(spec, trials=args.trials or spec.trials)
+    spec = spec._replace(trials=args.trials or spec.trials)
     check_output_folder(Path(args.save_dir) / spec.name, "the search's folder")
     database = Path(args.save_dir) / spec.name / "study.db"
     args.storage = args.storage or f"sqlite:///{database}"
@@ -324,7 +300,7 @@ def run_search(argv: Sequence[str]) -> int:
         ok = run_trials(study, spec, args, received)
     _announce(describe(study, spec, args))
     if received:
-        print(INTERRUPTED, file=sys.stderr)
+        print(f"{PROG}: interrupted; run the same command again to go on.", file=sys.stderr)
         return 128 + received[0]
     if not ok:
         _announce(f"stopped: {MAX_FAILED_IN_A_ROW} trials failed in a row (see their fit.log).")
@@ -343,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print(f"{PROG}: interrupted; run the same command again to go on.", file=sys.stderr)
         return 130
 
 

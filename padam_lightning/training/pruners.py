@@ -1,13 +1,14 @@
-"""Optuna's side of a search's pruning, without Lightning: the pruners and a run's live trial.
+"""Optuna's side of a search, without Lightning: the storage, the pruners and a run's live trial.
 
 ``padam-search`` and the :class:`~padam_lightning.training.pruning.OptunaPruning` callback in each
-trial's ``padam-fit`` both build the study's pruner here (a study does not store its pruner), and
-the search's command starts without importing torch or Lightning.
+trial's ``padam-fit`` both open the storage and build the study's pruner here (a study does not
+store its pruner), and the search's command starts without importing torch or Lightning.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,6 +16,38 @@ if TYPE_CHECKING:
 
 #: The pruners a search may name, as ``make_pruner`` builds them.
 PRUNERS = ("median", "hyperband", "none")
+
+
+def rdb_storage(
+    url: str,
+    heartbeat: int | None = None,
+    on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``; heartbeats every ``heartbeat`` s, stale after twice that.
+
+    SQLite has no ``SELECT ... FOR UPDATE``, with which Optuna makes taking a queued trial and
+    failing a stale one atomic: two workers could both take one retry (seen in
+    ``tests/experiments/test_search.py``, 1 run in 3: "Cannot tell a COMPLETE trial"). Every
+    SQLite transaction here starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe for SQLite
+    transactions), so one worker reads and writes at a time, and waits up to 60 s for the file.
+    """
+    import optuna
+    import sqlalchemy
+
+    sqlite = url.startswith("sqlite")
+    connect = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None
+    storage = optuna.storages.RDBStorage(
+        url,
+        connect,
+        heartbeat_interval=heartbeat,
+        grace_period=2 * heartbeat if heartbeat else None,
+        heartbeat_stale_trial_callback=on_stale,
+    )
+    if sqlite:  # storage.engine: the SQLAlchemy engine RDBStorage made (a public attribute)
+        begin = lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE")  # noqa: E731
+        sqlalchemy.event.listen(storage.engine, "begin", begin)
+        storage.engine.dispose()  # connections opened before the listener are not reused
+    return storage
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:

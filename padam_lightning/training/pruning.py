@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import lightning as L
 
-from padam_lightning.training.pruners import PRUNERS, live_trial, make_pruner
+from padam_lightning.training.pruners import PRUNERS, live_trial, make_pruner, rdb_storage
 from padam_lightning.training.run_record import RunRecord
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class OptunaPruning(L.Callback):
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            self._storage = optuna.storages.get_storage(self.storage)
+            self._storage = rdb_storage(self.storage)
             self._study = optuna.load_study(
                 study_name=self.study_name, storage=self._storage, pruner=make_pruner(self.pruner)
             )

@@ -25,7 +25,7 @@ import optuna
 import pytest
 import yaml
 
-from padam_lightning.cli.padam_cli import EXIT_PRUNED
+from padam_lightning.cli import EXIT_PRUNED
 from padam_lightning.experiments.search import main
 
 FAKE_FIT = Path(__file__).with_name("fake_fit.py")
@@ -150,17 +150,17 @@ def test_a_search_killed_part_way_and_rerun_ends_with_exactly_12_trials(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Ctrl-C first (its trials save, stop and are queued again), then SIGKILL, then to the end."""
-    search = _start(project, "--max-parallel", "2", "--", "--fake.steps", "6")
+    search = _start(project, "--max-parallel", "2", "--", "--fake.steps", "6", step_s=0.2)
     output = _stop_when_started(project, search, 2, signal.SIGINT)
     assert search.returncode == 130, output
     assert output.endswith("padam-search: interrupted; run the same command again to go on.\n")
     stopped = _states(_study())
     assert stopped["WAITING"] >= 1 and not stopped["RUNNING"], (stopped, output)
 
-    search = _start(project, "--max-parallel", "2", "--", "--fake.steps", "6")
+    search = _start(project, "--max-parallel", "2", "--", "--fake.steps", "6", step_s=0.2)
     output += _stop_when_started(project, search, 6, signal.SIGKILL)  # its trials stay RUNNING;
     killed = _states(_study())  # their padam-fit get SIGTERM from the kernel, save and stop
-    assert killed["RUNNING"] >= 1 and killed["COMPLETE"] < 12, killed
+    assert killed["RUNNING"] >= 1 and killed["COMPLETE"] < 12, (killed, output)
 
     code, last = _search(project, capsys, "--max-parallel", "2", "--", "--fake.steps", "6")
     output += last
