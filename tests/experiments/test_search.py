@@ -7,6 +7,7 @@ train N steps, each appended to ``steps.txt`` in its run folder, saving where a 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -26,9 +27,10 @@ import pytest
 import yaml
 
 from padam_lightning.cli import EXIT_PRUNED
-from padam_lightning.experiments.search import main
+from padam_lightning.experiments.search import load_spec, main, trial_job
 
 FAKE_FIT = Path(__file__).with_name("fake_fit.py")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = """
 import json, sys
 from pathlib import Path
@@ -329,3 +331,27 @@ def test_the_pruning_callback_stops_a_real_run_as_pruned(
     reported = optuna.load_study(study_name="demo", storage=storage).trials[5]
     assert reported.intermediate_values == {1: pytest.approx(0.90625)}
     assert reported.state.name == "RUNNING"  # padam-search tells the study, not padam-fit
+
+
+@pytest.mark.parametrize(
+    "search_file", sorted(p.name for p in (REPO_ROOT / "configs" / "searches").glob("*.yaml"))
+)
+def test_a_shipped_search_parses_with_padam_fit_at_both_ends_of_its_space(
+    search_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from padam_lightning.cli import build_cli
+
+    monkeypatch.chdir(REPO_ROOT)  # the searches name configs relative to the project root
+    spec = load_spec(Path("configs/searches") / search_file)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = argparse.Namespace(extra=[], storage=storage, save_dir=str(tmp_path), fit_command=None)
+    parser = build_cli(["--trainer.logger.init_args.save_dir", str(tmp_path)], run=False).parser
+    for end in ("low", "high"):
+        params = {key: value[end] for key, value in spec.space.items()}
+        job = trial_job(spec, 3, params, args)
+        config = parser.parse_args(job.identity["arguments"][1:])  # without "fit"
+        for key, value in params.items():
+            assert config[key] == value, (key, end)
+        (pruning,) = [c for c in config.trainer.callbacks if c.class_path.endswith("Pruning")]
+        assert pruning.init_args.trial == 3 and pruning.init_args.storage == storage
+        assert config.trainer.logger.init_args.version == "trial-0003"
