@@ -1,8 +1,4 @@
-"""``padam-fit``'s command line and its policy: run folders, checkpoints, resume checks, errors.
-
-The command (:mod:`~padam_lightning.cli.padam_cli`, which imports Lightning) loads on first use;
-this module and :mod:`~padam_lightning.cli.run_layout` import nothing heavy.
-"""
+"""``padam-fit`` and its policy; :mod:`~padam_lightning.cli.padam_cli` loads on first use."""
 
 from __future__ import annotations
 
@@ -13,23 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from padam_lightning.cli.padam_cli import (
-        USAGE,
         PadamCLI,
-        RunConfigSaver,
         build_cli,
         optimizer_label,
         resume_command,
     )
 
-__all__ = [
-    "USAGE",
-    "PadamCLI",
-    "RunConfigSaver",
-    "build_cli",
-    "main",
-    "optimizer_label",
-    "resume_command",
-]
+__all__ = ["PadamCLI", "build_cli", "main", "optimizer_label", "resume_command"]
 
 #: Exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
 CTRL_C_EXIT_STATUS = 130
@@ -47,11 +33,7 @@ def stop_before_start(signum: int, frame: Any) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``padam-fit``: Ctrl-C or SIGTERM before training starts is one line.
-
-    Importing torch and Lightning and building the run take seconds; a stop then would be a
-    traceback (Ctrl-C) or nothing at all (SIGTERM). Exit status 130 or 143.
-    """
+    """``padam-fit``: a stop while torch loads and the run is built is one line (130, 143)."""
     previous = signal.signal(signal.SIGTERM, stop_before_start)
     try:
         importlib.import_module("padam_lightning.cli.padam_cli").main(args)

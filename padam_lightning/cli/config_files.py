@@ -1,7 +1,6 @@
 """Checks of the ``--config`` files a ``padam-fit`` command stacks, before jsonargparse reads them.
 
-A list in a later file replaces an earlier file's, so ``trainer.callbacks`` there would silently
-drop the callbacks an earlier file added (``callbacks+:`` appends). A sweep file is refused too.
+A later file's ``trainer.callbacks`` would silently drop an earlier file's (``callbacks+:`` adds).
 """
 
 from __future__ import annotations
@@ -27,11 +26,7 @@ def config_file_args(args: Sequence[str]) -> list[str]:
 
 
 def _read_mapping(path: str) -> dict[str, Any]:
-    """The file's YAML mapping ({} when it is missing or no mapping: jsonargparse says why).
-
-    Raises:
-        UserError: If the file is not YAML, naming the file, the line and the column.
-    """
+    """The file's YAML mapping ({} if it is missing or none); UserError if it is not YAML."""
     try:
         content = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError):
@@ -62,11 +57,7 @@ def _callbacks(config: dict[str, Any]) -> tuple[str | None, list[str]]:
 
 
 def check_config_files(args: Sequence[str]) -> None:
-    """Refuse a ``--config`` file that is no YAML, a sweep file or drops an earlier's callbacks.
-
-    Raises:
-        UserError: Naming the file, and for dropped callbacks both files and the fix.
-    """
+    """Refuse (UserError) a ``--config`` that is no YAML, a sweep, or drops earlier callbacks."""
     earlier: list[str] = []  # "<class> (from <file>)" of each callback the files so far add
     for path in config_file_args(args):
         config = _read_mapping(path)

@@ -84,8 +84,7 @@ DESCRIPTION = (
     "padam-fit fit --config configs/wrn.yaml. Logs go to TensorBoard under lightning_logs/."
 )
 
-#: Each stop's name in the stop line and its exit status (a signal's: 128 + N); a stop in
-#: ``FINISHED_REASONS`` prints no line.
+#: Each stop's name in its line and its exit status (a signal's: 128 + N; a finished one: no line).
 _STOPS = {
     "SIGINT": ("Ctrl-C", 128 + signal.SIGINT),
     "SIGTERM": ("SIGTERM", 128 + signal.SIGTERM),
@@ -197,11 +196,7 @@ def _slurm_job() -> str | None:
 
 
 def _lock_run(run_dir: Path) -> Any:
-    """Lock the run folder itself (``flock``: nothing written) while this process trains it.
-
-    Raises:
-        UserError: If another padam-fit holds it (the two would interleave checkpoints and curves).
-    """
+    """Lock the run folder itself (``flock``: nothing written); UserError if another holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     folder = os.open(run_dir, os.O_RDONLY)
     try:
@@ -297,12 +292,7 @@ class PadamCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse, fill in run-dependent defaults, and find and read the checkpoint.
-
-        Raises:
-            UserError: For a mistake in the command, its files or its checkpoint, in one line,
-                before anything is written.
-        """
+        """Parse, fill in defaults, find and read the checkpoint; UserError before any write."""
         command = sys.argv[1:] if args is None else args
         self._command_args = [str(a) for a in command] if isinstance(command, list) else None
         check_config_files(self._command_args or [])
@@ -396,11 +386,7 @@ class PadamCLI(LightningCLI):
             logger_args["version"] = int(number) if plain else run_dir.name
 
     def _begin(self) -> None:
-        """The subcommand starts: refuse another network's checkpoint and files to overwrite.
-
-        Raises:
-            UserError: Before anything is written.
-        """
+        """Refuse another network's checkpoint, and overwrites without a logger (UserError)."""
         global subcommand_started
         subcommand_started = True
         if signal.getsignal(signal.SIGTERM) is padam_lightning.cli.stop_before_start:
@@ -460,21 +446,15 @@ class PadamCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
         """Leave out the checkpoint callbacks under ``--trainer.enable_checkpointing false``.
 
-        A private override: LightningCLI adds the ``checkpoint`` callback here, after the public
-        ``instantiate_trainer``'s arguments, and Lightning then refuses the flag with a traceback
-        (tests/cli/test_commands.py's checkpointing-off test).
+        Private: LightningCLI adds the ``checkpoint`` callback only here, and Lightning refuses the
+        flag beside it with a traceback (test_commands.py's checkpointing-off test).
         """
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Build the trainer: atomic checkpoint writes, the run record, SLURM's requeue signal.
-
-        Raises:
-            UserError: If Lightning refuses a trainer setting (an unknown accelerator or strategy,
-                devices the machine does not have, a cluster layout other than the settings').
-        """
+        """The trainer: atomic saves, the run record, SLURM's signal; UserError: bad setting."""
         configured_plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         if _slurm_job() is not None and not configured_plugins:
             # SIGUSR1 is the RunRecord's (a stop at a batch boundary, saved in the run folder);
@@ -508,15 +488,9 @@ class PadamCLI(LightningCLI):
 
 
 def _find_checkpoint(ckpt_path: str, run_root: Path | None, version: Any) -> Path:
-    """Turn ``last`` into the latest run's ``last.ckpt`` (or that of ``version``).
-
-    Raises:
-        UserError: If the file is missing, or ``last`` has no logger to find it with.
-    """
+    """``last`` as the latest run's ``last.ckpt`` (or ``version``'s); UserError if there is none."""
     if ckpt_path != "last":
-        if not Path(ckpt_path).is_file():
-            raise UserError(f"--ckpt_path {ckpt_path}: no such file.")
-        return Path(ckpt_path)
+        return Path(ckpt_path)  # read_checkpoint says what is wrong with it
     if run_root is None:
         raise UserError(
             "--ckpt_path last needs the TensorBoard logger to find the run folder; pass "

@@ -1,10 +1,7 @@
-"""One-line messages for ``padam-fit``'s command-line and config-file mistakes.
+"""A command-line or config mistake in one line: jsonargparse's own words, and "did you mean".
 
-jsonargparse reports a bad option with the whole usage (some eighty lines for a LightningCLI)
-and, for a value of a union type, how it tried each alternative. :func:`summarize_parse_error`
-shows jsonargparse's own lines about the mistake as one line, with the name the user probably
-meant for one the parser does not know. Of jsonargparse's wording it knows only which lines to
-leave out (:data:`_BOOKKEEPING`): worded otherwise they stay in, making the line longer, not wrong.
+Of jsonargparse's wording only the lines left out are known (:data:`_BOOKKEEPING`): worded
+otherwise they stay in, making the line longer, not wrong.
 """
 
 from __future__ import annotations
@@ -30,9 +27,8 @@ _HINT = "padam-fit fit --help lists the options."
 def option_strings(parsers: Iterable[argparse.ArgumentParser]) -> list[str]:
     """Every option string the parsers accept (``--model.arch``, ...), sorted, without repeats.
 
-    argparse has no public list of a parser's options; its ``_actions`` list (which jsonargparse
-    keeps) is the one private parser attribute padam-fit reads, and only here
-    (``tests/cli/test_parse_errors.py`` checks it against a real parser).
+    argparse lists a parser's options only in its private ``_actions`` (checked against a real
+    parser by tests/cli/test_parse_errors.py).
     """
     return sorted(
         {name for parser in parsers for action in parser._actions for name in action.option_strings}
@@ -69,15 +65,9 @@ def _closest(parts: Sequence[str], candidates: Iterable[str], line: str) -> str 
 
 
 def summarize_parse_error(message: str, option_names: Sequence[str] = ()) -> str:
-    """The gist of a jsonargparse error, in one line.
+    """The lines of ``message`` about the mistake, joined, and the name meant for a misspelled one.
 
-    Args:
-        message: The error jsonargparse raised (``ArgumentError``'s text; may span lines).
-        option_names: The command's option strings (``--model.arch``, ...), to suggest the
-            intended one for a misspelled option or config key.
-
-    Returns:
-        jsonargparse's lines about the mistake, joined, with a suggestion where one is close.
+    The name is the closest of ``option_names`` (``--model.arch``, ...) or a class's arguments.
     """
     line = ""
     for part in (_CONTEXT.sub("", part.strip().removeprefix("- ")) for part in message.split("\n")):

@@ -1,8 +1,7 @@
 """Whether a checkpoint can continue the run a command describes, and the command that does.
 
-A resume loads the checkpoint's optimizer, schedules, callback states and data order over the
-command's settings: :func:`check_resume` compares the resolved config saved in the checkpoint
-with the command's. An evaluation restores only the weights: :func:`check_network`.
+A resume keeps the checkpoint's optimizer, schedules and data order: :func:`check_resume` compares
+the config saved in it with the command's. An evaluation loads only weights: :func:`check_network`.
 """
 
 from __future__ import annotations
@@ -54,8 +53,7 @@ RESUMABLE = frozenset(
     ]
 )
 
-#: Callbacks that only watch, show or save (ModelCheckpoint: as ``checkpoint`` above): a resume
-#: may add or remove them.
+#: Callbacks that only watch, show or save: a resume may add or remove them.
 OBSERVING_CALLBACKS = frozenset(
     _keys("LearningRateMonitor DeviceStatsMonitor TQDMProgressBar RichProgressBar ModelSummary")
     + _keys("RichModelSummary ModelCheckpoint")
@@ -77,7 +75,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load the Lightning checkpoint ``path`` memory-mapped, after checking every byte's CRC.
 
     Raises:
-        UserError: If it is missing, damaged or no Lightning checkpoint, naming any beside it.
+        UserError: If it is missing, damaged or no checkpoint, naming the good ones beside it.
     """
     content, problem = _load(path)
     if problem is not None:
@@ -96,12 +94,7 @@ def _load(path: Path) -> tuple[dict[str, Any], str | None]:
     if not zipfile.is_zipfile(path):
         if head.startswith(b"PK\x03\x04"):
             return {}, "the file is truncated (its archive has no end): a save or copy was cut off"
-        try:
-            head.decode("utf-8")
-            cut = 0
-        except UnicodeDecodeError as err:
-            cut = len(head) - err.start  # text whose last character was cut off is text
-        if cut <= 3 and b"\x00" not in head:
+        if b"\x00" not in head:  # binary files have zero bytes, text has none
             return {}, "a text file, not a checkpoint"
         return {}, "not a checkpoint: its bytes are not a torch.save archive"
     try:
@@ -143,11 +136,7 @@ def _alternatives(path: Path) -> str:
 
 
 def resume_command(args: Sequence[str] | None, checkpoint: Path) -> str:
-    """The command's own arguments with ``--ckpt_path checkpoint``, runnable as printed.
-
-    The executable is ``padam-fit`` when ``PATH`` finds the one that ran, else its full path (a
-    virtual environment that is not activated), or ``python -m padam_lightning.cli``.
-    """
+    """The command's arguments with ``--ckpt_path checkpoint``, run by the program that ran."""
     program, on_path = Path(sys.argv[0]), shutil.which("padam-fit")
     if program.name != "padam-fit":
         executable = [sys.executable, "-m", "padam_lightning.cli"]
@@ -181,15 +170,7 @@ def check_network(
     num_classes: int | None = None,
     evaluating: bool = False,
 ) -> None:
-    """Refuse a checkpoint (content from :func:`read_checkpoint`) of another network.
-
-    ``arch`` and ``num_classes`` (the data's class count, which is not in the config) are not
-    compared while None (not known yet). ``evaluating`` (validate, test, predict rather than a
-    resume) changes only the message.
-
-    Raises:
-        UserError: If the checkpoint's ``arch`` or ``num_classes`` hyperparameter differs.
-    """
+    """UserError if the checkpoint's ``arch`` or ``num_classes`` differs (None: not compared)."""
     saved = checkpoint.get("hyper_parameters") or {}
     hint, what = (EVALUATION_HINT, "evaluation") if evaluating else (resume_fix(path), "run")
     if arch is not None and "arch" in saved and saved["arch"] != arch:
@@ -208,14 +189,7 @@ def check_network(
 def check_resume(
     path: Path, record: Mapping[str, Any], configured: Mapping[str, Any], world_size: int
 ) -> None:
-    """Refuse to resume ``path`` with other settings than those its run was trained with.
-
-    ``record`` holds the run's ``config`` (resolved, a plain nested dict like ``configured``) and
-    ``world_size``; either one missing (not written by padam-fit) is not compared.
-
-    Raises:
-        UserError: Listing each difference (at most :data:`MAX_LISTED`) and the fix.
-    """
+    """UserError listing how the settings differ from the run's record (missing: no check)."""
     saved, saved_size = record.get("config"), record.get("world_size")
     lines = config_differences(saved, configured) if isinstance(saved, Mapping) else []
     if saved_size is not None and int(saved_size) != int(world_size):
@@ -236,14 +210,9 @@ def check_resume(
 
 
 def config_differences(saved: Mapping[str, Any], configured: Mapping[str, Any]) -> list[str]:
-    """Each dotted key outside :data:`RESUMABLE` whose value differs between two resolved configs.
+    """``key: <saved> in the checkpoint, <configured> now`` for each differing key.
 
-    1 equals 1.0; nothing under a differing ``class_path`` is listed; lists of ``class_path``
-    entries compare by class in any order, without :data:`OBSERVING_CALLBACKS`; a PartialSchedule's
-    unset ``total`` compares the ``trainer.max_epochs`` (and ``max_steps``) it follows.
-
-    Returns:
-        ``key: <saved> in the checkpoint, <configured> now`` for each difference.
+    Keys in :data:`RESUMABLE` are left out; 1 equals 1.0; class lists compare by class.
     """
     return [
         f"{key}: {_render(old)} in the checkpoint, {_render(new)} now"

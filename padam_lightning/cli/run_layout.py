@@ -1,7 +1,6 @@
-"""The files of a run folder: written by padam-fit, read by padam-sweep and padam-report.
+"""A run folder's files (``<save_dir>/<name>/<version>``), without heavy imports.
 
-A run folder is ``<save_dir>/<name>/<version>`` of the TensorBoard logger. Kept free of heavy
-imports so the sweep and report tools can use it cheaply.
+Written by padam-fit, read by padam-sweep and padam-report.
 """
 
 from collections.abc import Sequence

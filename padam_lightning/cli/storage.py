@@ -1,7 +1,6 @@
 """How padam-fit writes files: whole or not at all, and a full or broken disk in one line.
 
-A file goes to a temporary file beside it, is synced and renamed over it, so a crash leaves the
-old file or the new one. A refused write raises :class:`StorageError`, without a temporary file.
+A temporary file beside the target is synced and renamed over it; a refusal is a StorageError.
 """
 
 from __future__ import annotations
@@ -59,7 +58,6 @@ def _size(n: float) -> str:
 
 
 def _existing(folder: Path) -> Path:
-    """``folder`` or its nearest existing parent."""
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return folder
@@ -81,10 +79,7 @@ def _storage_error(failed: str, folder: Path | None, err: OSError, kept: str) ->
 
 
 def storage_error_from(err: OSError, kept: str, folder: Path | None = None) -> StorageError:
-    """The :class:`StorageError` for a failed write of another library (TensorBoard, hparams).
-
-    ``kept`` says what is intact; ``folder`` is where the write went when ``err`` names no file.
-    """
+    """The :class:`StorageError` for another library's failed write; ``kept``: what is intact."""
     path = Path(os.fsdecode(err.filename)) if err.filename else None
     folder = folder or (path.parent if path else None)
     what = str(path) if path else (f"files in {folder}" if folder else "a file")
@@ -108,11 +103,7 @@ class _ErrorKeepingFile(io.FileIO):
 
 
 def _write_atomically(target: Path, write: Callable[[BinaryIO], object], what: str) -> None:
-    """Write ``target`` with ``write`` into a temporary file, then rename that over ``target``.
-
-    Raises:
-        StorageError: If the disk refused a write, naming the file as ``what`` (``"file"``).
-    """
+    """Write ``target`` with ``write`` via a temporary file; StorageError names it ``what``."""
     tmp = target.with_name(f".{target.name}{_TEMP_MARK}{os.getpid()}")
     failed = f"cannot save the {what} {target}"
     kept = f"the previous {what} {target} is intact"
@@ -162,20 +153,12 @@ def _remove_stale_temp_files(folder: Path) -> None:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, whole.
-
-    Raises:
-        StorageError: If the disk refused the write; ``path`` is then as it was before.
-    """
+    """Write ``text`` to ``path`` whole or not at all (StorageError: ``path`` is as it was)."""
     _write_atomically(path, lambda file: file.write(text.encode()), "file")
 
 
 def check_writable(folder: Path) -> None:
-    """Check that ``folder`` (if missing: its nearest existing parent) takes files, first.
-
-    Raises:
-        StorageError: If a file cannot be written there.
-    """
+    """StorageError unless ``folder`` (or its nearest existing parent) takes a file now."""
     existing = _existing(folder)
     failed, kept = f"cannot write into {folder}", "nothing was written"
     if not existing.is_dir():
@@ -200,9 +183,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
     ) -> None:
-        """Save ``checkpoint`` to the local ``path`` atomically.
-
-        Raises:
-            StorageError: If the disk refused the save; the previous checkpoint is then intact.
-        """
+        """Save ``checkpoint`` to ``path`` atomically (StorageError: the previous one is intact)."""
         _write_atomically(Path(path), lambda file: torch.save(checkpoint, file), "checkpoint")
