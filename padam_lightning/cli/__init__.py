@@ -8,12 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from padam_lightning.cli.padam_cli import (
-        PadamCLI,
-        build_cli,
-        optimizer_label,
-        resume_command,
-    )
+    from padam_lightning.cli.padam_cli import PadamCLI, build_cli, optimizer_label, resume_command
 
 __all__ = ["PadamCLI", "build_cli", "main", "optimizer_label", "resume_command"]
 
@@ -23,13 +18,9 @@ CTRL_C_EXIT_STATUS = 130
 EXIT_PRUNED = 3
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM before the subcommand starts, raised where the interpreter is, as Ctrl-C is."""
-
-
 def stop_before_start(signum: int, frame: Any) -> None:
-    """SIGTERM's handler until the subcommand starts (then Lightning's and the RunRecord's)."""
-    raise _Terminated
+    """SIGTERM's handler until the subcommand starts: raised where the interpreter is, as Ctrl-C."""
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -39,10 +30,12 @@ def main(args: list[str] | None = None) -> None:
         importlib.import_module("padam_lightning.cli.padam_cli").main(args)
     except KeyboardInterrupt as err:
         started = getattr(sys.modules.get("padam_lightning.cli.padam_cli"), "subcommand_started", 0)
-        name = "SIGTERM" if isinstance(err, _Terminated) else "Ctrl-C"
-        when = "" if started else " before the run started"
-        print(f"\npadam-fit: stopped by {name}{when}.", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM if isinstance(err, _Terminated) else CTRL_C_EXIT_STATUS)
+        terminated = err.args == ("SIGTERM",)
+        what = ("SIGTERM" if terminated else "Ctrl-C") + (
+            "" if started else " before the run started"
+        )
+        print(f"\npadam-fit: stopped by {what}.", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM if terminated else CTRL_C_EXIT_STATUS)
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 

@@ -49,10 +49,8 @@ def _callbacks(config: dict[str, Any]) -> tuple[str | None, list[str]]:
             if key in section:
                 value = section[key]
                 entries = [] if value is None else value if isinstance(value, list) else [value]
-                return mode, [
-                    str(e.get("class_path") if isinstance(e, dict) else e).rsplit(".", 1)[-1]
-                    for e in entries
-                ]
+                paths = [e.get("class_path") if isinstance(e, dict) else e for e in entries]
+                return mode, [str(path).rsplit(".", 1)[-1] for path in paths]
     return None, []
 
 

@@ -145,8 +145,6 @@ def _latest_run_checkpoint(run_root: Path) -> Path:
     """``last.ckpt`` (it may not exist) of the run under ``run_root`` that training wrote last."""
     runs = [run for run in run_root.glob("*") if run.is_dir() and run.name != EVAL_FOLDER]
     runs = [run for run in runs if (run / CONFIG_FILE).is_file()] or runs  # not one refused
-    if not runs:
-        return run_root / "*" / LAST_CHECKPOINT_PATH
 
     def last_trained(run: Path) -> tuple[float, int]:
         written = [run / CONFIG_FILE, run / LAST_CHECKPOINT_PATH, *run.glob("events.out.*")]
@@ -155,7 +153,7 @@ def _latest_run_checkpoint(run_root: Path) -> Path:
         number = run.name.removeprefix("version_")
         return max(times, default=run.stat().st_mtime), int(number) if number.isdigit() else -1
 
-    return max(runs, key=last_trained) / LAST_CHECKPOINT_PATH
+    return run_root / max(runs, key=last_trained, default=Path("*")).name / LAST_CHECKPOINT_PATH
 
 
 def stop_message(record: RunRecord, args: list[str] | None) -> str:
@@ -333,11 +331,9 @@ class PadamCLI(LightningCLI):
         if ckpt_path is None and job is not None and hpc_ckpts:
             # padam-fit writes none (SIGUSR1 is the RunRecord's): it is another program's run.
             raise UserError(
-                f"{hpc_ckpts[-1]} would be restored into this run: under SLURM, Lightning "
-                f"restores the newest hpc_ckpt_N.ckpt of {hpc_ckpts[-1].parent} "
-                "(--trainer.default_root_dir, by default the working directory) when no "
-                "--ckpt_path is given, and padam-fit did not write it. Move it away, or pass "
-                "--ckpt_path to say what to load."
+                f"{hpc_ckpts[-1]} would be restored into this run (under SLURM without "
+                "--ckpt_path, Lightning restores the newest hpc_ckpt_N.ckpt of "
+                "--trainer.default_root_dir), and padam-fit did not write it: move it away."
             )
         if subcommand == "fit":
             # The RunRecord's: Lightning's own end the epoch they stop in as if it were complete.
@@ -398,10 +394,8 @@ class PadamCLI(LightningCLI):
             check_network(self._ckpt_path, self._saved_hparams or {}, arch, classes, stage != "fit")
         root = Path(self.trainer.default_root_dir)
         checkpoints = root / LAST_CHECKPOINT_PATH.parent
-        resuming_here = (
-            self._ckpt_path and self._ckpt_path.resolve().parent == checkpoints.resolve()
-        )
-        if self.trainer.loggers or (stage == "fit" and resuming_here):
+        here = self._ckpt_path and self._ckpt_path.resolve().parent == checkpoints.resolve()
+        if self.trainer.loggers or (stage == "fit" and here):
             return  # each run has its own folder, or this is the run that owns this one
         config_file = root / (CONFIG_FILE if stage == "fit" else f"config-{stage}.yaml")
         taken = [config_file] if config_file.exists() else []
@@ -410,11 +404,9 @@ class PadamCLI(LightningCLI):
         if taken:
             writes = f"{config_file.name} and checkpoints/" if stage == "fit" else config_file.name
             raise UserError(
-                f"without a logger, {stage} writes {writes} into {root} "
-                "(--trainer.default_root_dir, by default the working directory), and "
-                f"{taken[0]} already exists; padam-fit does not overwrite it. Pass "
-                "--trainer.default_root_dir with a new folder, or keep the logger (each run "
-                "then gets its own folder under lightning_logs/)."
+                f"without a logger, {stage} writes {writes} into {root} (the default_root_dir), "
+                f"and {taken[0]} already exists; padam-fit does not overwrite it. Pass another "
+                "--trainer.default_root_dir, or keep the logger (a folder per run)."
             )
 
     before_validate = before_test = before_predict = _begin
@@ -466,12 +458,10 @@ class PadamCLI(LightningCLI):
             if environment is not None:
                 environment.validate_settings(trainer.num_devices, trainer.num_nodes)
         except (ValueError, TypeError, MisconfigurationException) as err:
-            # Trainer.__init__ only resolves its arguments: a ValueError or TypeError there
-            # (`--trainer.devices -2`: "should be an int > 0") is a bad setting.
+            # Trainer.__init__ only resolves its arguments: an error there is a bad setting.
             raise UserError(f"invalid trainer setting: {err}") from None
         if self._ckpt_path is not None:
-            # Back into the config (its saved copy names the checkpoint) and the subcommand's
-            # arguments, now that LightningCLI has passed over it (see parse_arguments).
+            # Back into the config (its saved copy names it), now that LightningCLI passed over it.
             self.config[self.subcommand].ckpt_path = str(self._ckpt_path)
             self.config_init[self.subcommand].ckpt_path = str(self._ckpt_path)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -537,8 +527,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> PadamCLI:
                 PredictionWriter(),
             ],
         },
-        # exit_on_error=False: parse errors become exceptions, reported in one line by
-        # PadamCLI.parse_arguments instead of jsonargparse's usage text.
+        # exit_on_error=False: a parse error is an exception, which parse_arguments makes one line.
         parser_kwargs={"description": DESCRIPTION, "exit_on_error": False, "allow_abbrev": False},
     )
 
@@ -564,10 +553,7 @@ def _quiet_known_warnings() -> None:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``padam-fit``: user mistakes print one line and exit non-zero."""
     _quiet_known_warnings()
-    # TensorBoard's writer thread hits the same full disk; the main thread reports it once.
-    threading.excepthook = lambda hook: (
-        None if _storage_errno(hook.exc_value) else (threading.__excepthook__(hook))
-    )
+    threading.excepthook = _quiet_storage_errors_in_threads
     if (sys.argv[1:] if args is None else args) == []:
         print(USAGE, file=sys.stderr)
         sys.exit(UserError.exit_code)
@@ -583,7 +569,7 @@ def main(args: ArgsType = None) -> None:
         rank_zero_only(print)(f"padam-fit: error: {message}", file=sys.stderr)
         sys.exit(err.exit_code if isinstance(err, UserError) else UserError.exit_code)
     except BaseException as err:
-        if isinstance(err, OSError) and _storage_errno(err):
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
             # A full or read-only disk under another library's writer (TensorBoard, hparams).
             error = storage_error_from(err, kept="checkpoints saved before are intact")
             rank_zero_only(print)(f"padam-fit: error: {error}", file=sys.stderr)
@@ -602,28 +588,27 @@ def main(args: ArgsType = None) -> None:
         _exit_as_stopped(_running[0].stop)  # a pruned run that reached its epoch's end
 
 
-def _storage_errno(err: BaseException | None) -> bool:
-    """Whether ``err`` is a disk's refusal to store data (full, over quota, read-only, failing)."""
-    return isinstance(err, OSError) and err.errno in STORAGE_ERRNOS
+def _quiet_storage_errors_in_threads(hook: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread hits the same full disk; the main thread reports it once."""
+    if not isinstance(hook.exc_value, OSError) or hook.exc_value.errno not in STORAGE_ERRNOS:
+        threading.__excepthook__(hook)
 
 
 def _exit_as_stopped(stop: str) -> None:
     """Exit with the stop's status (a finished run's 0: return); requeue a SIGUSR1 stop's job."""
-    job = _slurm_job()
-    if stop == "SIGUSR1" and job is not None and _running and _running[0].saved is not None:
-        rank_zero_only(_requeue)(job, _running[0].saved.parent.parent)  # once per job
+    record = _running[0] if _running is not None else None
+    job, trainer = _slurm_job(), record.trainer if record else None
+    if stop == "SIGUSR1" and job and record and record.saved and trainer and trainer.is_global_zero:
+        # Once per job; its next start continues the run (see parse_arguments).
+        run_dir = record.saved.parent.parent
+        marker = run_dir.parent / _REQUEUE_MARKER.format(job=job)
+        write_text_atomically(marker, json.dumps({"run": run_dir.name}))
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        outcome = f"could not requeue: {result.stderr.strip()}" if result.returncode else "requeued"
+        print(f"padam-fit: SLURM job {job} {outcome}", file=sys.stderr)
     status = _STOPS.get(stop, ("", 0 if stop in FINISHED_REASONS else 1))[1]
     if status or stop not in FINISHED_REASONS:
         sys.exit(status)
-
-
-def _requeue(job: str, run_dir: Path) -> None:
-    """Requeue this SLURM job; its next start continues ``run_dir`` (see ``parse_arguments``)."""
-    marker = run_dir.parent / _REQUEUE_MARKER.format(job=job)
-    write_text_atomically(marker, json.dumps({"run": run_dir.name}))
-    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-    outcome = f"could not requeue: {result.stderr.strip()}" if result.returncode else "requeued"
-    rank_zero_only(print)(f"padam-fit: SLURM job {job} {outcome}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -190,14 +190,12 @@ def check_resume(
     path: Path, record: Mapping[str, Any], configured: Mapping[str, Any], world_size: int
 ) -> None:
     """UserError listing how the settings differ from the run's record (missing: no check)."""
-    saved, saved_size = record.get("config"), record.get("world_size")
+    saved, saved_size = record.get("config"), record.get("world_size", world_size)
     lines = config_differences(saved, configured) if isinstance(saved, Mapping) else []
-    if saved_size is not None and int(saved_size) != int(world_size):
-        lines.insert(
-            0,
-            "training processes (trainer.devices x trainer.num_nodes, each taking "
-            f"data.batch_size a step): {saved_size} in the checkpoint, {world_size} now",
-        )
+    if saved_size != world_size:
+        per_step = "trainer.devices x trainer.num_nodes, each taking data.batch_size a step"
+        counts = f"{saved_size} in the checkpoint, {world_size} now"
+        lines.insert(0, f"training processes ({per_step}): {counts}")
     if not lines:
         return
     more = [f"and {len(lines) - MAX_LISTED} more"] if len(lines) > MAX_LISTED else []
