@@ -185,7 +185,8 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
         folder = Path.cwd() / args.save_dir / spec.name / ".submitit" / "%j"
         parameters = sweep.slurm_parameters(args, job_name=spec.name)
         executor = sweep_jobs.slurm_executor(folder, parameters)
-    slots = [None] * (args.max_parallel or 1) if executor else sweep.local_slots(args)
+    parallel = args.max_parallel or args.slurm_array_parallelism or 1  # SLURM jobs at once
+    slots = [None] * parallel if executor else sweep.local_slots(args)
     free: queue.Queue[int | None] = queue.Queue()
     for slot in slots:
         free.put(slot)
