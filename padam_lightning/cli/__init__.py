@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ def stop_before_start(signum: int, frame: Any) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """``padam-fit``: a stop while torch loads and the run is built is one line (130, 143)."""
-    previous = signal.signal(signal.SIGTERM, stop_before_start)
+    in_main = threading.current_thread() is threading.main_thread()  # where signals are handled
+    previous = signal.signal(signal.SIGTERM, stop_before_start) if in_main else None
     try:
         importlib.import_module("padam_lightning.cli.padam_cli").main(args)
     except KeyboardInterrupt as err:
@@ -37,7 +39,8 @@ def main(args: list[str] | None = None) -> None:
         print(f"\npadam-fit: stopped by {what}.", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM if terminated else CTRL_C_EXIT_STATUS)
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def __getattr__(name: str) -> Any:

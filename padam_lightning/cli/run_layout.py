@@ -1,7 +1,4 @@
-"""A run folder's files (``<save_dir>/<name>/<version>``), without heavy imports.
-
-Written by padam-fit, read by padam-sweep and padam-report.
-"""
+"""A run folder's files (``<save_dir>/<name>/<version>``), without heavy imports (padam-sweep)."""
 
 from collections.abc import Sequence
 from pathlib import Path
