@@ -170,7 +170,8 @@ def search_results(
         return None
     points = []
     for i, (record, run) in enumerate(zip(records, runs, strict=True)):
-        arguments = record.info.get("arguments")  # padam-sweep's and padam-search's
+        # A search's trial says how to train its settings again outside the study.
+        arguments = record.info.get("retrain", record.info.get("arguments"))
         if not isinstance(arguments, list):
             arguments = ["fit", "--config", str(record.path / CONFIG_FILE)]
         points.append(

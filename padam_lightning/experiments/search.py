@@ -125,7 +125,9 @@ def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) 
     arguments += ["--seed_everything", str(spec.seed)]
     for key, value in {**spec.overrides, **params}.items():
         arguments += [f"--{key}", format_override_value(value)]
-    arguments += [*args.extra, "--trainer.callbacks+", PRUNING_CALLBACK]
+    arguments += args.extra
+    retrain = list(arguments)  # these settings in a run of their own: no study, no trial folder
+    arguments += ["--trainer.callbacks+", PRUNING_CALLBACK]
     pruning = {"storage": args.storage, "study_name": spec.name, "trial": number}
     for key, value in {**pruning, "pruner": spec.pruner, "monitor": spec.metric}.items():
         arguments += [f"--trainer.callbacks.{key}", str(value)]
@@ -133,7 +135,7 @@ def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) 
         arguments += [f"--trainer.logger.init_args.{key}", value]
     axes = {"trial": {"label": run, "title": f"trial {number}", "index": number}}
     identity = {"sweep": spec.name, "run": run, "axes": axes, "seed": spec.seed}
-    identity |= {"arguments": arguments, "trial": number, "params": params}
+    identity |= {"arguments": arguments, "retrain": retrain, "trial": number, "params": params}
     fit_command = shlex.split(args.fit_command or "") or sweep.default_fit_command()
     run_dir = Path.cwd() / args.save_dir / spec.name / run
     return FitJob(run, [*fit_command, *arguments], str(run_dir), str(Path.cwd()), identity)

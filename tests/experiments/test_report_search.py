@@ -117,7 +117,8 @@ def _trial(logdir: Path, number: int, p: float, lr: float, err: float, pruned: b
         "run": run.name,
         "axes": {"trial": {"label": run.name, "title": f"trial {number}", "index": number}},
         "seed": 0,
-        "arguments": ["fit", "--config", "configs/resnet18.yaml", f"--lr={lr}"],
+        "arguments": ["fit", "--config", "configs/resnet18.yaml", f"--lr={lr}", "--study=s"],
+        "retrain": ["fit", "--config", "configs/resnet18.yaml", f"--lr={lr}"],
         "trial": number,
         "params": {P_KEY: p, LR_KEY: lr},
     }
@@ -141,7 +142,9 @@ def search(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
         pruned = number == 9
         err = 0.05 if pruned else round(0.1 + 0.05 * lr_band + 0.001 * number, 6)
         _trial(logdir, number, p, lr, err, pruned)
-        trials.append({"n": number, "cell": (p_band, lr_band), "err": err, "pruned": pruned})
+        trials.append(
+            {"n": number, "cell": (p_band, lr_band), "err": err, "pruned": pruned, "lr": lr}
+        )
     return logdir, trials
 
 
@@ -163,11 +166,13 @@ def test_a_search_draws_trials_in_log_bins_and_leaves_pruned_ones_out_of_best_an
     done = [t for t in trials if not t["pruned"]]
     best = min(done, key=lambda t: t["err"])
     assert found["best"]["name"] == f"trial-{best['n']:04d}"
-    assert shlex.split(found["best"]["command"])[:4] == [
+    # Its settings in a run of their own: the trial's study and run folder left out.
+    assert shlex.split(found["best"]["command"]) == [
         "padam-fit",
         "fit",
         "--config",
         "configs/resnet18.yaml",
+        f"--lr={best['lr']}",
     ]
     # The error follows lr only: Optuna ranks lr first.
     assert list(found["importance"]) == [LR_KEY, P_KEY]

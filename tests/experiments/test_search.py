@@ -132,6 +132,9 @@ def test_a_12_trial_search_with_the_median_pruner_completes(
     arguments = identity["arguments"]
     assert arguments[arguments.index("--model.width") + 1] == str(trial.params["model.width"])
     assert arguments[arguments.index("--trainer.callbacks.trial") + 1] == "7"
+    # What trains these settings again outside the study: no pruning callback, no trial folder.
+    assert identity["retrain"] == arguments[: arguments.index("--trainer.callbacks+")]
+    assert not any("trial" in a or "logger" in a for a in identity["retrain"])
     assert trial.user_attrs["run_dir"] == str(project / "logs/demo/trial-0007")
 
     assert _search(project, capsys)[0] == 0 and len(_study().trials) == 12  # the budget is spent
