@@ -17,14 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import chaos
 from _chaos_compare import compare_curves, first_difference
 
-pytestmark = pytest.mark.slow  # separate padam-fit processes: about 75 s of CPU
+pytestmark = pytest.mark.slow  # separate padam-fit processes: about 45 s of CPU
 
-#: (moment, kind): one per way a stop can go wrong, a few seconds of CPU each.
+#: (moment, kind): a graceful stop, a crash and a Trainer limit, a few seconds of CPU each. A kill
+#: right after a save is tests/cli/test_robustness.py's, one before finished.json
+#: tests/training/test_run_record.py's; make chaos runs every moment with every kind.
 CHOSEN = [
     ("val-first", "SIGINT"),  # Ctrl-C during validation: a graceful stop
-    ("after-save", "SIGKILL"),  # killed right after the first last.ckpt was written
     ("during-save", "SIGKILL"),  # killed half-way through writing last.ckpt
-    ("final-save", "SIGKILL"),  # killed between the final save and finished.json
     ("max-time", "max_time"),  # --trainer.max_time stops, resumed with a larger one
 ]
 
