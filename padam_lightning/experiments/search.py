@@ -28,7 +28,7 @@ from padam_lightning.experiments import sweep, sweep_jobs, sweep_spec
 from padam_lightning.experiments.run_logs import check_output_folder, read_json_object
 from padam_lightning.experiments.sweep_jobs import FitJob, RunInterruptedError
 from padam_lightning.experiments.sweep_spec import Kind, format_override_value, require
-from padam_lightning.training.pruners import PRUNERS, make_pruner, rdb_storage
+from padam_lightning.training.pruners import PRUNERS, make_pruner, rdb_storage, trial_sampler
 
 if TYPE_CHECKING:
     import optuna
@@ -150,7 +150,7 @@ def open_study(spec: SearchSpec, args: argparse.Namespace, tries: int = 2) -> op
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
     chosen: dict[str, Any] = {"study_name": spec.name, "pruner": make_pruner(spec.pruner)}
-    chosen["sampler"] = optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
+    chosen["sampler"] = trial_sampler(spec.seed)
     try:
         storage = rdb_storage(args.storage, args.heartbeat, retry)
         return optuna.create_study(storage=storage, load_if_exists=True, **chosen)

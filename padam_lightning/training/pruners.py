@@ -7,6 +7,8 @@ store its pruner), and the search's command starts without importing torch or Li
 
 from __future__ import annotations
 
+import random
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -79,3 +81,46 @@ def live_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | N
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         matches = [t for t in running if number in (t.number, retried(t))]
     return max(matches, key=lambda t: t.number) if matches else None
+
+
+def trial_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """Optuna's TPE sampler, seeded for each trial by ``(seed, trial number)``.
+
+    One ``TPESampler(seed=seed)`` per process would draw the same sequence in every process:
+    two workers sharing a study, or a search run again after a kill, would train the same values
+    again. Seeded by the trial's number, a fresh search is reproducible from ``seed`` and no two
+    trials of a study share a seed. (TPE still conditions on the trials done so far.)
+    """
+    import optuna
+
+    class TrialSeeded(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._samplers: dict[int, optuna.samplers.TPESampler] = {}
+            self._lock = threading.Lock()  # the trials of study.optimize(n_jobs=N) share it
+
+        def _of(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.TPESampler:
+            with self._lock:
+                if trial.number not in self._samplers:
+                    trial_seed = random.Random(f"{seed}/{trial.number}").getrandbits(32)
+                    tpe = optuna.samplers.TPESampler(seed=trial_seed, constant_liar=True)
+                    self._samplers[trial.number] = tpe
+                return self._samplers[trial.number]
+
+        def infer_relative_search_space(self, study, trial):
+            return self._of(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._of(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, name, distribution):
+            return self._of(trial).sample_independent(study, trial, name, distribution)
+
+        def before_trial(self, study, trial):
+            self._of(trial).before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values):
+            self._of(trial).after_trial(study, trial, state, values)
+            with self._lock:
+                self._samplers.pop(trial.number, None)
+
+    return TrialSeeded()

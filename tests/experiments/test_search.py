@@ -110,6 +110,16 @@ def _check_each_trial_ran_once(project: Path, steps: int) -> None:
         assert trained == [str(step) for step in range(steps)], (run, trained)
 
 
+def _check_params_distinct(study: optuna.Study) -> None:
+    """No two trials drew the same values (a retry repeats its original trial's on purpose)."""
+    drawn = [
+        tuple(sorted(t.params.items()))
+        for t in study.trials
+        if t.params and "failed_trial" not in t.system_attrs
+    ]
+    assert len(drawn) >= 12 and len(set(drawn)) == len(drawn), drawn
+
+
 def test_a_12_trial_search_with_the_median_pruner_completes(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -138,6 +148,16 @@ def test_a_12_trial_search_with_the_median_pruner_completes(
     assert trial.user_attrs["run_dir"] == str(project / "logs/demo/trial-0007")
 
     assert _search(project, capsys)[0] == 0 and len(_study().trials) == 12  # the budget is spent
+
+
+def test_a_fresh_search_draws_the_same_values_from_its_seed(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for save_dir in ("one", "two"):
+        assert _search(project, capsys, "--trials", "3", "--save-dir", save_dir)[0] == 0
+    one, two = (_study(f"sqlite:///{d}/demo/study.db") for d in ("one", "two"))
+    assert [t.params for t in one.trials] == [t.params for t in two.trials]
+    assert len({t.params["model.x"] for t in one.trials}) == 3
 
 
 def _stop_when_started(
@@ -181,6 +201,7 @@ def test_a_search_killed_part_way_and_rerun_ends_with_exactly_12_trials(
         assert retry.user_attrs["run_dir"] == original.user_attrs["run_dir"]
         assert f"(retry of trial {original.number})" in output
     _check_each_trial_ran_once(project, steps=6)
+    _check_params_distinct(study)  # the rerun drew new values, not trials 0, 1, ... again
 
 
 def test_two_workers_sharing_a_sqlite_study_run_no_trial_twice(
@@ -245,6 +266,7 @@ def _shared_study_runs_each_trial_once(
     for output in outputs:  # both took part
         assert ": model.x=" in output, output
     _check_each_trial_ran_once(project, steps=4)
+    _check_params_distinct(study)  # the two workers' samplers did not draw the same values
     assert all(
         len((run / "calls.jsonl").read_text().splitlines()) == 1
         for run in (project / "logs/demo").glob("trial-*")
