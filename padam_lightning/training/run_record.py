@@ -95,6 +95,7 @@ class RunRecord(L.Callback):
         self._lightning_sigterm: Any = None
         self._previous_handlers: dict[int, Any] = {}
         self._pending = False
+        self._signalled = False  # a stop signal has been received (a second SIGINT: at once)
         #: An open file whose lock says this process trains the run; closed when the fit ends.
         self.lock: Any = None
         self._loaded_stop: str | None = None
@@ -145,9 +146,11 @@ class RunRecord(L.Callback):
     # -- stopping ------------------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Forget the previous fit's stop."""
+        """Forget the previous fit's stop; keep one asked for while this fit was being built."""
         self._trainer = trainer
-        self.stop, self.saved, self._pending = None, None, False
+        self.saved = None
+        if not self._pending:
+            self.stop, self._signalled = None, False
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Take over the stop signals (Lightning has registered its own by now)."""
@@ -164,13 +167,13 @@ class RunRecord(L.Callback):
             return
         self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
         for signum in STOP_SIGNALS:
-            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+            self._previous_handlers[signum] = signal.signal(signum, self.on_signal)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Give the signals back their previous handlers; let the run folder go."""
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
-        self._previous_handlers = {}
+        self._previous_handlers, self._pending = {}, False
         self._release()
 
     def _release(self) -> None:
@@ -178,12 +181,18 @@ class RunRecord(L.Callback):
             self.lock.close()
             self.lock = None
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop is not None:
-            if signum == signal.SIGINT:  # a second Ctrl-C: at once, without a checkpoint
-                raise KeyboardInterrupt
-            return
-        self.request_stop(STOP_SIGNALS[signal.Signals(signum)])
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """The stop signals' handler: a stop at the next batch boundary.
+
+        A signal while the run already stops or ends (``max_steps``, ``max_time``, its final
+        save) changes nothing: that stop saves the run. Only a Ctrl-C after an earlier signal
+        stops at once, saving nothing.
+        """
+        signalled, self._signalled = self._signalled, True
+        if self.stop is None:
+            self.request_stop(STOP_SIGNALS[signal.Signals(signum)])
+        elif signum == signal.SIGINT and signalled:
+            raise KeyboardInterrupt
 
     def request_stop(self, reason: str, message: str | None = None) -> None:
         """Stop at the next training-batch boundary that no validation or epoch end follows.
@@ -356,6 +365,7 @@ class RunRecord(L.Callback):
             self.stop = "SIGINT"
         else:
             self.stop = "diverged" if isinstance(exception, TrainingDivergedError) else "error"
+        self._pending = False
         self._release()  # Lightning calls no teardown hook after an exception
 
 

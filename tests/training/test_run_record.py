@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from padam_lightning.data import CIFARDataModule
 from padam_lightning.training.classifier import ImageClassifier
@@ -74,3 +78,70 @@ def test_a_run_killed_before_its_finished_json_gets_it_from_its_resume(
     }
     assert last.read_bytes() == saved
     assert "already finished" not in capsys.readouterr().err
+
+
+class _SignalAt(L.Callback):
+    """Send this process a signal in one hook, as a user's Ctrl-C there would."""
+
+    def __init__(self, hook: str, signum: int) -> None:
+        self.signum, self.sent = signum, False
+        setattr(self, hook, self._send)
+
+    def _send(self, trainer: L.Trainer, *args: object) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize(
+    ("hook", "signum", "max_steps", "stop"),
+    [
+        # Before the final save (its hook): the run is ending at its configured end anyway.
+        ("on_train_end", signal.SIGINT, None, "max_epochs"),
+        ("on_train_end", signal.SIGTERM, None, "max_epochs"),
+        # In the validation after the step that reaches max_steps (the stop waits for its end).
+        ("on_validation_batch_start", signal.SIGINT, 2, "max_steps"),
+        ("on_validation_batch_start", signal.SIGUSR1, 2, "max_steps"),
+    ],
+)
+def test_one_signal_while_the_run_ends_at_its_configured_end_still_finishes_it(
+    tmp_path: Path, hook: str, signum: int, max_steps: int | None, stop: str
+) -> None:
+    # Only a second signal stops at once: a run that stops by itself has received none.
+    record = RunRecord(dirpath=tmp_path / "ckpt", max_steps=max_steps)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        logger=TensorBoardLogger(tmp_path, name="run", version=0),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        # Before the record: its signal arrives while the record's own hook saves.
+        callbacks=[_SignalAt(hook, signum), record],
+    )
+    data = CIFARDataModule(
+        dataset="synthetic", batch_size=8, synthetic_train_size=16, synthetic_test_size=8
+    )
+    with contextlib.suppress(SIGTERMException):  # how a max_steps stop leaves fit()
+        trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=data)
+    finished = json.loads((tmp_path / "run" / "version_0" / "finished.json").read_text())
+    assert (finished["stop"], record.stop) == (stop, stop)
+    assert record.saved == tmp_path / "ckpt" / "last.ckpt"
+
+
+def test_a_second_signal_stops_at_once_only_after_a_first_one(tmp_path: Path) -> None:
+    record = RunRecord()
+    record.stop = "max_time"  # stopping by itself: a Ctrl-C now is the first signal
+    record.on_signal(signal.SIGINT, None)
+    assert record.stop == "max_time"
+    with pytest.raises(KeyboardInterrupt):
+        record.on_signal(signal.SIGINT, None)
+    other = RunRecord()
+    other.on_signal(signal.SIGTERM, None)
+    assert other.stop == "SIGTERM"
+    other.on_signal(signal.SIGUSR1, None)  # not a Ctrl-C: the graceful stop goes on
+    with pytest.raises(KeyboardInterrupt):
+        other.on_signal(signal.SIGINT, None)
