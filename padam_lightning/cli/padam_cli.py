@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from padam_lightning.cli.run_layout import (
     DEFAULT_LOG_DIR,
     EVAL_FOLDER,
     LAST_CHECKPOINT_PATH,
+    without_ckpt_path,
 )
 from padam_lightning.cli.storage import (
     STORAGE_ERRNOS,
@@ -99,8 +101,8 @@ DIVERGENCE_HINT = (
     "or 32-true), in a new run: a resume keeps the settings stored in the run's checkpoint."
 )
 
-#: The file under ``<save_dir>/<name>`` naming the run a requeued SLURM job continues.
-_REQUEUE_MARKER = ".slurm-{job}.json"
+#: The file under ``<save_dir>/<name>`` naming the run a requeued SLURM job's command continues.
+_REQUEUE_MARKER = ".slurm-{job}-{command}.json"
 
 #: The run this process trains and its command's arguments (for the stop line).
 _running: tuple[RunRecord, list[str] | None] | None = None
@@ -348,11 +350,16 @@ class PadamCLI(LightningCLI):
                 ) from None
             self._max_time = timedelta(seconds=seconds) if seconds is not None else None
             if run_root is not None and job is not None:
-                self._requeue_marker = run_root / _REQUEUE_MARKER.format(job=job)
-                if ckpt_path is None and self._requeue_marker.is_file():
-                    # A requeued SLURM job runs its command again: continue the run it stopped.
-                    run = json.loads(self._requeue_marker.read_text())["run"]
-                    ckpt_path = str(run_root / run / LAST_CHECKPOINT_PATH)
+                # Each command of the job (its arguments) has its own run: seed 0's, seed 1's.
+                command = json.dumps(without_ckpt_path(self._command_args or [])).encode()
+                digest = hashlib.sha256(command).hexdigest()[:16]
+                marker = self._requeue_marker = run_root / _REQUEUE_MARKER.format(
+                    job=job, command=digest
+                )
+                if ckpt_path is None and marker.is_file():
+                    # A requeued SLURM job runs its commands again: each continues its own run.
+                    last = run_root / json.loads(marker.read_text())["run"] / LAST_CHECKPOINT_PATH
+                    ckpt_path = str(last) if last.is_file() else None
         if ckpt_path is not None:
             version = logger_args.get("version") if logger_args is not None else None
             self._ckpt_path = _find_checkpoint(str(ckpt_path), run_root, version)
@@ -421,11 +428,8 @@ class PadamCLI(LightningCLI):
             check_resume(self._ckpt_path, self._saved_record, configured, self.trainer.world_size)
         if self.trainer.global_rank == 0 and self.record is not None:
             self.record.lock = _lock_run(run_dir)  # the RunRecord releases it when the fit ends
-
-    def after_fit(self) -> None:
-        """The run reached its end: a requeue of this SLURM job has nothing to continue."""
-        if self._requeue_marker is not None and self.trainer.is_global_zero:
-            self._requeue_marker.unlink(missing_ok=True)
+            if self._requeue_marker is not None:  # kept: a requeued finished run ends at once
+                write_text_atomically(self._requeue_marker, json.dumps({"run": run_dir.name}))
 
     def _after_evaluation(self) -> None:
         """Say where an evaluation's results went (they are not in the run's own curves)."""
@@ -599,10 +603,7 @@ def _exit_as_stopped(stop: str) -> None:
     record = _running[0] if _running is not None else None
     job, trainer = _slurm_job(), record.trainer if record else None
     if stop == "SIGUSR1" and job and record and record.saved and trainer and trainer.is_global_zero:
-        # Once per job; its next start continues the run (see parse_arguments).
-        run_dir = record.saved.parent.parent
-        marker = run_dir.parent / _REQUEUE_MARKER.format(job=job)
-        write_text_atomically(marker, json.dumps({"run": run_dir.name}))
+        # Its next start continues the run (see parse_arguments and before_fit).
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         outcome = f"could not requeue: {result.stderr.strip()}" if result.returncode else "requeued"
         print(f"padam-fit: SLURM job {job} {outcome}", file=sys.stderr)

@@ -154,11 +154,36 @@ def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_continues(
     again = _run([str(PADAM_FIT), *args], tmp_path, _slurm_env(tmp_path, restarts=1))
     assert again.returncode == 0, again.stderr
     assert json.loads((run_dir / "finished.json").read_text())["global_step"] == 6
-    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]
+    assert sorted(p.name for p in run_dir.parent.iterdir() if p.is_dir()) == ["version_0"]
     # Another job's first start is a new run, whatever this one left.
     other_job = _run([str(PADAM_FIT), *args], tmp_path, _slurm_env(tmp_path, job="77"))
     assert other_job.returncode == 0, other_job.stderr
     assert (run_dir.parent / "version_1" / "finished.json").is_file()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_requeued_job_continues_each_of_its_commands_runs_whatever_stopped_it(
+    tiny_fit_args: list[str], tmp_path: Path, signal_name: str
+) -> None:
+    # A job script of two runs: seed 0 finishes, seed 1 is stopped (a preemption's SIGTERM, or
+    # SIGKILL: a node failure) and SLURM requeues the job, which runs both commands again.
+    seeds = [[*tiny_fit_args, "--seed_everything", str(seed)] for seed in (0, 1)]
+    slurm = _slurm_env(tmp_path)
+    assert _run([str(PADAM_FIT), *seeds[0]], tmp_path, slurm).returncode == 0
+    stop = json.dumps({"at": "train_batch", "epoch": 1, "batch": 0, "signal": signal_name})
+    stopped = _run([sys.executable, str(CHAOS_CHILD), stop, "--", *seeds[1]], tmp_path, slurm)
+    assert stopped.returncode in (143, -9), stopped.stderr
+    runs = tmp_path / "logs" / "run"
+    again = [
+        _run([str(PADAM_FIT), *args], tmp_path, _slurm_env(tmp_path, restarts=1)) for args in seeds
+    ]
+    assert [result.returncode for result in again] == [0, 0], again[1].stderr
+    assert "the run had already finished" in again[0].stderr  # seed 0's own run, untouched
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["version_0", "version_1"]
+    for version, seed in (("version_0", 0), ("version_1", 1)):
+        finished = json.loads((runs / version / "finished.json").read_text())
+        assert finished["global_step"] == 6
+        assert _record(runs / version)["config"]["seed_everything"] == seed
 
 
 def test_a_stop_and_its_resume_print_no_third_party_noise(
