@@ -20,27 +20,26 @@ EXIT_PRUNED = 3
 
 
 def stop_before_start(signum: int, frame: Any) -> None:
-    """SIGTERM's handler until the subcommand starts: raised where the interpreter is, as Ctrl-C."""
-    raise KeyboardInterrupt("SIGTERM")
+    """SIGTERM's and SIGUSR1's handler until the subcommand starts: raised as Ctrl-C is."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(args: list[str] | None = None) -> None:
-    """``padam-fit``: a stop while torch loads and the run is built is one line (130, 143)."""
+    """``padam-fit``: a stop while torch loads and the run is built is one line (130, 143, 138)."""
     in_main = threading.current_thread() is threading.main_thread()  # where signals are handled
-    previous = signal.signal(signal.SIGTERM, stop_before_start) if in_main else None
+    stops = (signal.SIGTERM, signal.SIGUSR1) if in_main else ()
+    previous = {signum: signal.signal(signum, stop_before_start) for signum in stops}
     try:
         importlib.import_module("padam_lightning.cli.padam_cli").main(args)
     except KeyboardInterrupt as err:
         started = getattr(sys.modules.get("padam_lightning.cli.padam_cli"), "subcommand_started", 0)
-        terminated = err.args == ("SIGTERM",)
-        what = ("SIGTERM" if terminated else "Ctrl-C") + (
-            "" if started else " before the run started"
-        )
-        print(f"\npadam-fit: stopped by {what}.", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM if terminated else CTRL_C_EXIT_STATUS)
+        name = err.args[0] if err.args in (("SIGTERM",), ("SIGUSR1",)) else None
+        where = "" if started else " before the run started"
+        print(f"\npadam-fit: stopped by {name or 'Ctrl-C'}{where}.", file=sys.stderr)
+        sys.exit(128 + signal.Signals[name] if name else CTRL_C_EXIT_STATUS)
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def __getattr__(name: str) -> Any:

@@ -211,11 +211,7 @@ def _lock_run(run_dir: Path) -> Any:
 
 
 def check_numeric_settings(config: Namespace) -> None:
-    """Refuse settings of the right type that Lightning fails on with a traceback.
-
-    Raises:
-        UserError: Naming the first setting out of range, its value and what it accepts.
-    """
+    """Refuse (UserError, naming it) a setting of the right type that Lightning fails on."""
     seed = config.get("seed_everything")
     if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
         raise UserError(
@@ -351,8 +347,8 @@ class PadamCLI(LightningCLI):
             self._max_time = timedelta(seconds=seconds) if seconds is not None else None
             if run_root is not None and job is not None:
                 # Each command of the job (its arguments) has its own run: seed 0's, seed 1's.
-                command = json.dumps(without_ckpt_path(self._command_args or [])).encode()
-                digest = hashlib.sha256(command).hexdigest()[:16]
+                key = json.dumps(without_ckpt_path(self._command_args or [])).encode()
+                digest = hashlib.sha256(key).hexdigest()[:16]
                 marker = self._requeue_marker = run_root / _REQUEUE_MARKER.format(
                     job=job, command=digest
                 )
@@ -392,8 +388,9 @@ class PadamCLI(LightningCLI):
         """Refuse another network's checkpoint, and overwrites without a logger (UserError)."""
         global subcommand_started
         subcommand_started = True
-        if signal.getsignal(signal.SIGTERM) is padam_lightning.cli.stop_before_start:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Lightning's and the RunRecord's now
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            if signal.getsignal(signum) is padam_lightning.cli.stop_before_start:
+                signal.signal(signum, _stop_signal)  # Lightning's SIGTERM handler calls it too
         stage = self.subcommand or "fit"
         if self._ckpt_path is not None:
             # The class count comes from the data when the model is built (an image folder's).
@@ -440,11 +437,7 @@ class PadamCLI(LightningCLI):
     after_validate = after_test = _after_evaluation
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        """Leave out the checkpoint callbacks under ``--trainer.enable_checkpointing false``.
-
-        Private: LightningCLI adds the ``checkpoint`` callback only here, and Lightning refuses the
-        flag beside it with a traceback (test_commands.py's checkpointing-off test).
-        """
+        """No ``checkpoint`` callback (added only here) under enable_checkpointing false."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         return super()._instantiate_trainer(config, callbacks)
@@ -471,14 +464,23 @@ class PadamCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand == "fit":
-            max_steps = self._max_steps if self._max_steps not in (None, -1) else None
-            self.record = RunRecord(
-                _plain_config(self.config["fit"]), max_time=self._max_time, max_steps=max_steps
-            )
+            steps = self._max_steps if self._max_steps not in (None, -1) else None
+            self.record = RunRecord(_plain_config(self.config["fit"]), self._max_time, steps)
             trainer.callbacks.append(self.record)  # type: ignore[attr-defined]
             global _running
             _running = (self.record, self._command_args)
         return trainer
+
+
+def _stop_signal(signum: int, frame: Any) -> None:
+    """SIGTERM/SIGUSR1 from the subcommand's start: a fit stops at a batch boundary, else at once.
+
+    A no-op once the fit stops: RunRecord._forward calls Lightning's handler, which calls this.
+    """
+    if _running is None:
+        padam_lightning.cli.stop_before_start(signum, frame)
+    elif _running[0].stop is None:
+        _running[0].on_signal(signum, frame)
 
 
 def _find_checkpoint(ckpt_path: str, run_root: Path | None, version: Any) -> Path:
@@ -581,7 +583,7 @@ def main(args: ArgsType = None) -> None:
         stop = _running[0].stop if _running is not None else None
         if stop is None:
             if isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt):
-                raise KeyboardInterrupt from None  # Ctrl-C in an evaluation: one line, exit 130
+                raise err.__context__ from None  # a stop in an evaluation: one line, 130/143
             raise
         if stop not in FINISHED_REASONS:
             rank_zero_only(print)("\n" + stop_message(*_running), file=sys.stderr)

@@ -207,7 +207,7 @@ class RunRecord(L.Callback):
         self.stop = reason
         self._pending = True
         trainer = self._trainer
-        saves = self.dirpath is not None or (trainer is not None and trainer.checkpoint_callbacks)
+        saves = self.dirpath is not None or trainer is None or trainer.checkpoint_callbacks
         what = "and saving a checkpoint" if saves else "(this run saves no checkpoints)"
         _say(message or f"padam-fit: {reason}: stopping at the next batch boundary {what}")
 

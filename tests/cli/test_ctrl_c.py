@@ -101,3 +101,85 @@ def test_ctrl_c_that_lightning_catches_exits_130(
         "padam-fit: stopped by Ctrl-C before the run's first checkpoint; start it again."
     )
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+class _SignalIn(L.Callback):
+    """Send this process ``SIGNAL`` in the hook ``HOOK``, before training starts."""
+
+    SIGNAL, HOOK = signal.SIGTERM, "setup"
+
+    def __init__(self) -> None:
+        self.sent = False
+        setattr(self, self.HOOK, self._send)
+
+    def _send(self, *args: Any, **kwargs: Any) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.SIGNAL)
+
+
+class SigtermInSetup(_SignalIn):
+    """Before Lightning has a SIGTERM handler (data module setup, restore)."""
+
+
+class Sigusr1InSetup(_SignalIn):
+    """SIGUSR1 (SLURM's notice) before any handler of Lightning's or the RunRecord's."""
+
+    SIGNAL = signal.SIGUSR1
+
+
+class SigtermAtFitStart(_SignalIn):
+    HOOK = "on_fit_start"
+
+
+class Sigusr1AtTrainStart(_SignalIn):
+    """After Lightning's handler, before the first batch."""
+
+    SIGNAL, HOOK = signal.SIGUSR1, "on_train_start"
+
+
+@pytest.mark.parametrize(
+    ("callback", "name", "status"),
+    [
+        (SigtermInSetup, "SIGTERM", 143),
+        (Sigusr1InSetup, "SIGUSR1", 138),
+        (SigtermAtFitStart, "SIGTERM", 143),
+        (Sigusr1AtTrainStart, "SIGUSR1", 138),
+    ],
+)
+def test_a_stop_signal_while_the_fit_starts_stops_it_at_its_first_batch_boundary(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    callback: type[L.Callback],
+    name: str,
+    status: int,
+) -> None:
+    # Never a silent death (SIGTERM's or SIGUSR1's default action): a graceful stop, saved.
+    hook = f"--trainer.callbacks+={__name__}.{callback.__name__}"
+    args = tiny_cli_args(tmp_path, "run", hook, "--trainer.num_sanity_val_steps", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--trainer.max_epochs", "1"])
+    assert exit_info.value.code == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = stop_line(err)
+    assert line.startswith(f"padam-fit: stopped by {name}")
+    assert "step 1)" in line or "step 0)" in line, line
+    assert (tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handed back
+
+
+@pytest.mark.parametrize(("callback", "status"), [(SigtermInSetup, 143), (Sigusr1InSetup, 138)])
+def test_a_stop_signal_in_an_evaluation_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], callback: type[L.Callback], status: int
+) -> None:
+    hook = f"--trainer.callbacks+={__name__}.{callback.__name__}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", *tiny_cli_args(tmp_path, "run", hook)])
+    assert exit_info.value.code == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1]
+        == f"padam-fit: stopped by {signal.Signals(status - 128).name}."
+    )
