@@ -162,11 +162,13 @@ def stop_message(record: RunRecord, args: list[str] | None) -> str:
     """One line: what stopped the run, what is saved, and the command that continues it."""
     what = _STOPS.get(record.stop or "", ("an error", 1))[0]
     if record.saved is not None:
-        longer = " with a longer --trainer.max_time (it limits the run's training time in all)"
+        timed = record.stop == "max_time"  # it limits the run's training time in all
+        kept = without_ckpt_path(args, "--trainer.max_time") if timed and args else args
+        command = resume_command(kept, record.saved) + (" --trainer.max_time null" if timed else "")
+        how = " with no time limit (or a longer --trainer.max_time for null)" if timed else ""
         return (
             f"padam-fit: stopped by {what}; saved {record.saved} ({_where(record.saved_state)})."
-            f" To continue{longer if record.stop == 'max_time' else ''}: "
-            f"{resume_command(args, record.saved)}"
+            f" To continue{how}: {command}"
         )
     last = record.last_checkpoint(record.trainer) if record.trainer is not None else None
     if last is not None and last.is_file():

@@ -1,7 +1,4 @@
-"""How padam-fit writes files: whole or not at all, and a full or broken disk in one line.
-
-A temporary file beside the target is synced and renamed over it; a refusal is a StorageError.
-"""
+"""How padam-fit writes files: whole (a synced temporary file renamed) or not at all."""
 
 from __future__ import annotations
 

@@ -52,8 +52,9 @@ def _stop_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("in_config", [False, True], ids=["option", "config-file"])
 def test_a_max_time_stop_is_no_finish_and_the_resume_trains_the_rest_of_the_epoch(
-    tiny_fit_args: list[str], tmp_path: Path
+    tiny_fit_args: list[str], tmp_path: Path, in_config: bool
 ) -> None:
     # 3 epochs x 6 batches; a time limit of 0 s stops after the first step.
     args = [
@@ -65,7 +66,11 @@ def test_a_max_time_stop_is_no_finish_and_the_resume_trains_the_rest_of_the_epoc
         "--data.synthetic_train_size",
         "96",
     ]
-    stopped = _run([str(PADAM_FIT), *args, "--trainer.max_time", "00:00:00:00"], tmp_path)
+    # The limit from a config file or the command line: the printed command lifts either.
+    limit = tmp_path / "limit.yaml"
+    limit.write_text("trainer:\n  max_time: '00:00:00:00'\n")
+    given = ["--config", str(limit)] if in_config else ["--trainer.max_time", "00:00:00:00"]
+    stopped = _run([str(PADAM_FIT), *args, *given], tmp_path)
     assert stopped.returncode == 0, stopped.stderr
     assert "Traceback" not in stopped.stderr
     run_dir = tmp_path / "logs" / "run" / "version_0"
@@ -74,11 +79,11 @@ def test_a_max_time_stop_is_no_finish_and_the_resume_trains_the_rest_of_the_epoc
     assert (record["stop"], record["epoch"], record["batches"]) == ("max_time", 0, 1)
     line = _stop_line(stopped.stderr)
     assert "--trainer.max_time" in line and "0 epochs and 1 batch done, step 1" in line
-    # The printed command runs as printed (here with a longer limit).
-    assert "To continue with a longer --trainer.max_time" in line
+    # The printed command runs as printed and trains the rest of the run, with no time limit.
+    assert "To continue with no time limit (or a longer --trainer.max_time for null)" in line
     resume = shlex.split(line.split(" To continue", 1)[1].split(": ", 1)[1])
-    assert resume[0] == str(PADAM_FIT)
-    done = _run([*resume, "--trainer.max_time", "00:01:00:00"], tmp_path)
+    assert resume[0] == str(PADAM_FIT) and resume.count("--trainer.max_time") == 1
+    done = _run(resume, tmp_path)
     assert done.returncode == 0, done.stderr
     finished = json.loads((run_dir / "finished.json").read_text())
     assert (finished["stop"], finished["epoch"], finished["global_step"]) == ("max_epochs", 3, 18)
