@@ -26,17 +26,22 @@ def config_file_args(args: Sequence[str]) -> list[str]:
 
 
 def _read_mapping(path: str) -> dict[str, Any]:
-    """The file's YAML mapping ({} if it is missing or none); UserError if it is not YAML."""
+    """The file's YAML mapping ({} if it is missing); UserError if it is no YAML mapping."""
     try:
         content = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError):
-        return {}
-    except yaml.YAMLError as err:
+    except OSError:
+        return {}  # jsonargparse names it
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        if isinstance(err, UnicodeDecodeError):
+            problem, where = "a damaged or binary file", f" (byte {err.start} is not UTF-8 text)"
         raise UserError(f"--config {path} is not valid YAML: {problem}{where}.") from None
-    return content if isinstance(content, dict) else {}
+    if not isinstance(content, dict):
+        what = "it is empty" if content is None else f"a {type(content).__name__}, not settings"
+        raise UserError(f"--config {path} is no config file: {what} (expected 'trainer:' ...).")
+    return content
 
 
 def _callbacks(config: dict[str, Any]) -> tuple[str | None, list[str]]:

@@ -72,11 +72,7 @@ class _Derived:  # a value an unset setting takes from others (source); compared
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load the Lightning checkpoint ``path`` memory-mapped, after checking every byte's CRC.
-
-    Raises:
-        UserError: If it is missing, damaged or no checkpoint, naming the good ones beside it.
-    """
+    """Load checkpoint ``path`` (mmap, every CRC checked); if unusable, UserError naming others."""
     content, problem = _load(path)
     if problem is not None:
         raise UserError(f"--ckpt_path {path}: {problem}. {_alternatives(path)}")

@@ -123,3 +123,35 @@ def test_a_broken_config_file_is_one_line_naming_it(
         assert err.strip().endswith(where), err
     else:
         assert err.strip() == "padam-fit: error: trainer: expected a mapping of settings, got 3."
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x80\x04\x95binary\x00\xff", "is not valid YAML: a damaged or binary file (byte 0 "),
+        (b"trainer:\n  max_epochs: 3\n\xff\xfe", "is not valid YAML: a damaged or binary file"),
+        (b"", "is no config file: it is empty"),
+        (b"# only a comment\n", "is no config file: it is empty"),
+        (b"- trainer\n", "is no config file: a list, not settings"),
+        (b"garbage\n", "is no config file: a str, not settings"),
+    ],
+    ids=["binary", "cut-by-binary", "empty", "comments-only", "a-list", "a-word"],
+)
+def test_a_damaged_config_file_is_one_line_naming_it_and_nothing_is_written(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    problem: str,
+) -> None:
+    # As a run's config.yaml that a failing disk or a bad copy damaged, given to --config.
+    monkeypatch.chdir(tmp_path)
+    damaged = tmp_path / "config.yaml"
+    damaged.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "wrn.yaml"), "--config", str(damaged)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"padam-fit: error: --config {damaged} {problem}"), err
+    assert [path.name for path in tmp_path.iterdir()] == ["config.yaml"]  # nothing written
