@@ -327,13 +327,13 @@ class PadamCLI(LightningCLI):
         # Put back in instantiate_trainer: LightningCLI would otherwise parse the checkpoint's
         # hyperparameters over this command's model settings.
         config.ckpt_path = None
-        hpc_ckpts = sorted(Path(trainer.get("default_root_dir") or ".").glob("hpc_ckpt_*.ckpt"))
-        if ckpt_path is None and job is not None and hpc_ckpts:
-            # padam-fit writes none (SIGUSR1 is the RunRecord's): it is another program's run.
+        root = Path(trainer.get("default_root_dir") or ".")
+        hpc = sorted(p for p in root.glob("*") if "hpc_ckpt_" in p.name)  # Lightning's own test
+        if ckpt_path is None and job is not None and hpc:
             raise UserError(
-                f"{hpc_ckpts[-1]} would be restored into this run (under SLURM without "
-                "--ckpt_path, Lightning restores the newest hpc_ckpt_N.ckpt of "
-                "--trainer.default_root_dir), and padam-fit did not write it: move it away."
+                f"{hpc[-1]} would be restored into this run (under SLURM without --ckpt_path, "
+                "Lightning restores hpc_ckpt_N.ckpt after any name in --trainer.default_root_dir "
+                "that holds hpc_ckpt_N), and padam-fit did not write it: move it away."
             )
         if subcommand == "fit":
             # The RunRecord's: Lightning's own end the epoch they stop in as if it were complete.

@@ -139,6 +139,28 @@ def test_another_runs_requeue_checkpoint_is_never_restored(
     assert finished["global_step"] == 6 and finished["train_seconds"] > 0
 
 
+@pytest.mark.parametrize("name", ["hpc_ckpt_3.ckpt", "old_hpc_ckpt_7.ckpt", "my_hpc_ckpt_2.pt"])
+def test_any_file_lightning_would_restore_under_slurm_is_named_before_the_run_starts(
+    tiny_fit_args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    # Lightning restores hpc_ckpt_<N>.ckpt for the highest N in any file name of
+    # default_root_dir that holds "hpc_ckpt_" (a missing one: a FileNotFoundError traceback).
+    for key, value in _slurm_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(b"another program's checkpoint")
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_fit_args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"padam-fit: error: {name} would be restored into this run"), err
+    assert "Traceback" not in err and not (tmp_path / "logs").exists()
+
+
 def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_continues(
     tiny_fit_args: list[str], tmp_path: Path
 ) -> None:
