@@ -9,6 +9,7 @@ the budget rule (:func:`run_trials`) and the reasons for the design.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import queue
 import shlex
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     import optuna
 
 PROG = "padam-search"
+HEARTBEAT = 30  #: seconds between a running trial's heartbeats unless the study has its own
 #: A search stops after this many trials failed one after another (a broken setup fails all).
 MAX_FAILED_IN_A_ROW = 3
 #: Keys padam-search sets itself (``trainer.callbacks.init_args.*`` set the base configs' last
@@ -142,7 +144,12 @@ def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) 
 
 
 def open_study(spec: SearchSpec, args: argparse.Namespace, tries: int = 2) -> optuna.Study:
-    """The study in ``--storage`` (created on first use), with heartbeats and retries on."""
+    """The study in ``--storage`` (made on first use, with the spec's setup), heartbeats on.
+
+    The setup (space, base, overrides, metric, heartbeat) is kept in the study's user attrs: a
+    search file changed since, or another ``--heartbeat``, is one UserError (a worker beating
+    slower than another's grace period would have its live trials failed as silent).
+    """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
@@ -152,13 +159,31 @@ def open_study(spec: SearchSpec, args: argparse.Namespace, tries: int = 2) -> op
     chosen: dict[str, Any] = {"study_name": spec.name, "pruner": make_pruner(spec.pruner)}
     chosen["sampler"] = trial_sampler(spec.seed)
     try:
-        storage = rdb_storage(args.storage, args.heartbeat, retry)
-        return optuna.create_study(storage=storage, load_if_exists=True, **chosen)
+        storage = rdb_storage(args.storage, args.heartbeat or HEARTBEAT, retry)
+        study = optuna.create_study(storage=storage, load_if_exists=True, **chosen)
     except Exception as err:  # Optuna's and SQLAlchemy's: a bad URL, no server, no driver
         if tries > 1 and not isinstance(err, ImportError | ValueError):  # two made one at once
             time.sleep(1)
             return open_study(spec, args, tries - 1)
         raise UserError(f"--storage {args.storage}: {str(err).splitlines()[0]}") from err
+    setup = {"space": spec.space, "base": spec.base, "overrides": spec.overrides}
+    setup = json.loads(json.dumps({**setup, "metric": spec.metric}))  # as the storage keeps it
+    made = study.user_attrs or {**setup, "heartbeat": args.heartbeat or HEARTBEAT}
+    for key, value in made.items() if not study.user_attrs else ():
+        study.set_user_attr(key, value)
+    if differ := [key for key in setup if made.get(key) != setup[key]]:
+        raise UserError(
+            f"{args.spec}: study {spec.name} in {args.storage} was made with another "
+            f"{', '.join(differ)}; to start a new study, give the search another name:."
+        )
+    if args.heartbeat not in (None, made["heartbeat"]):
+        raise UserError(
+            f"--heartbeat {args.heartbeat}: study {spec.name}'s trials beat every "
+            f"{made['heartbeat']} s (set when it was made); leave --heartbeat out."
+        )
+    args.heartbeat = storage.heartbeat_interval = made["heartbeat"]
+    storage.grace_period = 2 * args.heartbeat
+    return study
 
 
 def _values(params: dict[str, Any]) -> str:
@@ -225,6 +250,9 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
             why = (str(err).strip() or type(err).__name__).splitlines()[-1]
         finally:
             free.put(slot)
+        if study.get_trials(deepcopy=False)[trial.number].state.name != "RUNNING":
+            _announce(f"trial {trial.number}: another worker gave it up; its retry takes it over")
+            raise RunInterruptedError  # Optuna cannot tell it: run_trials goes on
         took = f"{time.monotonic() - start:.0f} s"
         finished = {} if why else read_json_object(Path(job.run_dir) / FINISHED_FILE)[0] or {}
         value = (finished.get("metrics") or {}).get(spec.metric)
@@ -246,7 +274,11 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
         counts = Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
         done, running = counts["COMPLETE"] + counts["PRUNED"], counts["RUNNING"]
         if (todo := spec.trials - done - running) > 0:
-            study.optimize(objective, n_trials=todo, n_jobs=len(slots), gc_after_trial=False)
+            try:
+                study.optimize(objective, n_trials=todo, n_jobs=len(slots), gc_after_trial=False)
+            except ValueError as err:  # "Cannot tell a FAIL trial": one another worker gave up
+                if not str(err).startswith("Cannot tell a"):
+                    raise
         elif running and done < spec.trials:  # another search's trials, or a dead search's
             if not waited:
                 _announce(f"waiting for {running} running trial(s) to end or fall silent")
@@ -268,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dry-run", action="store_true", help="show the study and a trial's command; run none")
     add("--save-dir", default=DEFAULT_LOG_DIR, help=f"root log folder (default {DEFAULT_LOG_DIR})")
     add("--fit-command", metavar="CMD", help="training command instead of padam-fit")
-    beat = "seconds between a trial's heartbeats; one silent for 2 x S is retried (default 30)"
-    add("--heartbeat", type=int, default=30, metavar="S", help=beat)
+    beat = "seconds between a trial's heartbeats; one silent for 2 x S is retried (default "
+    add("--heartbeat", type=int, metavar="S", help=f"{beat}{HEARTBEAT}, kept by the study)")
     sweep.add_executor_arguments(parser)
     return parser
 
@@ -280,7 +312,7 @@ def run_search(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(own)
     args.extra = extra
     sweep.check_executor_arguments(args)
-    if args.heartbeat < 1 or (args.trials is not None and args.trials < 1):
+    if min(1 if n is None else n for n in (args.heartbeat, args.trials)) < 1:
         raise UserError("--trials and --heartbeat must be at least 1.")
     if args.no_wait:
         raise UserError("--no-wait is padam-sweep's: a search waits for each trial's result.")

@@ -3,7 +3,8 @@
 :class:`OptunaPruning` is the callback ``padam-search`` adds to each trial's ``padam-fit`` (its
 arguments are plain strings and numbers, so it goes on the command line and into the run's
 config). After each validation it loads the trial from the study's storage, reports the metric
-at the number of epochs done and asks the study's pruner. A pruned trial prints one line and
+at the number of epochs done and asks the study's pruner (not after the last epoch: a trial trained
+to its end completes with its value). A pruned trial prints one line and
 stops through :class:`~padam_lightning.training.run_record.RunRecord` with the stop ``pruned``:
 ``last.ckpt`` and ``finished.json`` are written as for a run's configured end, so the search
 never resumes it.
@@ -101,7 +102,8 @@ class OptunaPruning(L.Callback):
         step, score = trainer.current_epoch + 1, float(value)
         if step not in frozen.intermediate_values:  # a resumed epoch is reported once
             trial.report(score, step)
-        if not trial.should_prune():
+        last = step == trainer.max_epochs or 0 < trainer.max_steps <= trainer.global_step
+        if last or not trial.should_prune():  # a trial trained to its end completes
             return None
         best = min([score, *frozen.intermediate_values.values()])
         finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

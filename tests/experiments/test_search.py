@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -158,6 +159,55 @@ def test_a_fresh_search_draws_the_same_values_from_its_seed(
     one, two = (_study(f"sqlite:///{d}/demo/study.db") for d in ("one", "two"))
     assert [t.params for t in one.trials] == [t.params for t in two.trials]
     assert len({t.params["model.x"] for t in one.trials}) == 3
+
+
+def test_a_study_keeps_its_heartbeat_and_setup(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _search(project, capsys, "--trials", "1")[0] == 0
+    assert _study().user_attrs["heartbeat"] == 1
+    code, output = _search(project, capsys, "--trials", "2", "--heartbeat", "5")
+    assert code == 2 and output == (
+        "padam-search: error: --heartbeat 5: study demo's trials beat every 1 s (set when it "
+        "was made); leave --heartbeat out.\n"
+    )
+    spec = yaml.safe_load((project / "search.yaml").read_text())
+    for change in ({"space": {**SPACE, "model.x": {"choices": [0.5]}}}, {"base": ["x.yaml"]}):
+        (project / "x.yaml").write_text("{}\n")
+        (project / "search.yaml").write_text(yaml.safe_dump({**spec, **change}))
+        code, output = _search(project, capsys, "--trials", "2")
+        assert code == 2 and output == (
+            "padam-search: error: search.yaml: study demo in sqlite:///logs/demo/study.db was "
+            f"made with another {next(iter(change))}; to start a new study, give the search "
+            "another name:.\n"
+        )
+    assert len(_study().trials) == 1
+
+
+def test_a_worker_whose_trial_another_gave_up_goes_on(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another worker failing trial 0 as silent while it runs (and queueing its retry)."""
+
+    def give_up_trial_0() -> None:
+        while not (project / "logs/demo/trial-0000/steps.txt").is_file():
+            time.sleep(0.02)
+        study = _study()
+        frozen = study.trials[0]
+        study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(True)(study, study.trials[0])
+
+    other = threading.Thread(target=give_up_trial_0)
+    other.start()
+    code, output = _search(project, capsys, "--trials", "2", "--", "--fake.steps", "4")
+    other.join()
+
+    assert code == 0 and "Traceback" not in output, output
+    assert "padam-search: trial 0: another worker gave it up; its retry takes it over" in output
+    study = _study()
+    assert _states(study)["COMPLETE"] == 2
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.state.name == "COMPLETE" and retry.value == study.trials[0].params["model.x"]
 
 
 def _stop_when_started(
@@ -356,6 +406,26 @@ def test_the_pruning_callback_stops_a_real_run_as_pruned(
     reported = optuna.load_study(study_name="demo", storage=storage).trials[5]
     assert reported.intermediate_values == {1: pytest.approx(0.90625)}
     assert reported.state.name == "RUNNING"  # padam-search tells the study, not padam-fit
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from padam_lightning.training.pruning import OptunaPruning
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="demo", storage=storage)
+    for _ in range(5):
+        study.add_trial(optuna.create_trial(value=0.0, intermediate_values={1: 0.0, 2: 0.0}))
+    callback = OptunaPruning(storage, "demo", study.ask().number)
+    callback._study, callback._storage = study, study._storage
+    for epochs, steps, pruned in ((3, -1, True), (2, -1, False), (-1, 20, False), (3, 30, True)):
+        trainer = SimpleNamespace(
+            callback_metrics={"val/err": 0.9}, current_epoch=1, max_epochs=epochs,
+            max_steps=steps, global_step=20,
+        )  # fmt: skip
+        message = callback._report(trainer)  # type: ignore[arg-type]
+        assert (message is not None) == pruned, (epochs, steps)
 
 
 @pytest.mark.parametrize(
