@@ -1,9 +1,8 @@
 """``padam-search``: search padam-fit settings with Optuna at a fixed budget; resumable, sharable.
 
 Each trial is a :class:`FitJob` in ``<save dir>/<name>/trial-NNNN`` whose padam-fit reports the
-metric per epoch and stops itself when pruned (:mod:`~padam_lightning.training.pruning`); a trial
-whose padam-search died is retried from its ``last.ckpt``. docs/search.md gives the file format,
-the budget rule (:func:`run_trials`) and the reasons for the design.
+metric per epoch and stops itself when pruned (:mod:`~padam_lightning.training.pruning`); one
+whose padam-search died is retried from its ``last.ckpt``. docs/search.md: format, budget, design.
 """
 
 from __future__ import annotations
@@ -29,21 +28,17 @@ from padam_lightning.experiments import sweep, sweep_jobs, sweep_spec
 from padam_lightning.experiments.run_logs import check_output_folder, read_json_object
 from padam_lightning.experiments.sweep_jobs import FitJob, RunInterruptedError
 from padam_lightning.experiments.sweep_spec import Kind, format_override_value, require
-from padam_lightning.training.pruners import PRUNERS, make_pruner, rdb_storage, trial_sampler
+from padam_lightning.training import pruners
 
 if TYPE_CHECKING:
     import optuna
 
 PROG = "padam-search"
 HEARTBEAT = 30  #: seconds between a running trial's heartbeats unless the study has its own
-#: A search stops after this many trials failed one after another (a broken setup fails all).
-MAX_FAILED_IN_A_ROW = 3
-#: Keys padam-search sets itself (``trainer.callbacks.init_args.*`` set the base configs' last
-#: callback, e.g. a p schedule: padam-search adds its own after the searched values).
+MAX_FAILED_IN_A_ROW = 3  #: failed trials one after another that stop a search (a broken setup)
+#: Keys padam-search sets (``trainer.callbacks.init_args.*`` set a base config's last callback).
 _RESERVED = ("seed_everything", "trainer.logger", "ckpt_path", "config")
-PRUNING_CALLBACK = "padam_lightning.training.pruning.OptunaPruning"
-#: The trials that count, or may yet: finished, pruned, running, queued.
-LIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+LIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  #: the trials that count, or may yet
 #: A search file's keys and their kinds (name, space and trials are required).
 SEARCH_KEYS: dict[str, Kind] = {
     "name": sweep_spec.NAME,
@@ -53,10 +48,10 @@ SEARCH_KEYS: dict[str, Kind] = {
     "overrides": sweep_spec.MAPPING,
     "trials": (lambda v: type(v) is int and v > 0, "a positive integer"),
     "metric": (lambda v: isinstance(v, str) and v, "a logged metric's name such as val/err"),
-    "pruner": (lambda v: v in PRUNERS, f"one of {', '.join(PRUNERS)}"),
+    "pruner": (lambda v: v in pruners.PRUNERS, f"one of {', '.join(pruners.PRUNERS)}"),
     "seed": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
 }
-RANGE = "{low, high} with numbers low < high (low > 0 with log: true), or {choices: [...]}"
+RANGE = "{low, high}: finite, low < high, both ints or floats, log: low > 0; or {choices: [...]}"
 
 
 class SearchSpec(NamedTuple):
@@ -91,8 +86,9 @@ def load_spec(path: str | Path) -> SearchSpec:
     space = {key: _range(value, f"{where}space.{key}") for key, value in data["space"].items()}
     base = sweep_spec.config_list(data.get("base"), f"{where}base")
     given = {key: data[key] for key in ("metric", "pruner", "seed") if key in data}
-    overrides = data.get("overrides") or {}
-    return SearchSpec(data["name"], base, space, overrides, data["trials"], **given)
+    return SearchSpec(
+        data["name"], base, space, data.get("overrides") or {}, data["trials"], **given
+    )
 
 
 def _range(value: Any, where: str) -> dict[str, Any]:
@@ -101,23 +97,12 @@ def _range(value: Any, where: str) -> dict[str, Any]:
     if keys == {"choices"} and isinstance(value["choices"], list) and value["choices"]:
         return dict(value)
     low, high, log = (value.get(key) for key in ("low", "high", "log")) if keys else (0, 0, 0)
-    numbers = all(type(end) in (int, float) for end in (low, high)) and low < high
+    ends = [type(end) in (int, float) and math.isfinite(end) and type(end) for end in (low, high)]
+    numbers = ends[0] and ends[0] == ends[1] and low < high
     bad = not numbers or not {"low", "high"} <= keys <= {"low", "high", "log"}
     if bad or log not in (None, True, False) or (log and low <= 0):
         raise UserError(f"{where} must be {RANGE}, got {value!r}.")
     return {"low": low, "high": high, "log": bool(log), "int": type(low) is type(high) is int}
-
-
-def suggest(trial: optuna.trial.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The trial's value of each searched key (sampled, or those of the trial it retries)."""
-    values = {}
-    for key, r in space.items():
-        if "choices" in r:
-            values[key] = trial.suggest_categorical(key, r["choices"])
-        else:
-            sample = trial.suggest_int if r["int"] else trial.suggest_float
-            values[key] = sample(key, r["low"], r["high"], log=r["log"])
-    return values
 
 
 def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) -> FitJob:
@@ -129,7 +114,7 @@ def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) 
         arguments += [f"--{key}", format_override_value(value)]
     arguments += args.extra
     retrain = list(arguments)  # these settings in a run of their own: no study, no trial folder
-    arguments += ["--trainer.callbacks+", PRUNING_CALLBACK]
+    arguments += ["--trainer.callbacks+", "padam_lightning.training.pruning.OptunaPruning"]
     pruning = {"storage": args.storage, "study_name": spec.name, "trial": number}
     for key, value in {**pruning, "pruner": spec.pruner, "monitor": spec.metric}.items():
         arguments += [f"--trainer.callbacks.{key}", str(value)]
@@ -143,43 +128,46 @@ def trial_job(spec: SearchSpec, number: int, params: dict[str, Any], args: Any) 
     return FitJob(run, [*fit_command, *arguments], str(run_dir), str(Path.cwd()), identity)
 
 
-def open_study(spec: SearchSpec, args: argparse.Namespace, tries: int = 2) -> optuna.Study:
-    """The study in ``--storage`` (made on first use, with the spec's setup), heartbeats on.
+def open_study(spec: SearchSpec, args: Any, tries: int = 2, dry: bool = False) -> Any:
+    """The study in ``--storage``; ``dry``: write nothing (None for a study not made yet).
 
-    The setup (space, base, overrides, metric, heartbeat) is kept in the study's user attrs: a
-    search file changed since, or another ``--heartbeat``, is one UserError (a worker beating
-    slower than another's grace period would have its live trials failed as silent).
+    Made with the spec's setup in its user attrs (space, base, overrides, metric, heartbeat).
     """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from sqlalchemy import create_engine, inspect
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # padam-search says what happens itself
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
-    chosen: dict[str, Any] = {"study_name": spec.name, "pruner": make_pruner(spec.pruner)}
-    chosen["sampler"] = trial_sampler(spec.seed)
+    chosen: dict[str, Any] = {"study_name": spec.name, "pruner": pruners.make_pruner(spec.pruner)}
+    chosen["sampler"] = pruners.trial_sampler(spec.seed)
+    beat = args.heartbeat or HEARTBEAT
+    missing = args.storage.startswith("sqlite:///") and not Path(args.storage[10:]).is_file()
     try:
-        storage = rdb_storage(args.storage, args.heartbeat or HEARTBEAT, retry)
+        tables = dry and not missing and inspect(create_engine(args.storage)).get_table_names()
+        if dry and "studies" not in (tables or ()):
+            return None  # no Optuna tables, or no SQLite file, yet
+        storage = pruners.rdb_storage(args.storage, beat, retry, create=not dry)
+        if dry and spec.name not in optuna.study.get_all_study_names(storage):
+            return None
         study = optuna.create_study(storage=storage, load_if_exists=True, **chosen)
     except Exception as err:  # Optuna's and SQLAlchemy's: a bad URL, no server, no driver
         if tries > 1 and not isinstance(err, ImportError | ValueError):  # two made one at once
             time.sleep(1)
-            return open_study(spec, args, tries - 1)
+            return open_study(spec, args, tries - 1, dry)
         raise UserError(f"--storage {args.storage}: {str(err).splitlines()[0]}") from err
     setup = {"space": spec.space, "base": spec.base, "overrides": spec.overrides}
     setup = json.loads(json.dumps({**setup, "metric": spec.metric}))  # as the storage keeps it
-    made = study.user_attrs or {**setup, "heartbeat": args.heartbeat or HEARTBEAT}
-    for key, value in made.items() if not study.user_attrs else ():
+    made = study.user_attrs or {**setup, "heartbeat": beat}
+    for key, value in made.items() if not (study.user_attrs or dry) else ():
         study.set_user_attr(key, value)
-    if differ := [key for key in setup if made.get(key) != setup[key]]:
+    other_beat = ["heartbeat"] * (args.heartbeat not in (None, made["heartbeat"]))
+    if differ := [key for key in setup if made.get(key) != setup[key]] + other_beat:
         raise UserError(
             f"{args.spec}: study {spec.name} in {args.storage} was made with another "
-            f"{', '.join(differ)}; to start a new study, give the search another name:."
-        )
-    if args.heartbeat not in (None, made["heartbeat"]):
-        raise UserError(
-            f"--heartbeat {args.heartbeat}: study {spec.name}'s trials beat every "
-            f"{made['heartbeat']} s (set when it was made); leave --heartbeat out."
+            f"{', '.join(differ)}; go on as made (its search file, --heartbeat "
+            f"{made['heartbeat']}) or give the search another name: for a new study."
         )
     args.heartbeat = storage.heartbeat_interval = made["heartbeat"]
     storage.grace_period = 2 * args.heartbeat
@@ -192,13 +180,15 @@ def _values(params: dict[str, Any]) -> str:
 
 def describe(study: optuna.Study, spec: SearchSpec, args: argparse.Namespace) -> str:
     """One line: the study, its budget, what is done and the best trial so far."""
-    n = Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    n = Counter(t.state.name for t in trials) + Counter("failed" in t.user_attrs for t in trials)
     line = f"study {spec.name} ({args.spec}) in {args.storage}: {n['COMPLETE']} finished, "
-    line += f"{n['PRUNED']} pruned, {n['RUNNING']} running, {n['FAIL']} failed of {spec.trials}"
+    line += f"{n['PRUNED']} pruned, {n['RUNNING']} running, {n[True]} failed of {spec.trials}"
     if n["COMPLETE"]:
         best = study.best_trial
-        line += f"; best: trial {best.number}, {spec.metric} {best.value:.4g}, "
-        line += _values(best.params)
+        line += (
+            f"; best: trial {best.number}, {spec.metric} {best.value:.4g}, {_values(best.params)}"
+        )
     return line
 
 
@@ -230,7 +220,7 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
                 retry(study, trials[trial.number])
             study.stop()
             return math.nan
-        params = suggest(trial, spec.space)
+        params = pruners.suggest(trial, spec.space)
         number = trial.number if retried is None else retried
         job = trial_job(spec, number, params, args)
         trial.set_user_attr("run_dir", job.run_dir)
@@ -257,13 +247,15 @@ def run_trials(study: optuna.Study, spec: SearchSpec, args: Any, received: list[
         finished = {} if why else read_json_object(Path(job.run_dir) / FINISHED_FILE)[0] or {}
         value = (finished.get("metrics") or {}).get(spec.metric)
         if not isinstance(value, int | float):  # FAIL: the trial does not count
-            why = why or f"no {spec.metric} in its {FINISHED_FILE}"
-            _announce(f"trial {trial.number} FAILED: {why} (see {job.log_path})")
+            why = why or f"no {spec.metric} in its {FINISHED_FILE} (see {job.log_path})"
+            trial.set_user_attr("failed", why)  # counted as failed (over-budget ones are not)
+            _announce(f"trial {trial.number} FAILED: {why}")
             failures[0] += 1
             return math.nan
         failures[0] = 0
         if finished.get("stop") == "pruned":
-            _announce(f"trial {trial.number}: pruned after {took} ({spec.metric} {value:.4g})")
+            epoch = f"epoch {finished.get('epoch')}, {took}"
+            _announce(f"trial {trial.number}: pruned after {epoch} ({spec.metric} {value:.4g})")
             raise optuna.TrialPruned()
         _announce(f"trial {trial.number}: {spec.metric} {value:.4g} after {took}")
         return float(value)
@@ -300,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dry-run", action="store_true", help="show the study and a trial's command; run none")
     add("--save-dir", default=DEFAULT_LOG_DIR, help=f"root log folder (default {DEFAULT_LOG_DIR})")
     add("--fit-command", metavar="CMD", help="training command instead of padam-fit")
-    beat = "seconds between a trial's heartbeats; one silent for 2 x S is retried (default "
-    add("--heartbeat", type=int, metavar="S", help=f"{beat}{HEARTBEAT}, kept by the study)")
+    add("--heartbeat", type=int, metavar="S", help=f"trials' heartbeat (default {HEARTBEAT} s)")
     sweep.add_executor_arguments(parser)
     return parser
 
@@ -309,24 +300,29 @@ def build_parser() -> argparse.ArgumentParser:
 def run_search(argv: Sequence[str]) -> int:
     """Parse ``argv``, open the study and run trials until its budget is spent."""
     own, extra = sweep.split_passthrough(argv)
-    args = build_parser().parse_args(own)
-    args.extra = extra
+    args = build_parser().parse_args(own, argparse.Namespace(extra=extra))
     sweep.check_executor_arguments(args)
     if min(1 if n is None else n for n in (args.heartbeat, args.trials)) < 1:
         raise UserError("--trials and --heartbeat must be at least 1.")
     if args.no_wait:
         raise UserError("--no-wait is padam-sweep's: a search waits for each trial's result.")
-    spec = load_spec(args.spec)
-    spec = spec._replace(trials=args.trials or spec.trials)
+    spec = (loaded := load_spec(args.spec))._replace(trials=args.trials or loaded.trials)
     check_output_folder(Path(args.save_dir) / spec.name, "the search's folder")
     database = Path(args.save_dir) / spec.name / "study.db"
     args.storage = args.storage or f"sqlite:///{database}"
-    first = {k: s["choices"][0] if "choices" in s else s["low"] for k, s in spec.space.items()}
-    sweep.check_fit_arguments(trial_job(spec, 0, first, args))  # a bad option fails every trial
-    if args.dry_run:  # the study, unless it is yet to be made, and what a trial runs
-        if args.storage != f"sqlite:///{database}" or database.exists():
-            _announce(describe(open_study(spec, args), spec, args))
-        print(shlex.join(trial_job(spec, 0, first, args).command))
+    for option in args.extra:  # a searched key set after -- would override every trial's value
+        if (key := option.removeprefix("--").split("=")[0]) in spec.space and option[:2] == "--":
+            raise UserError(f"-- {option}: {key} is searched (space.{key}); remove one of them.")
+    # padam-fit parses every choice and both ends (in as few runs as the longest list of them)
+    ends = {k: r.get("choices") or [r["low"], r["high"]] for k, r in spec.space.items()}
+    runs = max(map(len, ends.values()))
+    picks = [{k: v[min(i, len(v) - 1)] for k, v in ends.items()} for i in range(runs)]
+    for params in picks:  # a bad option or value fails every trial
+        sweep.check_fit_arguments(trial_job(spec, 0, params, args))
+    if args.dry_run:  # the study, if it is made (nothing is written), and what a trial runs
+        if study := open_study(spec, args, dry=True):
+            _announce(describe(study, spec, args))
+        print(shlex.join(trial_job(spec, 0, picks[0], args).command))
         return 0
     database.parent.mkdir(parents=True, exist_ok=True)
     study = open_study(spec, args)

@@ -227,10 +227,7 @@ def plan_jobs(
 
 
 def check_fit_arguments(job: FitJob) -> None:
-    """Let ``padam-fit`` parse a run's arguments first (``--print_config``).
-
-    A bad option after ``--`` would fail every run. UserError with padam-fit's last line.
-    """
+    """UserError with padam-fit's last line if it refuses a run's arguments (``--print_config``)."""
     command = [*job.command, "--print_config"]
     try:
         result = subprocess.run(command, cwd=job.cwd, capture_output=True, text=True, check=False)

@@ -11,7 +11,7 @@ import random
 import threading
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -24,8 +24,11 @@ def rdb_storage(
     url: str,
     heartbeat: int | None = None,
     on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    create: bool = True,
 ) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url``; heartbeats every ``heartbeat`` s, stale after twice that.
+
+    Without ``create``, Optuna's tables are not made where they are missing (``--dry-run``).
 
     SQLite has no ``SELECT ... FOR UPDATE``, with which Optuna makes taking a queued trial and
     failing a stale one atomic: two workers could both take one retry (seen in
@@ -44,6 +47,7 @@ def rdb_storage(
         heartbeat_interval=heartbeat,
         grace_period=2 * heartbeat if heartbeat else None,
         heartbeat_stale_trial_callback=on_stale,
+        skip_table_creation=not create,
     )
     if sqlite:  # storage.engine: the SQLAlchemy engine RDBStorage made (a public attribute)
         begin = lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE")  # noqa: E731
@@ -124,3 +128,15 @@ def trial_sampler(seed: int) -> optuna.samplers.BaseSampler:
                 self._samplers.pop(trial.number, None)
 
     return TrialSeeded()
+
+
+def suggest(trial: optuna.trial.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The trial's value of each searched key (sampled, or those of the trial it retries)."""
+    values = {}
+    for key, r in space.items():
+        if "choices" in r:
+            values[key] = trial.suggest_categorical(key, r["choices"])
+        else:
+            sample = trial.suggest_int if r["int"] else trial.suggest_float
+            values[key] = sample(key, r["low"], r["high"], log=r["log"])
+    return values

@@ -167,9 +167,10 @@ def test_a_study_keeps_its_heartbeat_and_setup(
     assert _search(project, capsys, "--trials", "1")[0] == 0
     assert _study().user_attrs["heartbeat"] == 1
     code, output = _search(project, capsys, "--trials", "2", "--heartbeat", "5")
+    made = "go on as made (its search file, --heartbeat 1) or give the search another name: for a "
     assert code == 2 and output == (
-        "padam-search: error: --heartbeat 5: study demo's trials beat every 1 s (set when it "
-        "was made); leave --heartbeat out.\n"
+        "padam-search: error: search.yaml: study demo in sqlite:///logs/demo/study.db was made "
+        f"with another heartbeat; {made}new study.\n"
     )
     spec = yaml.safe_load((project / "search.yaml").read_text())
     for change in ({"space": {**SPACE, "model.x": {"choices": [0.5]}}}, {"base": ["x.yaml"]}):
@@ -178,8 +179,7 @@ def test_a_study_keeps_its_heartbeat_and_setup(
         code, output = _search(project, capsys, "--trials", "2")
         assert code == 2 and output == (
             "padam-search: error: search.yaml: study demo in sqlite:///logs/demo/study.db was "
-            f"made with another {next(iter(change))}; to start a new study, give the search "
-            "another name:.\n"
+            f"made with another {next(iter(change))}; {made}new study.\n"
         )
     assert len(_study().trials) == 1
 
@@ -313,8 +313,8 @@ def _shared_study_runs_each_trial_once(
     assert states["COMPLETE"] == 12 and not states["RUNNING"], states
     ran = [line for output in outputs for line in output.splitlines() if ": model.x=" in line]
     assert all(ran.count(line) == 1 for line in ran) and len(ran) == 12, ran
-    for output in outputs:  # both took part
-        assert ": model.x=" in output, output
+    for output in outputs:  # both took part; over-budget placeholders are not "failed"
+        assert ": model.x=" in output and ", 0 failed of 12" in output.splitlines()[-1], output
     _check_each_trial_ran_once(project, steps=4)
     _check_params_distinct(study)  # the two workers' samplers did not draw the same values
     assert all(
@@ -323,6 +323,17 @@ def _shared_study_runs_each_trial_once(
     )
     over = [t for t in study.trials if t.user_attrs.get("over_budget")]
     assert all(t.state.name == "FAIL" and "run_dir" not in t.user_attrs for t in over)
+
+
+def test_a_dry_run_with_a_postgresql_storage_writes_nothing(
+    project: Path, capsys: pytest.CaptureFixture[str], postgres: str
+) -> None:
+    import sqlalchemy
+
+    code, output = _search(project, capsys, "--dry-run", "--storage", postgres)
+
+    assert code == 0 and "fit.py" in output, output
+    assert sqlalchemy.inspect(sqlalchemy.create_engine(postgres)).get_table_names() == []
 
 
 @pytest.mark.parametrize(
@@ -335,6 +346,9 @@ def _shared_study_runs_each_trial_once(
         ({"space": {"model.x": {"low": 0, "hi": 1}}}, "search.yaml: space.model.x must be {low"),
         ({"space": {"model.x": {"low": 0, "high": 1, "log": True}}}, "space.model.x must be {lo"),
         ({"space": {"model.x": {"choices": []}}}, "search.yaml: space.model.x must be {low"),
+        ({"space": {"model.x": {"low": 8, "high": 32.0}}}, "search.yaml: space.model.x must be"),
+        ({"space": {"model.x": {"low": 0.1, "high": float("inf"), "log": True}}}, "space.model.x"),
+        ({"space": {"model.x": {"low": float("nan"), "high": 1.0}}}, "space.model.x must be"),
         ({"space": {"trainer.logger.x": {"choices": [1]}}}, "trainer.logger.x is set by padam-"),
         ({"space": {"not a key": {"choices": [1]}}}, "space or overrides key 'not a key' must be"),
         ({"overrides": {"seed_everything": 1}}, "search.yaml: seed_everything is set by padam-"),
@@ -371,6 +385,42 @@ def test_options_that_cannot_work_are_one_line(
         assert main([*args, "--fit-command", fit]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"padam-search: error: {message}") and err.count("\n") == 1, err
+
+
+def test_every_choice_and_both_ends_are_parsed_and_dry_run_writes_nothing(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = yaml.safe_load((project / "search.yaml").read_text())
+    spec["space"]["model.kind"] = {"choices": ["a", "b", "c"]}
+    (project / "search.yaml").write_text(yaml.safe_dump(spec))
+    storage = f"sqlite:///{project / 'elsewhere.db'}"
+
+    code, output = _search(project, capsys, "--dry-run", "--storage", storage)
+
+    assert code == 0 and "fit.py" in output, output
+    assert not (project / "elsewhere.db").exists() and not (project / "logs").exists()
+    calls = [
+        json.loads(line) for line in (project / "print_config.jsonl").read_text().split("\n")[:-1]
+    ]
+    tried = {(c[i], c[i + 1]) for c in calls for i in range(len(c) - 1) if c[i][:8] == "--model."}
+    assert len(calls) == 3 and tried == {  # three runs: the longest list of values to try
+        *[("--model.x", v) for v in ("0.0", "1.0")],
+        *[("--model.width", v) for v in ("1", "64")],
+        *[("--model.kind", v) for v in "abc"],
+    }
+
+
+@pytest.mark.parametrize("option", [["--model.x", "0.5"], ["--model.kind=b"]])
+def test_a_searched_key_after_the_double_dash_is_refused(
+    project: Path, capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    code, output = _search(project, capsys, "--", "--trainer.max_epochs", "2", *option)
+    key = option[0].split("=")[0][2:]
+    assert code == 2 and output == (
+        f"padam-search: error: -- {option[0]}: {key} is searched (space.{key}); "
+        "remove one of them.\n"
+    )
+    assert not (project / "logs").exists()
 
 
 def test_the_pruning_callback_stops_a_real_run_as_pruned(
