@@ -39,8 +39,7 @@ MAX_FAILED_IN_A_ROW = 3  #: failed trials one after another that stop a search (
 #: Keys padam-search sets (``trainer.callbacks.init_args.*`` set a base config's last callback).
 _RESERVED = ("seed_everything", "trainer.logger", "ckpt_path", "config")
 LIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  #: the trials that count, or may yet
-#: A search file's keys and their kinds (name, space and trials are required).
-SEARCH_KEYS: dict[str, Kind] = {
+SEARCH_KEYS: dict[str, Kind] = {  #: a search file's keys (name, space and trials required)
     "name": sweep_spec.NAME,
     "description": sweep_spec.STRING,
     "base": sweep_spec.CONFIGS,
@@ -51,7 +50,7 @@ SEARCH_KEYS: dict[str, Kind] = {
     "pruner": (lambda v: v in pruners.PRUNERS, f"one of {', '.join(pruners.PRUNERS)}"),
     "seed": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
 }
-RANGE = "{low, high}: finite, low < high, both ints or floats, log: low > 0; or {choices: [...]}"
+RANGE = "{low, high}: finite, low < high, ints or floats, log: low > 0; or {choices: [scalars]}"
 
 
 class SearchSpec(NamedTuple):
@@ -94,7 +93,8 @@ def load_spec(path: str | Path) -> SearchSpec:
 def _range(value: Any, where: str) -> dict[str, Any]:
     """One searched key: ``{low, high, log}`` (ints when both ends are) or ``{choices: [...]}``."""
     keys = set(value) if isinstance(value, dict) else set()
-    if keys == {"choices"} and isinstance(value["choices"], list) and value["choices"]:
+    choices = value["choices"] if keys == {"choices"} and type(value["choices"]) is list else []
+    if choices and all(isinstance(c, int | float | str | None) for c in choices):  # as Optuna's
         return dict(value)
     low, high, log = (value.get(key) for key in ("low", "high", "log")) if keys else (0, 0, 0)
     ends = [type(end) in (int, float) and math.isfinite(end) and type(end) for end in (low, high)]

@@ -347,6 +347,7 @@ def test_a_dry_run_with_a_postgresql_storage_writes_nothing(
         ({"space": {"model.x": {"low": 0, "high": 1, "log": True}}}, "space.model.x must be {lo"),
         ({"space": {"model.x": {"choices": []}}}, "search.yaml: space.model.x must be {low"),
         ({"space": {"model.x": {"low": 8, "high": 32.0}}}, "search.yaml: space.model.x must be"),
+        ({"space": {"model.x": {"choices": [[1, 2], {"a": 1}]}}}, "space.model.x must be {low"),
         ({"space": {"model.x": {"low": 0.1, "high": float("inf"), "log": True}}}, "space.model.x"),
         ({"space": {"model.x": {"low": float("nan"), "high": 1.0}}}, "space.model.x must be"),
         ({"space": {"trainer.logger.x": {"choices": [1]}}}, "trainer.logger.x is set by padam-"),
