@@ -22,6 +22,8 @@ on the overrides it was given:
   ``last.ckpt`` records. SIGINT, SIGTERM or SIGUSR1 (as padam-fit takes them) stop it after the
   current step: it appends the signal's name to ``signals.txt``, saves ``last.ckpt`` and exits
   with 128 + the signal's number. After the last step it writes ``finished.json``;
+- ``--fake.hold FILE`` (with ``--fake.steps``): after its first step, waits (up to a minute) until
+  FILE exists, so that a test can act while the run is surely still going;
 - ``--fake.rendezvous DIR --fake.parties N``: marks its arrival in DIR, then waits (up to a
   minute) until N runs have arrived, so it finishes only if N runs ran at the same time; exit 4
   when they never do.
@@ -55,7 +57,7 @@ def print_config(argv: list[str]) -> int:
     return 0
 
 
-def train(run_dir: Path, steps: int, resume: bool) -> int:
+def train(run_dir: Path, steps: int, resume: bool, hold: Path | None = None) -> int:
     """``--fake.steps``: steps that a signal stops between, saving where it stopped."""
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     received: list[signal.Signals] = []
@@ -67,6 +69,9 @@ def train(run_dir: Path, steps: int, resume: bool) -> int:
         with open(run_dir / "steps.txt", "a") as done:
             done.write(f"{step}\n")
         step += 1
+        deadline = time.monotonic() + 60
+        while hold is not None and not hold.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
     checkpoint.parent.mkdir(exist_ok=True)
     checkpoint.write_text(json.dumps({"step": step}))
     if received:
@@ -120,7 +125,8 @@ def main(argv: list[str]) -> int:
         time.sleep(60)
         return 4
     if "fake.steps" in options:
-        return train(run_dir, int(options["fake.steps"]), options.get("ckpt_path") == "last")
+        hold = Path(options["fake.hold"]) if "fake.hold" in options else None
+        return train(run_dir, int(options["fake.steps"]), options.get("ckpt_path") == "last", hold)
     if "fake.exit" in options:
         if options.get("fake.finish_first") == "true":
             finished = {"epoch": max_epochs - 1, "max_epochs": max_epochs, "metrics": {}}

@@ -196,10 +196,13 @@ def test_a_worker_whose_trial_another_gave_up_goes_on(
         frozen = study.trials[0]
         study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
         optuna.storages.RetryHeartbeatStaleTrialCallback(True)(study, study.trials[0])
+        gave_up.touch()  # only now may trial 0's run go on and end
 
+    gave_up = project / "gave_up"
     other = threading.Thread(target=give_up_trial_0)
     other.start()
-    code, output = _search(project, capsys, "--trials", "2", "--", "--fake.steps", "4")
+    options = ("--fake.steps", "4", "--fake.hold", str(gave_up))
+    code, output = _search(project, capsys, "--trials", "2", "--", *options)
     other.join()
 
     assert code == 0 and "Traceback" not in output, output
