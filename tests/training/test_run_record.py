@@ -20,23 +20,31 @@ from padam_lightning.training.run_record import RunRecord
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers")
 
 
-def _fit(tmp_path: Path, ckpt_path: str | None = None) -> L.Trainer:
-    trainer = L.Trainer(
+def _trainer(tmp_path: Path, *callbacks: L.Callback, val_batches: int = 1) -> L.Trainer:
+    """2 epochs of 2 batches, logging to ``tmp_path/run/version_0``; last.ckpt in ``ckpt/``."""
+    return L.Trainer(
         accelerator="cpu",
         max_epochs=2,
         limit_train_batches=2,
-        limit_val_batches=1,
+        limit_val_batches=val_batches,
         num_sanity_val_steps=0,
         logger=TensorBoardLogger(tmp_path, name="run", version=0),
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,  # last.ckpt is the record's own
-        callbacks=[RunRecord(dirpath=tmp_path / "ckpt")],
+        callbacks=list(callbacks),
     )
-    data = CIFARDataModule(
+
+
+def _data() -> CIFARDataModule:
+    return CIFARDataModule(
         dataset="synthetic", batch_size=8, synthetic_train_size=16, synthetic_test_size=8
     )
-    trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=data, ckpt_path=ckpt_path)
+
+
+def _fit(tmp_path: Path, ckpt_path: str | None = None) -> L.Trainer:
+    trainer = _trainer(tmp_path, RunRecord(dirpath=tmp_path / "ckpt"))
+    trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=_data(), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -109,24 +117,10 @@ def test_one_signal_while_the_run_ends_at_its_configured_end_still_finishes_it(
 ) -> None:
     # Only a second signal stops at once: a run that stops by itself has received none.
     record = RunRecord(dirpath=tmp_path / "ckpt", max_steps=max_steps)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        logger=TensorBoardLogger(tmp_path, name="run", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        # Before the record: its signal arrives while the record's own hook saves.
-        callbacks=[_SignalAt(hook, signum), record],
-    )
-    data = CIFARDataModule(
-        dataset="synthetic", batch_size=8, synthetic_train_size=16, synthetic_test_size=8
-    )
+    # The signal's callback before the record: its signal arrives while the record's hook saves.
+    trainer = _trainer(tmp_path, _SignalAt(hook, signum), record, val_batches=2)
     with contextlib.suppress(SIGTERMException):  # how a max_steps stop leaves fit()
-        trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=data)
+        trainer.fit(ImageClassifier(arch="wrn10_1"), datamodule=_data())
     finished = json.loads((tmp_path / "run" / "version_0" / "finished.json").read_text())
     assert (finished["stop"], record.stop) == (stop, stop)
     assert record.saved == tmp_path / "ckpt" / "last.ckpt"
