@@ -48,12 +48,17 @@ def _fit(tmp_path: Path, ckpt_path: str | None = None) -> L.Trainer:
     return trainer
 
 
-def test_resuming_a_finished_run_trains_nothing_and_says_how_to_go_on(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def finished_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run that reached its configured end: its ``last.ckpt`` and ``finished.json``."""
     _fit(tmp_path)
-    last = tmp_path / "ckpt" / "last.ckpt"
-    finished = tmp_path / "run" / "version_0" / "finished.json"
+    return tmp_path / "ckpt" / "last.ckpt", tmp_path / "run" / "version_0" / "finished.json"
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_how_to_go_on(
+    tmp_path: Path, finished_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    last, finished = finished_run
     assert json.loads(finished.read_text())["stop"] == "max_epochs"
     before = last.read_bytes(), finished.read_bytes()
     capsys.readouterr()
@@ -68,11 +73,9 @@ def test_resuming_a_finished_run_trains_nothing_and_says_how_to_go_on(
 
 
 def test_a_run_killed_before_its_finished_json_gets_it_from_its_resume(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, finished_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _fit(tmp_path)
-    last = tmp_path / "ckpt" / "last.ckpt"
-    finished = tmp_path / "run" / "version_0" / "finished.json"
+    last, finished = finished_run
     expected = json.loads(finished.read_text())
     finished.unlink()  # as if killed between the last save and this file
     saved = last.read_bytes()
